@@ -1,0 +1,60 @@
+"""The public functional API: argument checks, defaults and seeding, then the
+registered ops (torch.ops.autoenc_fast.*)."""
+from __future__ import annotations
+
+import torch
+
+from . import _ext
+from .reference.philox import philox_normal
+from .reference.reparametrize_kl import draw_seed, reparametrize_kl_math, seed_tensor
+
+__all__ = ["reparametrize_kl"]
+
+_HALF_TYPES = (torch.float16, torch.bfloat16)
+
+
+def reparametrize_kl(mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor | None = None, *,
+                     generator: torch.Generator | None = None, seed=None):
+    r"""Reparametrized sample and KL divergence to N(0, I), fused.
+
+    .. math::
+        z = \mu + e^{\log\sigma^2 / 2} \varepsilon, \qquad
+        \mathrm{kl}_b = -\tfrac12 \sum_{d} \left(1 + \log\sigma^2_{bd} - \mu_{bd}^2 - e^{\log\sigma^2_{bd}}\right)
+
+    Args:
+        mu, logvar: tensors of one shape and floating dtype, rank >= 1; dim 0 is the batch.
+        eps: the noise, mu's shape and dtype; drawn inside the kernel when None.
+        generator: where the (key, offset) of the drawn noise comes from (default: torch's
+            default generator of mu's device). It advances on every call, so
+            ``torch.manual_seed`` reproduces a run and two calls draw different noise.
+        seed: instead of a generator, an explicit Philox key (int), (key, offset) pair or
+            int64 tensor of two: the CPU and CUDA kernels draw the same noise for it.
+
+    Returns:
+        ``(z, kl)``: z like mu (contiguous); kl of shape (B,), float64 for float64
+        inputs and float32 otherwise.
+    """
+    if not isinstance(mu, torch.Tensor) or not isinstance(logvar, torch.Tensor):
+        raise TypeError("reparametrize_kl: `mu` and `logvar` must be tensors")
+    seed_t = None
+    if eps is None:
+        seed_t = seed_tensor(seed, mu.device) if seed is not None else draw_seed(generator, mu.device)
+    return _reparametrize_kl(mu, logvar, eps, seed_t)
+
+
+def _reparametrize_kl(mu, logvar, eps, seed_t):
+    """The op on prepared arguments; seed_t None and eps None means z = mu."""
+    from .ops.reparametrize_kl import check_inputs
+
+    check_inputs(mu, logvar, eps, seed_t)
+    if not _ext.LOADED:
+        if eps is None and seed_t is not None:
+            key, offset = seed_t.tolist()
+            eps = philox_normal(tuple(mu.shape), key, offset).to(device=mu.device, dtype=mu.dtype)
+        return reparametrize_kl_math(mu, logvar, eps)
+    if mu.device.type == "cpu" and mu.dtype in _HALF_TYPES:
+        # The C++ kernel computes in float32/float64: half types go through float32.
+        z, kl = torch.ops.autoenc_fast.reparametrize_kl(
+            mu.float(), logvar.float(), eps.float() if eps is not None else None, seed_t)
+        return z.to(mu.dtype), kl
+    return torch.ops.autoenc_fast.reparametrize_kl(mu, logvar, eps, seed_t)

@@ -1,0 +1,83 @@
+"""Registration of autoenc_fast::reparametrize_kl: fake kernels, autograd, and the
+Triton kernel for CUDA. The C++ CPU kernel registers itself from csrc/cpu."""
+from __future__ import annotations
+
+import torch
+
+from ..reference.reparametrize_kl import kl_accumulation_dtype
+
+OP = "autoenc_fast::reparametrize_kl"
+BACKWARD_OP = "autoenc_fast::reparametrize_kl_backward"
+
+
+def check_same_as_mu(t: torch.Tensor, name: str, mu: torch.Tensor) -> None:
+    if t.shape != mu.shape:
+        raise ValueError(f"reparametrize_kl: `{name}` must have mu's shape {tuple(mu.shape)}; "
+                         f"got {tuple(t.shape)}")
+    if t.dtype != mu.dtype:
+        raise TypeError(f"reparametrize_kl: `{name}` must have mu's dtype {mu.dtype}; got {t.dtype}")
+    if t.device != mu.device:
+        raise ValueError(f"reparametrize_kl: `{name}` must be on mu's device {mu.device}; got {t.device}")
+
+
+def check_inputs(mu, logvar, eps=None, seed=None) -> None:
+    """The checks of csrc/reparametrize_kl_checks.h, for the Python paths."""
+    if not isinstance(mu, torch.Tensor) or mu.dim() < 1:
+        raise ValueError("reparametrize_kl: `mu` must have at least one dimension (the batch); "
+                         "got a 0-dim tensor")
+    if not mu.dtype.is_floating_point:
+        raise TypeError(f"reparametrize_kl: `mu` must be a floating-point tensor; got {mu.dtype}")
+    check_same_as_mu(logvar, "logvar", mu)
+    if eps is not None:
+        check_same_as_mu(eps, "eps", mu)
+    if seed is not None and (seed.dtype != torch.int64 or seed.numel() != 2):
+        raise TypeError("reparametrize_kl: `seed` must be an int64 tensor of two elements "
+                        f"(key, offset); got {seed.dtype} of shape {tuple(seed.shape)}")
+
+
+@torch.library.register_fake(OP)
+def _reparametrize_kl_fake(mu, logvar, eps, seed):
+    check_inputs(mu, logvar, eps, seed)
+    z = torch.empty(mu.shape, dtype=mu.dtype, device=mu.device)
+    kl = torch.empty((mu.shape[0],), dtype=kl_accumulation_dtype(mu.dtype), device=mu.device)
+    return z, kl
+
+
+@torch.library.register_fake(BACKWARD_OP)
+def _reparametrize_kl_backward_fake(grad_z, grad_kl, mu, logvar, z):
+    shape = dict(dtype=mu.dtype, device=mu.device)
+    return torch.empty(mu.shape, **shape), torch.empty(mu.shape, **shape)
+
+
+def _setup_context(ctx, inputs, output):
+    mu, logvar, _eps, _seed = inputs
+    z, _kl = output
+    ctx.save_for_backward(mu, logvar, z)
+    # An output the loss does not use arrives as None: its term is skipped, not zero-filled.
+    ctx.set_materialize_grads(False)
+
+
+def _backward(ctx, grad_z, grad_kl):
+    mu, logvar, z = ctx.saved_tensors
+    grad_mu, grad_logvar = torch.ops.autoenc_fast.reparametrize_kl_backward(grad_z, grad_kl, mu, logvar, z)
+    return grad_mu, grad_logvar, None, None
+
+
+torch.library.register_autograd(OP, _backward, setup_context=_setup_context)
+
+
+@torch.library.impl(OP, "CUDA")
+def _reparametrize_kl_cuda(mu, logvar, eps, seed):
+    check_inputs(mu, logvar, eps, seed)
+    from ..triton.reparametrize_kl import reparametrize_kl_forward
+
+    with torch.cuda.device(mu.device):
+        return reparametrize_kl_forward(mu, logvar, eps, seed)
+
+
+@torch.library.impl(BACKWARD_OP, "CUDA")
+def _reparametrize_kl_backward_cuda(grad_z, grad_kl, mu, logvar, z):
+    from ..triton.reparametrize_kl import reparametrize_kl_backward
+
+    with torch.cuda.device(mu.device):
+        return reparametrize_kl_backward(grad_z, grad_kl, mu, logvar, z)

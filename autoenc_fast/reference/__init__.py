@@ -1,0 +1,7 @@
+"""Plain-PyTorch reference implementations: the ground truth the kernels are tested
+against and the baseline they are benchmarked against. Same signatures as
+autoenc_fast.functional and autoenc_fast.nn."""
+from .philox import philox_normal
+from .reparametrize_kl import Reparametrize, reparametrize_kl
+
+__all__ = ["Reparametrize", "philox_normal", "reparametrize_kl"]

@@ -1,0 +1,70 @@
+"""Plain-PyTorch reparametrization and KL divergence: ground truth and baseline."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .philox import philox_normal
+
+
+def kl_accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """KL is summed in float32, or float64 for float64 inputs."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def reparametrize_kl_math(mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor | None):
+    """z = mu + exp(logvar / 2) * eps (z = mu when eps is None) and
+    kl[b] = -1/2 * sum over non-batch dims of (1 + logvar - mu^2 - exp(logvar))."""
+    acc = kl_accumulation_dtype(mu.dtype)
+    mu_acc, logvar_acc = mu.to(acc), logvar.to(acc)
+    z = mu.clone() if eps is None else (mu_acc + torch.exp(0.5 * logvar_acc) * eps.to(acc)).to(mu.dtype)
+    terms = 1 + logvar_acc - mu_acc.pow(2) - logvar_acc.exp()
+    kl = -0.5 * terms.reshape(mu.shape[0], -1).sum(dim=1)
+    return z, kl
+
+
+def draw_seed(generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    """(key, offset) for the Philox noise, drawn from `generator` (or the default
+    generator of `device`), so it advances and torch.manual_seed reproduces it."""
+    return torch.randint(-(2**63), 2**63 - 1, (2,), dtype=torch.int64, device=device,
+                         generator=generator)
+
+
+def seed_tensor(seed, device: torch.device) -> torch.Tensor:
+    """An explicit seed: an int key, a (key, offset) pair, or such an int64 tensor."""
+    if isinstance(seed, torch.Tensor):
+        return seed.to(device=device, dtype=torch.int64).reshape(2)
+    key, offset = (seed, 0) if isinstance(seed, int) else seed
+    wrap = lambda v: ((int(v) + 2**63) % 2**64) - 2**63  # noqa: E731
+    return torch.tensor([wrap(key), wrap(offset)], dtype=torch.int64, device=device)
+
+
+def reparametrize_kl(mu, logvar, eps=None, *, generator=None, seed=None):
+    """Reference of autoenc_fast.functional.reparametrize_kl.
+
+    Without eps, the noise is torch.randn (from `generator`), as plain PyTorch code
+    draws it; with `seed` it is the Philox noise the fused kernels draw.
+    """
+    if eps is None:
+        if seed is not None:
+            key, offset = seed_tensor(seed, torch.device("cpu")).tolist()
+            eps = philox_normal(tuple(mu.shape), key, offset).to(device=mu.device, dtype=mu.dtype)
+        else:
+            eps = torch.randn(mu.shape, dtype=mu.dtype, device=mu.device, generator=generator)
+    return reparametrize_kl_math(mu, logvar, eps)
+
+
+class Reparametrize(nn.Module):
+    """Reference twin of autoenc_fast.nn.Reparametrize: (mu, logvar) -> (z, kl)."""
+
+    def __init__(self, sample_in_eval: bool = False):
+        super().__init__()
+        self.sample_in_eval = sample_in_eval
+
+    def forward(self, mu, logvar):
+        if self.training or self.sample_in_eval:
+            return reparametrize_kl(mu, logvar)
+        return reparametrize_kl_math(mu, logvar, None)
+
+    def extra_repr(self) -> str:
+        return f"sample_in_eval={self.sample_in_eval}"

@@ -1,0 +1,1 @@
+"""Triton kernels, one file per op. Imported lazily: only CUDA paths need Triton."""

@@ -1,0 +1,262 @@
+// CPU kernels of autoenc_fast::reparametrize_kl and its backward.
+//
+//   s = exp(logvar / 2)
+//   z = mu + s * eps                  (eps drawn here by Philox when not given)
+//   kl[b] = -1/2 * sum_d (1 + logvar - mu^2 - s^2)
+// backward (eps is never stored: s * eps = z - mu):
+//   dmu     = dz + dkl[b] * mu
+//   dlogvar = 1/2 * dz * (z - mu) + 1/2 * dkl[b] * (s^2 - 1)
+//
+// Inputs are made contiguous once on entry (one copy for a strided view, none
+// otherwise); outputs are contiguous. Work is split into (row, slice) tasks of at
+// most kSliceElems elements, so the KL summation order does not depend on the
+// number of threads. float32 accumulates in float32, float64 in float64.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <array>
+#include <cstring>
+
+#include "../philox.h"
+#include "../reparametrize_kl_checks.h"
+
+namespace autoenc_fast {
+namespace {
+
+// Elements handled per inner step; the noise for them is drawn into a stack buffer.
+constexpr int64_t kChunkElems = 1024;
+// Elements per KL partial sum (a multiple of kChunkElems and of 4).
+constexpr int64_t kSliceElems = 64 * kChunkElems;
+// Aim for at least this many elements per parallel task batch.
+constexpr int64_t kGrainElems = 16384;
+
+using FloatVec = at::vec::Vectorized<float>;
+constexpr int64_t kLanes = FloatVec::size();
+
+// Normals for Philox groups [counter, counter + kLanes) into out[0 .. 4 * kLanes).
+// The group loop is written lane-wise so the compiler vectorises the 32-bit
+// multiplies; Box-Muller runs on at::vec (SLEEF log/sin/cos when built for AVX2).
+void normals_for_lanes(uint32_t k0, uint32_t k1, uint64_t counter, float* out) {
+  alignas(64) float u[4][kLanes];
+  for (int64_t lane = 0; lane < kLanes; ++lane) {
+    const uint64_t c = counter + static_cast<uint64_t>(lane);
+    uint32_t x0 = static_cast<uint32_t>(c), x1 = static_cast<uint32_t>(c >> 32), x2 = 0, x3 = 0;
+    philox4x32_10(x0, x1, x2, x3, k0, k1);
+    u[0][lane] = uint_to_uniform(x0);
+    u[1][lane] = uint_to_uniform(x1);
+    u[2][lane] = uint_to_uniform(x2);
+    u[3][lane] = uint_to_uniform(x3);
+  }
+  const FloatVec min_u(kMinUniform), minus_two(-2.0f), two_pi(kTwoPi);
+  alignas(64) float n[4][kLanes];
+  for (int pair = 0; pair < 2; ++pair) {
+    const FloatVec u_radius = at::vec::maximum(FloatVec::loadu(u[2 * pair]), min_u);
+    const FloatVec radius = (minus_two * u_radius.log()).sqrt();
+    const FloatVec theta = two_pi * FloatVec::loadu(u[2 * pair + 1]);
+    (radius * theta.cos()).store(n[2 * pair]);
+    (radius * theta.sin()).store(n[2 * pair + 1]);
+  }
+  for (int64_t lane = 0; lane < kLanes; ++lane) {
+    for (int j = 0; j < 4; ++j) out[4 * lane + j] = n[j][lane];
+  }
+}
+
+// Normals for elements [d0, d0 + count) of one row; d0 is a multiple of 4 and the
+// row's first group counter is row_counter.
+template <typename scalar_t>
+void draw_row_noise(uint64_t key, uint64_t row_counter, int64_t d0, int64_t count, scalar_t* out) {
+  const uint32_t k0 = static_cast<uint32_t>(key), k1 = static_cast<uint32_t>(key >> 32);
+  alignas(64) float batch[4 * kLanes];
+  const uint64_t first_group = row_counter + static_cast<uint64_t>(d0 / 4);
+  for (int64_t done = 0; done < count; done += 4 * kLanes) {
+    normals_for_lanes(k0, k1, first_group + static_cast<uint64_t>(done / 4), batch);
+    const int64_t n = std::min<int64_t>(4 * kLanes, count - done);
+    for (int64_t i = 0; i < n; ++i) out[done + i] = static_cast<scalar_t>(batch[i]);
+  }
+}
+
+// Splits rows of `row_len` elements into slices and runs fn(row, begin, end) in parallel.
+template <typename Fn>
+void for_each_row_slice(int64_t rows, int64_t row_len, const Fn& fn) {
+  const int64_t slices = std::max<int64_t>(1, (row_len + kSliceElems - 1) / kSliceElems);
+  const int64_t task_elems = std::max<int64_t>(1, std::min(row_len, kSliceElems));
+  const int64_t grain = std::max<int64_t>(1, kGrainElems / task_elems);
+  at::parallel_for(0, rows * slices, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t row = task / slices, slice = task % slices;
+      const int64_t d_begin = slice * kSliceElems;
+      const int64_t d_end = std::min(row_len, d_begin + kSliceElems);
+      fn(task, row, d_begin, d_end);
+    }
+  });
+}
+
+template <typename scalar_t>
+scalar_t forward_chunk(const scalar_t* mu, const scalar_t* logvar, const scalar_t* noise,
+                       scalar_t* z, int64_t n) {
+  using Vec = at::vec::Vectorized<scalar_t>;
+  const Vec half(0.5), one(1.0);
+  Vec acc(0.0);
+  for (int64_t i = 0; i < n; i += Vec::size()) {
+    const int64_t m = std::min<int64_t>(Vec::size(), n - i);
+    // Lanes past the end load as zero and add 1 + 0 - 0 - exp(0) = 0 to the KL.
+    const Vec mu_v = Vec::loadu(mu + i, m), lv_v = Vec::loadu(logvar + i, m);
+    const Vec std_v = (lv_v * half).exp();
+    if (noise != nullptr) {
+      at::vec::fmadd(std_v, Vec::loadu(noise + i, m), mu_v).store(z + i, m);
+    } else {
+      mu_v.store(z + i, m);
+    }
+    acc = acc + (one + lv_v) - mu_v * mu_v - std_v * std_v;
+  }
+  return at::vec::vec_reduce_all<scalar_t>([](Vec& a, Vec& b) { return a + b; }, acc);
+}
+
+template <typename scalar_t>
+void forward_kernel(const at::Tensor& mu, const at::Tensor& logvar, const at::Tensor& eps,
+                    bool draw_noise, uint64_t key, uint64_t offset, at::Tensor& z, at::Tensor& kl) {
+  const int64_t rows = mu.size(0), row_len = rows == 0 ? 0 : mu.numel() / rows;
+  const int64_t slices = std::max<int64_t>(1, (row_len + kSliceElems - 1) / kSliceElems);
+  const uint64_t groups_per_row = static_cast<uint64_t>((row_len + 3) / 4);
+  std::vector<scalar_t> partial(rows * slices, scalar_t(0));
+  const scalar_t* mu_p = mu.const_data_ptr<scalar_t>();
+  const scalar_t* lv_p = logvar.const_data_ptr<scalar_t>();
+  const scalar_t* eps_p = eps.defined() ? eps.const_data_ptr<scalar_t>() : nullptr;
+  scalar_t* z_p = z.mutable_data_ptr<scalar_t>();
+
+  for_each_row_slice(rows, row_len, [&](int64_t task, int64_t row, int64_t d_begin, int64_t d_end) {
+    alignas(64) scalar_t noise[kChunkElems];
+    const int64_t base = row * row_len;
+    const uint64_t row_counter = offset + static_cast<uint64_t>(row) * groups_per_row;
+    scalar_t acc = 0;
+    for (int64_t d = d_begin; d < d_end; d += kChunkElems) {
+      const int64_t n = std::min(kChunkElems, d_end - d);
+      const scalar_t* noise_p = eps_p != nullptr ? eps_p + base + d : nullptr;
+      if (draw_noise) {
+        draw_row_noise(key, row_counter, d, n, noise);
+        noise_p = noise;
+      }
+      acc += forward_chunk(mu_p + base + d, lv_p + base + d, noise_p, z_p + base + d, n);
+    }
+    partial[task] = acc;
+  });
+
+  scalar_t* kl_p = kl.mutable_data_ptr<scalar_t>();
+  for (int64_t row = 0; row < rows; ++row) {
+    scalar_t sum = 0;
+    for (int64_t s = 0; s < slices; ++s) sum += partial[row * slices + s];
+    kl_p[row] = scalar_t(-0.5) * sum;
+  }
+}
+
+template <typename scalar_t, bool kHasGradZ, bool kHasGradKl>
+void backward_chunk(const scalar_t* grad_z, scalar_t grad_kl, const scalar_t* mu,
+                    const scalar_t* logvar, const scalar_t* z, scalar_t* grad_mu,
+                    scalar_t* grad_logvar, int64_t n) {
+  using Vec = at::vec::Vectorized<scalar_t>;
+  const Vec half(0.5), one(1.0), gkl(grad_kl), half_gkl(grad_kl * scalar_t(0.5));
+  for (int64_t i = 0; i < n; i += Vec::size()) {
+    const int64_t m = std::min<int64_t>(Vec::size(), n - i);
+    const Vec mu_v = Vec::loadu(mu + i, m);
+    Vec gmu(0.0), glv(0.0);
+    if constexpr (kHasGradZ) {
+      const Vec gz = Vec::loadu(grad_z + i, m);
+      gmu = gz;
+      glv = half * gz * (Vec::loadu(z + i, m) - mu_v);
+    }
+    if constexpr (kHasGradKl) {
+      gmu = at::vec::fmadd(gkl, mu_v, gmu);
+      glv = at::vec::fmadd(half_gkl, Vec::loadu(logvar + i, m).exp() - one, glv);
+    }
+    gmu.store(grad_mu + i, m);
+    glv.store(grad_logvar + i, m);
+  }
+}
+
+template <typename scalar_t, bool kHasGradZ, bool kHasGradKl>
+void backward_kernel(const at::Tensor& grad_z, const at::Tensor& grad_kl, const at::Tensor& mu,
+                     const at::Tensor& logvar, const at::Tensor& z, at::Tensor& grad_mu,
+                     at::Tensor& grad_logvar) {
+  const int64_t rows = mu.size(0), row_len = rows == 0 ? 0 : mu.numel() / rows;
+  const scalar_t* gz_p = kHasGradZ ? grad_z.const_data_ptr<scalar_t>() : nullptr;
+  const scalar_t* gkl_p = kHasGradKl ? grad_kl.const_data_ptr<scalar_t>() : nullptr;
+  const scalar_t* mu_p = mu.const_data_ptr<scalar_t>();
+  const scalar_t* lv_p = logvar.const_data_ptr<scalar_t>();
+  const scalar_t* z_p = z.const_data_ptr<scalar_t>();
+  scalar_t* gmu_p = grad_mu.mutable_data_ptr<scalar_t>();
+  scalar_t* glv_p = grad_logvar.mutable_data_ptr<scalar_t>();
+  for_each_row_slice(rows, row_len, [&](int64_t, int64_t row, int64_t d_begin, int64_t d_end) {
+    const int64_t at = row * row_len + d_begin;
+    backward_chunk<scalar_t, kHasGradZ, kHasGradKl>(
+        kHasGradZ ? gz_p + at : nullptr, kHasGradKl ? gkl_p[row] : scalar_t(0), mu_p + at,
+        lv_p + at, z_p + at, gmu_p + at, glv_p + at, d_end - d_begin);
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> reparametrize_kl_cpu(const at::Tensor& mu_in,
+                                                         const at::Tensor& logvar_in,
+                                                         const std::optional<at::Tensor>& eps_in,
+                                                         const std::optional<at::Tensor>& seed) {
+  check_reparametrize_kl_inputs(mu_in, logvar_in, eps_in, seed);
+  TORCH_CHECK(mu_in.scalar_type() == at::kFloat || mu_in.scalar_type() == at::kDouble,
+              "reparametrize_kl: the CPU kernel takes float32 or float64 `mu`; got ",
+              mu_in.scalar_type());
+  TORCH_CHECK(!seed.has_value() || seed->device().is_cpu(),
+              "reparametrize_kl: `seed` must be on the CPU like `mu`; got ", seed->device());
+  const at::Tensor mu = mu_in.contiguous(), logvar = logvar_in.contiguous();
+  const at::Tensor eps = eps_in.has_value() ? eps_in->contiguous() : at::Tensor();
+  at::Tensor z = at::empty(mu.sizes(), mu.options());
+  at::Tensor kl = at::empty({mu.size(0)}, mu.options());
+  if (mu.size(0) == 0) return {z, kl};
+
+  uint64_t key = 0, offset = 0;
+  const bool draw_noise = !eps.defined() && seed.has_value();
+  if (draw_noise) {
+    const at::Tensor seed_cpu = seed->contiguous();
+    key = static_cast<uint64_t>(seed_cpu.const_data_ptr<int64_t>()[0]);
+    offset = static_cast<uint64_t>(seed_cpu.const_data_ptr<int64_t>()[1]);
+  }
+  AT_DISPATCH_FLOATING_TYPES(mu.scalar_type(), "reparametrize_kl_cpu", [&] {
+    forward_kernel<scalar_t>(mu, logvar, eps, draw_noise, key, offset, z, kl);
+  });
+  return {z, kl};
+}
+
+std::tuple<at::Tensor, at::Tensor> reparametrize_kl_backward_cpu(
+    const std::optional<at::Tensor>& grad_z_in, const std::optional<at::Tensor>& grad_kl_in,
+    const at::Tensor& mu_in, const at::Tensor& logvar_in, const at::Tensor& z_in) {
+  check_reparametrize_kl_backward_inputs(grad_z_in, grad_kl_in, mu_in, logvar_in, z_in);
+  const at::Tensor mu = mu_in.contiguous(), logvar = logvar_in.contiguous(), z = z_in.contiguous();
+  const at::Tensor grad_z = grad_z_in.has_value() ? grad_z_in->contiguous() : at::Tensor();
+  const at::Tensor grad_kl = grad_kl_in.has_value() ? grad_kl_in->contiguous() : at::Tensor();
+  at::Tensor grad_mu = at::empty(mu.sizes(), mu.options());
+  at::Tensor grad_logvar = at::empty(mu.sizes(), mu.options());
+  if (mu.numel() == 0) return {grad_mu, grad_logvar};
+  AT_DISPATCH_FLOATING_TYPES(mu.scalar_type(), "reparametrize_kl_backward_cpu", [&] {
+    const bool has_gz = grad_z.defined(), has_gkl = grad_kl.defined();
+    if (has_gz && has_gkl) {
+      backward_kernel<scalar_t, true, true>(grad_z, grad_kl, mu, logvar, z, grad_mu, grad_logvar);
+    } else if (has_gz) {
+      backward_kernel<scalar_t, true, false>(grad_z, grad_kl, mu, logvar, z, grad_mu, grad_logvar);
+    } else if (has_gkl) {
+      backward_kernel<scalar_t, false, true>(grad_z, grad_kl, mu, logvar, z, grad_mu, grad_logvar);
+    } else {
+      grad_mu.zero_();
+      grad_logvar.zero_();
+    }
+  });
+  return {grad_mu, grad_logvar};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(autoenc_fast, CPU, m) {
+  m.impl("reparametrize_kl", &reparametrize_kl_cpu);
+  m.impl("reparametrize_kl_backward", &reparametrize_kl_backward_cpu);
+}
+
+}  // namespace autoenc_fast
