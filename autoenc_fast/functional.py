@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from . import _ext
+from .ops.reparametrize_kl_checks import check_inputs
 from .reference.philox import philox_normal
 from .reference.reparametrize_kl import draw_seed, reparametrize_kl_math, seed_tensor
 
@@ -44,8 +45,6 @@ def reparametrize_kl(mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor |
 
 def _reparametrize_kl(mu, logvar, eps, seed_t):
     """The op on prepared arguments; seed_t None and eps None means z = mu."""
-    from .ops.reparametrize_kl import check_inputs
-
     check_inputs(mu, logvar, eps, seed_t)
     if not _ext.LOADED:
         if eps is None and seed_t is not None:

@@ -5,34 +5,10 @@ from __future__ import annotations
 import torch
 
 from ..reference.reparametrize_kl import kl_accumulation_dtype
+from .reparametrize_kl_checks import check_inputs
 
 OP = "autoenc_fast::reparametrize_kl"
 BACKWARD_OP = "autoenc_fast::reparametrize_kl_backward"
-
-
-def check_same_as_mu(t: torch.Tensor, name: str, mu: torch.Tensor) -> None:
-    if t.shape != mu.shape:
-        raise ValueError(f"reparametrize_kl: `{name}` must have mu's shape {tuple(mu.shape)}; "
-                         f"got {tuple(t.shape)}")
-    if t.dtype != mu.dtype:
-        raise TypeError(f"reparametrize_kl: `{name}` must have mu's dtype {mu.dtype}; got {t.dtype}")
-    if t.device != mu.device:
-        raise ValueError(f"reparametrize_kl: `{name}` must be on mu's device {mu.device}; got {t.device}")
-
-
-def check_inputs(mu, logvar, eps=None, seed=None) -> None:
-    """The checks of csrc/reparametrize_kl_checks.h, for the Python paths."""
-    if not isinstance(mu, torch.Tensor) or mu.dim() < 1:
-        raise ValueError("reparametrize_kl: `mu` must have at least one dimension (the batch); "
-                         "got a 0-dim tensor")
-    if not mu.dtype.is_floating_point:
-        raise TypeError(f"reparametrize_kl: `mu` must be a floating-point tensor; got {mu.dtype}")
-    check_same_as_mu(logvar, "logvar", mu)
-    if eps is not None:
-        check_same_as_mu(eps, "eps", mu)
-    if seed is not None and (seed.dtype != torch.int64 or seed.numel() != 2):
-        raise TypeError("reparametrize_kl: `seed` must be an int64 tensor of two elements "
-                        f"(key, offset); got {seed.dtype} of shape {tuple(seed.shape)}")
 
 
 @torch.library.register_fake(OP)

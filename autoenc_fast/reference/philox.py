@@ -24,9 +24,9 @@ def _mulhi_lo(a: int, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return high & MASK32, low
 
 
-def philox4x32_10(counter: torch.Tensor, key: int) -> list[torch.Tensor]:
-    """Four 32-bit words (as int64) for each 64-bit counter (an int64 tensor)."""
-    c = [counter & MASK32, (counter >> 32) & MASK32, torch.zeros_like(counter), torch.zeros_like(counter)]
+def philox4x32_10(counter: list[torch.Tensor], key: int) -> list[torch.Tensor]:
+    """Philox-4x32-10 of four 32-bit counter words (int64 tensors) under a 64-bit key."""
+    c = [word & MASK32 for word in counter]
     k0, k1 = key & MASK32, (key >> 32) & MASK32
     for _ in range(10):
         hi_b, lo_b = _mulhi_lo(ROUND_B, c[2])
@@ -44,7 +44,9 @@ def uint_to_uniform(x: torch.Tensor) -> torch.Tensor:
 
 def randn4x(counter: torch.Tensor, key: int) -> torch.Tensor:
     """Normals of shape counter.shape + (4,), as triton.language.randn4x draws them."""
-    u = [uint_to_uniform(x) for x in philox4x32_10(counter, key)]
+    zero = torch.zeros_like(counter)
+    words = philox4x32_10([counter & MASK32, (counter >> 32) & MASK32, zero, zero], key)
+    u = [uint_to_uniform(x) for x in words]
     two_pi = torch.tensor(TWO_PI, dtype=torch.float32)
     out = []
     for radius_u, angle_u in ((u[0], u[1]), (u[2], u[3])):

@@ -20,6 +20,12 @@
 #include <algorithm>
 #include <array>
 #include <cstring>
+#include <type_traits>
+
+#if defined(CPU_CAPABILITY_AVX2)
+#include <immintrin.h>
+#include <sleef.h>
+#endif
 
 #include "../philox.h"
 #include "../reparametrize_kl_checks.h"
@@ -34,12 +40,79 @@ constexpr int64_t kSliceElems = 64 * kChunkElems;
 // Aim for at least this many elements per parallel task batch.
 constexpr int64_t kGrainElems = 16384;
 
+#if defined(CPU_CAPABILITY_AVX2)
+// 8 Philox groups per call on AVX2. vpmuludq forms the full 64-bit products of
+// the even lanes, and of the odd lanes shifted down: one pair of multiplies gives
+// both the high words (mulhi) and the low words (mullo) a round needs.
+inline void mul_hi_lo(__m256i a, __m256i b, __m256i& hi, __m256i& lo) {
+  const __m256i even = _mm256_mul_epu32(a, b);
+  const __m256i odd = _mm256_mul_epu32(a, _mm256_srli_epi64(b, 32));
+  hi = _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
+  lo = _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
+}
+
+inline __m256 uniform8(__m256i x) {
+  // (i < 0 ? ~i : i) == i ^ (i >> 31), then scale, as uint_to_uniform().
+  const __m256i folded = _mm256_xor_si256(x, _mm256_srai_epi32(x, 31));
+  return _mm256_mul_ps(_mm256_cvtepi32_ps(folded), _mm256_set1_ps(kUintToUniform));
+}
+
+inline void box_muller8(__m256 radius_u, __m256 angle_u, __m256& cos_out, __m256& sin_out) {
+  const __m256 log_u = Sleef_logf8_u10avx2(_mm256_max_ps(radius_u, _mm256_set1_ps(kMinUniform)));
+  const __m256 radius = _mm256_sqrt_ps(_mm256_mul_ps(_mm256_set1_ps(-2.0f), log_u));
+  const Sleef___m256_2 sc = Sleef_sincosf8_u10avx2(_mm256_mul_ps(_mm256_set1_ps(kTwoPi), angle_u));
+  cos_out = _mm256_mul_ps(radius, sc.y);
+  sin_out = _mm256_mul_ps(radius, sc.x);
+}
+
+constexpr int64_t kLanes = 8;
+
+// Normals for Philox groups [counter, counter + 8) into out[0 .. 32), element 4g + j
+// being output j of group g.
+void normals_for_lanes(uint32_t k0, uint32_t k1, uint64_t counter, float* out) {
+  alignas(32) uint32_t lo[8], hi[8];
+  for (int lane = 0; lane < 8; ++lane) {
+    const uint64_t c = counter + static_cast<uint64_t>(lane);
+    lo[lane] = static_cast<uint32_t>(c);
+    hi[lane] = static_cast<uint32_t>(c >> 32);
+  }
+  __m256i c0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(lo));
+  __m256i c1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(hi));
+  __m256i c2 = _mm256_setzero_si256(), c3 = _mm256_setzero_si256();
+  const __m256i round_a = _mm256_set1_epi32(static_cast<int>(kPhiloxRoundA));
+  const __m256i round_b = _mm256_set1_epi32(static_cast<int>(kPhiloxRoundB));
+  for (int round = 0; round < kPhiloxRounds; ++round) {
+    const __m256i key0 = _mm256_set1_epi32(static_cast<int>(k0 + round * kPhiloxKeyA));
+    const __m256i key1 = _mm256_set1_epi32(static_cast<int>(k1 + round * kPhiloxKeyB));
+    __m256i hi_b, lo_b, hi_a, lo_a;
+    mul_hi_lo(round_b, c2, hi_b, lo_b);
+    mul_hi_lo(round_a, c0, hi_a, lo_a);
+    c0 = _mm256_xor_si256(_mm256_xor_si256(hi_b, c1), key0);
+    c2 = _mm256_xor_si256(_mm256_xor_si256(hi_a, c3), key1);
+    c1 = lo_b;
+    c3 = lo_a;
+  }
+  __m256 n0, n1, n2, n3;
+  box_muller8(uniform8(c0), uniform8(c1), n0, n1);
+  box_muller8(uniform8(c2), uniform8(c3), n2, n3);
+  // 4x8 -> 8x4 transpose: group g's four normals become out[4g .. 4g + 4).
+  const __m256 t0 = _mm256_unpacklo_ps(n0, n1), t1 = _mm256_unpackhi_ps(n0, n1);
+  const __m256 t2 = _mm256_unpacklo_ps(n2, n3), t3 = _mm256_unpackhi_ps(n2, n3);
+  const __m256 g04 = _mm256_castpd_ps(_mm256_unpacklo_pd(_mm256_castps_pd(t0), _mm256_castps_pd(t2)));
+  const __m256 g15 = _mm256_castpd_ps(_mm256_unpackhi_pd(_mm256_castps_pd(t0), _mm256_castps_pd(t2)));
+  const __m256 g26 = _mm256_castpd_ps(_mm256_unpacklo_pd(_mm256_castps_pd(t1), _mm256_castps_pd(t3)));
+  const __m256 g37 = _mm256_castpd_ps(_mm256_unpackhi_pd(_mm256_castps_pd(t1), _mm256_castps_pd(t3)));
+  _mm256_storeu_ps(out + 0, _mm256_permute2f128_ps(g04, g15, 0x20));
+  _mm256_storeu_ps(out + 8, _mm256_permute2f128_ps(g26, g37, 0x20));
+  _mm256_storeu_ps(out + 16, _mm256_permute2f128_ps(g04, g15, 0x31));
+  _mm256_storeu_ps(out + 24, _mm256_permute2f128_ps(g26, g37, 0x31));
+}
+#else
 using FloatVec = at::vec::Vectorized<float>;
 constexpr int64_t kLanes = FloatVec::size();
 
-// Normals for Philox groups [counter, counter + kLanes) into out[0 .. 4 * kLanes).
-// The group loop is written lane-wise so the compiler vectorises the 32-bit
-// multiplies; Box-Muller runs on at::vec (SLEEF log/sin/cos when built for AVX2).
+// Portable version: the group loop is written lane-wise for the auto-vectoriser,
+// Box-Muller runs on at::vec.
 void normals_for_lanes(uint32_t k0, uint32_t k1, uint64_t counter, float* out) {
   alignas(64) float u[4][kLanes];
   for (int64_t lane = 0; lane < kLanes; ++lane) {
@@ -64,6 +137,7 @@ void normals_for_lanes(uint32_t k0, uint32_t k1, uint64_t counter, float* out) {
     for (int j = 0; j < 4; ++j) out[4 * lane + j] = n[j][lane];
   }
 }
+#endif
 
 // Normals for elements [d0, d0 + count) of one row; d0 is a multiple of 4 and the
 // row's first group counter is row_counter.
@@ -73,8 +147,15 @@ void draw_row_noise(uint64_t key, uint64_t row_counter, int64_t d0, int64_t coun
   alignas(64) float batch[4 * kLanes];
   const uint64_t first_group = row_counter + static_cast<uint64_t>(d0 / 4);
   for (int64_t done = 0; done < count; done += 4 * kLanes) {
-    normals_for_lanes(k0, k1, first_group + static_cast<uint64_t>(done / 4), batch);
+    const uint64_t counter = first_group + static_cast<uint64_t>(done / 4);
     const int64_t n = std::min<int64_t>(4 * kLanes, count - done);
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      if (n == 4 * kLanes) {  // a whole batch: no staging copy
+        normals_for_lanes(k0, k1, counter, out + done);
+        continue;
+      }
+    }
+    normals_for_lanes(k0, k1, counter, batch);
     for (int64_t i = 0; i < n; ++i) out[done + i] = static_cast<scalar_t>(batch[i]);
   }
 }
