@@ -54,8 +54,11 @@ def cpu_supports_avx2():
 
 
 def cpu_flags():
-    """-O3 C++17, OpenMP for at::parallel_for, and AVX2 for at::vec where the host has it."""
-    flags = ["-O3", "-std=c++17", "-fopenmp"]
+    """-O3, OpenMP for at::parallel_for, and AVX2 for at::vec where the host has it.
+
+    No -std flag: torch's BuildExtension adds the standard its headers need (C++17 up
+    to torch 2.9, C++20 from 2.10 on); forcing C++17 breaks the newer headers."""
+    flags = ["-O3", "-fopenmp"]
     arch = os.environ.get("AUTOENC_FAST_CPU_ARCH", "auto")
     if arch != "generic" and cpu_supports_avx2():
         # The same macros torch uses for its own AVX2 kernels: at::vec then uses AVX2
@@ -99,7 +102,7 @@ def extensions():
                              extra_link_args=["-fopenmp"])]
     log(f"building CPU and CUDA kernels ({why}); "
         f"TORCH_CUDA_ARCH_LIST={os.environ.get('TORCH_CUDA_ARCH_LIST', '(torch default: this machine)')}")
-    extra["nvcc"] = ["-O3", "-std=c++17", "-lineinfo"]
+    extra["nvcc"] = ["-O3", "-lineinfo"]
     return [CUDAExtension("autoenc_fast._C", cpu_sources + cuda_sources, extra_compile_args=extra,
                           include_dirs=cuda_include_dirs(), extra_link_args=["-fopenmp"],
                           define_macros=[("AUTOENC_FAST_WITH_CUDA", "1")])]

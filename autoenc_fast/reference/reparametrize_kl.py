@@ -49,6 +49,8 @@ def reparametrize_kl(mu, logvar, eps=None, *, generator=None, seed=None):
         if seed is not None:
             key, offset = seed_tensor(seed, torch.device("cpu")).tolist()
             eps = philox_normal(tuple(mu.shape), key, offset).to(device=mu.device, dtype=mu.dtype)
+        elif generator is None:  # randn_like traces under torch.compile with dynamic shapes
+            eps = torch.randn_like(mu, memory_format=torch.contiguous_format)
         else:
             eps = torch.randn(mu.shape, dtype=mu.dtype, device=mu.device, generator=generator)
     return reparametrize_kl_math(mu, logvar, eps)

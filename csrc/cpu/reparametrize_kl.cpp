@@ -58,9 +58,9 @@ inline __m256 uniform8(__m256i x) {
 }
 
 inline void box_muller8(__m256 radius_u, __m256 angle_u, __m256& cos_out, __m256& sin_out) {
-  const __m256 log_u = Sleef_logf8_u10avx2(_mm256_max_ps(radius_u, _mm256_set1_ps(kMinUniform)));
+  const __m256 log_u = Sleef_logf8_u35avx2(_mm256_max_ps(radius_u, _mm256_set1_ps(kMinUniform)));
   const __m256 radius = _mm256_sqrt_ps(_mm256_mul_ps(_mm256_set1_ps(-2.0f), log_u));
-  const Sleef___m256_2 sc = Sleef_sincosf8_u10avx2(_mm256_mul_ps(_mm256_set1_ps(kTwoPi), angle_u));
+  const Sleef___m256_2 sc = Sleef_sincosf8_u35avx2(_mm256_mul_ps(_mm256_set1_ps(kTwoPi), angle_u));
   cos_out = _mm256_mul_ps(radius, sc.y);
   sin_out = _mm256_mul_ps(radius, sc.x);
 }

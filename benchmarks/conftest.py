@@ -1,0 +1,10 @@
+"""pytest-benchmark suites: `python -m pytest benchmarks` (CUDA cases skip without a GPU)."""
+import pytest
+import torch
+
+import autoenc_fast  # noqa: F401
+
+
+def devices():
+    return ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+        not torch.cuda.is_available(), reason="needs a CUDA GPU; this machine has none"))]
