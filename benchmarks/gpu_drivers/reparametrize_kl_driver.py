@@ -1,0 +1,36 @@
+"""Small CUDA run of every reparametrize_kl kernel path, for compute-sanitizer.
+
+    compute-sanitizer --tool memcheck python benchmarks/gpu_drivers/reparametrize_kl_driver.py
+"""
+import torch
+
+import autoenc_fast  # noqa: F401
+from autoenc_fast import reference as R
+
+OP = torch.ops.autoenc_fast.reparametrize_kl
+BACKWARD_OP = torch.ops.autoenc_fast.reparametrize_kl_backward
+
+
+def check(shape, dtype):
+    mu = torch.randn(shape, device="cuda", dtype=dtype)
+    logvar = torch.randn(shape, device="cuda", dtype=dtype)
+    eps = torch.randn(shape, device="cuda", dtype=dtype)
+    seed = torch.tensor([12345, 2**32 - 2], device="cuda")
+    tol = 1e-4 if dtype in (torch.float32, torch.float64) else 3e-2
+    for args in [(eps, None), (None, seed), (None, None)]:
+        z, kl = OP(mu, logvar, *args)
+        eps_ref = args[0] if args[0] is not None else (
+            R.philox_normal(shape, 12345, 2**32 - 2).to("cuda") if args[1] is not None else None)
+        z_ref, kl_ref = R.reparametrize_kl(mu.float(), logvar.float(), eps_ref)
+        torch.testing.assert_close(z.float(), z_ref, atol=tol, rtol=tol)
+        torch.testing.assert_close(kl.float(), kl_ref.float(), atol=tol * 10, rtol=tol)
+        grad_z, grad_kl = torch.randn_like(z), torch.randn_like(kl)
+        for gz, gkl in [(grad_z, grad_kl), (grad_z, None), (None, grad_kl)]:
+            BACKWARD_OP(gz, gkl, mu, logvar, z)
+    torch.cuda.synchronize()
+
+
+for dtype in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
+    for shape in [(1, 1), (3, 37), (2, 3, 5, 7), (4, 5000), (0, 3), (3, 0)]:
+        check(shape, dtype)
+print("reparametrize_kl driver OK")
