@@ -63,9 +63,9 @@ class Reparametrize(nn.Module):
         super().__init__()
         self.sample_in_eval = sample_in_eval
 
-    def forward(self, mu, logvar):
+    def forward(self, mu, logvar, *, generator=None):
         if self.training or self.sample_in_eval:
-            return reparametrize_kl(mu, logvar)
+            return reparametrize_kl(mu, logvar, generator=generator)
         return reparametrize_kl_math(mu, logvar, None)
 
     def extra_repr(self) -> str:

@@ -139,11 +139,14 @@ def _acc_dtype(dtype: torch.dtype):
 
 
 def _slices_per_row(rows: int, row_len: int, device: torch.device) -> int:
-    """Split rows so the launch has about four programs per SM."""
+    """Split rows only when there are too few to fill the SMs: a split costs a
+    second launch to add the partial KL sums."""
     if device.type != "cuda":
         return 1
-    target = 4 * torch.cuda.get_device_properties(device).multi_processor_count
-    return max(1, min(triton.cdiv(target, max(rows, 1)), triton.cdiv(row_len, BLOCK)))
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    if rows >= sms:
+        return 1
+    return max(1, min(triton.cdiv(2 * sms, max(rows, 1)), triton.cdiv(row_len, BLOCK)))
 
 
 def reparametrize_kl_forward(mu, logvar, eps=None, seed=None):
