@@ -217,6 +217,9 @@ def test_triton_kernels_under_the_interpreter_match_cpu(tmp_path):
                                     grad_kl=torch.randn(shape[0], dtype=dtype))
         cases[name + "_drawn"] = dict(mu=mu, logvar=logvar, seed=seed, grad_kl=torch.randn(shape[0], dtype=dtype))
         cases[name + "_mean"] = dict(mu=mu, logvar=logvar, grad_z=torch.randn_like(mu))
+    mu, logvar, _ = make_inputs((2, 5000), torch.float32, "cpu")  # rows split over 3 programs
+    cases["split_drawn"] = dict(mu=mu, logvar=logvar, seed=torch.tensor([77, 5]), slices=3,
+                                grad_z=torch.randn_like(mu), grad_kl=torch.randn(2))
     torch.save(cases, tmp_path / "cases.in")
     script = Path(__file__).with_name("triton_interpret_run.py")
     env = {**os.environ, "TRITON_INTERPRET": "1"}

@@ -30,7 +30,7 @@ def main(path: str) -> None:
     results = {}
     for name, case in inputs.items():
         mu, logvar, eps, seed = case["mu"], case["logvar"], case.get("eps"), case.get("seed")
-        z, kl = kernels.reparametrize_kl_forward(mu, logvar, eps, seed)
+        z, kl = kernels.reparametrize_kl_forward(mu, logvar, eps, seed, slices=case.get("slices"))
         grad_mu, grad_logvar = kernels.reparametrize_kl_backward(
             case.get("grad_z"), case.get("grad_kl"), mu, logvar, z)
         results[name] = dict(z=z, kl=kl, grad_mu=grad_mu, grad_logvar=grad_logvar)

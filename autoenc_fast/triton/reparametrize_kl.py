@@ -149,8 +149,9 @@ def _slices_per_row(rows: int, row_len: int, device: torch.device) -> int:
     return max(1, min(triton.cdiv(2 * sms, max(rows, 1)), triton.cdiv(row_len, BLOCK)))
 
 
-def reparametrize_kl_forward(mu, logvar, eps=None, seed=None):
-    """Launch the forward kernel on contiguous copies of the inputs; returns (z, kl)."""
+def reparametrize_kl_forward(mu, logvar, eps=None, seed=None, slices=None):
+    """Launch the forward kernel on contiguous copies of the inputs; returns (z, kl).
+    `slices` overrides the number of programs per row (tests use it)."""
     mu, logvar = mu.contiguous(), logvar.contiguous()
     rows = mu.shape[0]
     row_len = mu.numel() // rows if rows else 0
@@ -161,7 +162,7 @@ def reparametrize_kl_forward(mu, logvar, eps=None, seed=None):
     noise = 1 if eps is not None else (2 if seed is not None else 0)
     eps = eps.contiguous() if eps is not None else mu
     seed = seed.to(mu.device).contiguous() if seed is not None else mu
-    n_slices = _slices_per_row(rows, row_len, mu.device)
+    n_slices = slices or _slices_per_row(rows, row_len, mu.device)
     slice_len = triton.cdiv(triton.cdiv(row_len, n_slices), BLOCK) * BLOCK
     n_slices = triton.cdiv(row_len, slice_len)
     partial = torch.empty((rows, n_slices), dtype=acc_torch, device=mu.device)
