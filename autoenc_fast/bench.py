@@ -64,13 +64,17 @@ def make_reparametrize_kl(provider: str, mode: str, shape, device, dtype=torch.f
         return run
     z, kl = fn(mu, logvar)
     grads = (torch.randn_like(z), torch.randn_like(kl))
+    # Gradients are reset as optimizer.zero_grad(set_to_none=True) does, so every
+    # provider's backward writes fresh .grad tensors instead of accumulating.
     if mode == "backward":
         def run():
+            mu.grad = logvar.grad = None
             torch.autograd.backward((z, kl), grads, retain_graph=True)
             sync()
         return run
 
     def run():
+        mu.grad = logvar.grad = None
         out = fn(mu, logvar)
         torch.autograd.backward(out, grads)
         sync()
