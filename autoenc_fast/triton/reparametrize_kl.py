@@ -23,9 +23,14 @@ written to a buffer and added in a fixed order, so results do not depend on timi
 """
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra import libdevice
+
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
 BLOCK = 1024
 NUM_WARPS = 4
@@ -53,28 +58,38 @@ def _uint_to_uniform(x):
 
 
 @triton.jit
-def _box_muller(radius_u, angle_u):
-    radius = tl.sqrt(-2.0 * tl.log(tl.maximum(radius_u, 1.0e-7)))
+def _box_muller(radius_u, angle_u, PRECISE: tl.constexpr):
+    """PRECISE: libdevice's log/sin/cos/sqrt (about 1 ulp, like the C++ kernel's SLEEF)
+    instead of the approximate PTX instructions tl.log/tl.sin/tl.cos compile to, whose
+    absolute error would make CPU and GPU noise differ by more than float rounding.
+    The interpreter has no libdevice; there the tl functions are numpy's exact ones."""
+    clamped = tl.maximum(radius_u, 1.0e-7)
     theta = 6.283185307179586 * angle_u
-    return radius * tl.cos(theta), radius * tl.sin(theta)
+    if PRECISE:
+        radius = libdevice.sqrt_rn(-2.0 * libdevice.log(clamped))
+        return radius * libdevice.cos(theta), radius * libdevice.sin(theta)
+    else:
+        radius = tl.sqrt(-2.0 * tl.log(clamped))
+        return radius * tl.cos(theta), radius * tl.sin(theta)
 
 
 @triton.jit
-def _randn4x(k0, k1, counter):
+def _randn4x(k0, k1, counter, PRECISE: tl.constexpr):
     """Four normal blocks for uint64 group counters (low and high words as c0, c1)."""
     c0 = (counter & 0xFFFFFFFF).to(tl.uint32)
     c1 = (counter >> 32).to(tl.uint32)
     zero = c0 * 0
     x0, x1, x2, x3 = _philox4x32_10(c0, c1, zero, zero, k0, k1)
-    n0, n1 = _box_muller(_uint_to_uniform(x0), _uint_to_uniform(x1))
-    n2, n3 = _box_muller(_uint_to_uniform(x2), _uint_to_uniform(x3))
+    n0, n1 = _box_muller(_uint_to_uniform(x0), _uint_to_uniform(x1), PRECISE)
+    n2, n3 = _box_muller(_uint_to_uniform(x2), _uint_to_uniform(x3), PRECISE)
     return n0, n1, n2, n3
 
 
 @triton.jit
 def _reparametrize_kl_fwd(mu_ptr, logvar_ptr, eps_ptr, seed_ptr, z_ptr, kl_partial_ptr,
                           row_len, groups_per_row, slice_len, n_slices,
-                          NOISE: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+                          NOISE: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr,
+                          PRECISE: tl.constexpr):
     """NOISE: 0 none (z = mu), 1 eps given, 2 drawn here."""
     row = tl.program_id(0)
     part = tl.program_id(1)
@@ -98,7 +113,7 @@ def _reparametrize_kl_fwd(mu_ptr, logvar_ptr, eps_ptr, seed_ptr, z_ptr, kl_parti
             z = mu + std * tl.load(eps_ptr + base + d, mask=mask, other=0.0).to(ACC)
         elif NOISE == 2:
             group = row_counter + (start // 4 + tl.arange(0, BLOCK // 4)).to(tl.uint64)
-            n0, n1, n2, n3 = _randn4x(k0, k1, group)
+            n0, n1, n2, n3 = _randn4x(k0, k1, group, PRECISE)
             # join(join(n0, n2), join(n1, n3))[g, j, k] is n_{2j+k}: element 4g + 2j + k.
             noise = tl.reshape(tl.join(tl.join(n0, n2), tl.join(n1, n3)), [BLOCK])
             z = mu + std * noise.to(ACC)
@@ -168,7 +183,7 @@ def reparametrize_kl_forward(mu, logvar, eps=None, seed=None, slices=None):
     partial = torch.empty((rows, n_slices), dtype=acc_torch, device=mu.device)
     _reparametrize_kl_fwd[(rows, n_slices)](
         mu, logvar, eps, seed, z, partial, row_len, triton.cdiv(row_len, 4), slice_len, n_slices,
-        NOISE=noise, ACC=acc_tl, BLOCK=BLOCK, num_warps=NUM_WARPS)
+        NOISE=noise, ACC=acc_tl, BLOCK=BLOCK, PRECISE=not INTERPRETED, num_warps=NUM_WARPS)
     kl = partial[:, 0] if n_slices == 1 else partial.sum(dim=1)
     return z, kl
 
