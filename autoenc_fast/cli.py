@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 
 def _cmd_info(args) -> int:
@@ -27,6 +28,60 @@ def _cmd_bench(args) -> int:
     return 0
 
 
+def _cmd_train(args) -> int:
+    from .train.checkpoint import latest_step
+    from .train.loop import step_speedup, train
+
+    args.out = Path(args.out or f"runs/{args.family}")
+    if not args.resume and latest_step(args.out / "checkpoints") is not None:
+        raise UsageError(f"--out {args.out} already holds a run; pass --resume to continue it, "
+                         "or choose another --out")
+    summary = train(args)
+    if summary["processes"] == 1:
+        print(f"trained {summary['family']} ({summary['backend']}) for {summary['steps']} steps in "
+              f"{summary['seconds']} s ({summary['images_per_second']} images/s); "
+              f"final loss {summary['final_loss']:.4g}; files in {summary['out']}")
+        if args.speedup:
+            timing = step_speedup(args)
+            print(f"training step: fused {timing['fused_ms']:.2f} ms, reference {timing['reference_ms']:.2f} ms "
+                  f"-> fused is {timing['speedup']:.2f}x the reference")
+    return 0
+
+
+def _add_train_parser(sub) -> None:
+    from .train.families import FAMILIES
+
+    p_train = sub.add_parser("train", help="train a model family from the command line")
+    families = p_train.add_subparsers(dest="family", required=True)
+    for family in FAMILIES.values():
+        p = families.add_parser(family.name, help=family.help, description=family.help)
+        p.add_argument("--data", type=Path, help="a folder of images (gaugan: DIR/images and DIR/labels); "
+                                                 "default: the embedded data set")
+        p.add_argument("--epochs", type=int, default=5, help="passes over the data (default 5)")
+        p.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (0: no limit)")
+        p.add_argument("--batch-size", type=int, default=family.batch_size)
+        p.add_argument("--image-size", type=int, default=family.image_size)
+        p.add_argument("--lr", type=float, default=family.lr, help="learning rate")
+        p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+        p.add_argument("--backend", default="fused", choices=["fused", "reference"])
+        p.add_argument("--amp", nargs="?", const="bf16", choices=["bf16", "fp16"],
+                       help="mixed precision (bf16 unless fp16 is named; fp16 on CUDA only)")
+        p.add_argument("--compile", action="store_true", help="torch.compile the model")
+        p.add_argument("--out", help="the run folder (default runs/<family>)")
+        p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--checkpoint-every", type=int, default=100, metavar="STEPS",
+                       help="also checkpoint every this many steps (default 100; 0: at epoch ends only)")
+        p.add_argument("--no-speedup", dest="speedup", action="store_false",
+                       help="skip timing the fused against the reference step at the end")
+        family.add_arguments(p)
+        p.set_defaults(func=_cmd_train)
+
+
+class UsageError(ValueError):
+    """A command-line mistake: one line, exit code 2."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="autoenc-fast", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -39,12 +94,25 @@ def build_parser() -> argparse.ArgumentParser:
     p_bench.add_argument("--op", action="append", help="only this op (repeatable)")
     p_bench.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
     p_bench.set_defaults(func=_cmd_bench)
+    _add_train_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return args.func(args)
+    from .train.checkpoint import CheckpointError
+    from .train.data import DataError
+    from .train.loop import TrainingError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (UsageError, DataError, CheckpointError) as error:
+        print(f"autoenc-fast: error: {error}", file=sys.stderr)
+        return 2
+    except TrainingError as error:
+        print(f"autoenc-fast: training stopped: {error}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

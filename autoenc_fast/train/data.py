@@ -1,0 +1,220 @@
+"""Training data: embedded defaults that need no download, and image folders.
+
+Images come out as float tensors in [0, 1], (C, S, S). Folders are decoded once, up
+front, into a uint8 cache at the training size: an unreadable, truncated or oversized
+file is found before training starts, skipped and counted (a folder with no usable
+image is an error).
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+# Above this many pixels a file is refused as a decompression bomb (PIL warns at 89M).
+MAX_IMAGE_PIXELS = 64 * 1024 * 1024
+
+
+class DataError(ValueError):
+    """The data asked for cannot be used; the message says which and why."""
+
+
+def _resize_square(images: torch.Tensor, size: int) -> torch.Tensor:
+    """(N, C, H, W) float -> (N, C, size, size), bilinear with antialiasing."""
+    return F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+
+
+def _to_uint8(images: torch.Tensor) -> torch.Tensor:
+    return (images.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+class TensorImages(Dataset):
+    """A uint8 image cache (N, C, S, S) served as float [0, 1]; `extra` holds aligned tensors."""
+
+    def __init__(self, images: torch.Tensor, skipped: int = 0, **extra: torch.Tensor):
+        self.images = images
+        self.extra = extra
+        self.skipped = skipped
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, index: int):
+        image = self.images[index].float() / 255
+        if not self.extra:
+            return image
+        return (image, *(t[index] for t in self.extra.values()))
+
+
+# ---------------------------------------------------------------- embedded defaults
+
+
+def digits(size: int) -> TensorImages:
+    """scikit-learn's bundled 8x8 handwritten digits (1,797, 16 grey levels), upsampled."""
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        raise DataError("the default data of ae/vae needs scikit-learn: pip install 'autoenc_fast[train]'") from None
+    pixels = torch.from_numpy(load_digits().images).float().unsqueeze(1) / 16.0
+    return TensorImages(_to_uint8(_resize_square(pixels, size)))
+
+
+def photo_crops(size: int, count: int = 2048, seed: int = 0) -> TensorImages:
+    """Random square crops (then resized to `size`) of scikit-image's bundled photographs."""
+    try:
+        from skimage import data as skdata
+    except ImportError:
+        raise DataError("the default data of context-encoder needs scikit-image: "
+                        "pip install 'autoenc_fast[train]'") from None
+    photos = []
+    for name in ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "motorcycle_left",
+                 "colorwheel", "hubble_deep_field", "retina", "cat"):
+        loader = getattr(skdata, name, None)
+        if loader is None:
+            continue
+        try:
+            array = loader()
+        except Exception:  # some images need an optional download (pooch); skip those
+            continue
+        if isinstance(array, tuple):
+            array = array[0]
+        if array.ndim == 3 and array.shape[2] >= 3 and min(array.shape[:2]) >= size:
+            photos.append(torch.from_numpy(array[..., :3].copy()).permute(2, 0, 1).float() / 255)
+    if not photos:
+        raise DataError("no bundled scikit-image photograph could be loaded")
+    gen = torch.Generator().manual_seed(seed)
+    crops = []
+    for i in range(count):
+        photo = photos[i % len(photos)]
+        _, h, w = photo.shape
+        side = int(torch.randint(size, min(h, w) + 1, (), generator=gen))
+        top = int(torch.randint(0, h - side + 1, (), generator=gen))
+        left = int(torch.randint(0, w - side + 1, (), generator=gen))
+        crop = photo[:, top:top + side, left:left + side].unsqueeze(0)
+        if torch.rand((), generator=gen) < 0.5:
+            crop = crop.flip(-1)
+        crops.append(_to_uint8(_resize_square(crop, size)))
+    return TensorImages(torch.cat(crops))
+
+
+# Classes of the procedural scenes and their base colours (RGB in [0, 1]).
+SCENE_CLASSES = {"sky": (0.45, 0.65, 0.95), "ground": (0.35, 0.6, 0.25), "water": (0.15, 0.35, 0.7),
+                 "rock": (0.5, 0.47, 0.44), "tree": (0.1, 0.4, 0.15), "sun": (1.0, 0.85, 0.3)}
+
+
+def procedural_scenes(size: int, count: int = 512, seed: int = 0) -> TensorImages:
+    """Label map -> image pairs drawn procedurally: a sky/ground horizon, water, rocks,
+    trees and a sun, each class with its colour, shading and texture noise."""
+    gen = torch.Generator().manual_seed(seed)
+    ys = torch.linspace(0, 1, size).view(size, 1).expand(size, size)
+    xs = torch.linspace(0, 1, size).view(1, size).expand(size, size)
+    colors = torch.tensor(list(SCENE_CLASSES.values()))  # (K, 3)
+    images, labels = [], []
+    for _ in range(count):
+        r = lambda *shape: torch.rand(shape, generator=gen)  # noqa: E731
+        horizon = 0.35 + 0.3 * r(1) + 0.05 * torch.sin(xs * (4 + 8 * r(1)) * math.pi + 6 * r(1))
+        label = torch.where(ys < horizon, 0, 1)  # sky above, ground below
+        if r(1) < 0.6:  # a lake below the horizon
+            cx, cy, rx, ry = r(1), horizon.mean() + 0.2 + 0.2 * r(1), 0.15 + 0.25 * r(1), 0.05 + 0.1 * r(1)
+            label = torch.where(((xs - cx) / rx) ** 2 + ((ys - cy) / ry) ** 2 < 1, 2, label)
+        for _ in range(int(r(1) * 4)):  # rocks on the ground
+            cx, cy, rad = r(1), horizon.mean() + 0.1 + 0.5 * r(1), 0.03 + 0.07 * r(1)
+            label = torch.where(((xs - cx) ** 2 + (ys - cy) ** 2 < rad**2) & (label == 1), 3, label)
+        for _ in range(int(r(1) * 5)):  # trees: a trunkless crown standing on the horizon
+            cx, rad = r(1), 0.04 + 0.06 * r(1)
+            cy = horizon.mean() - rad * 0.8
+            label = torch.where((xs - cx) ** 2 + (ys - cy) ** 2 < rad**2, 4, label)
+        if r(1) < 0.5:
+            cx, cy, rad = r(1), 0.05 + 0.2 * r(1), 0.04 + 0.04 * r(1)
+            label = torch.where(((xs - cx) ** 2 + (ys - cy) ** 2 < rad**2) & (label == 0), 5, label)
+        image = colors[label].permute(2, 0, 1)  # (3, S, S)
+        shade = 0.85 + 0.3 * ys.unsqueeze(0) * (label != 0).unsqueeze(0) + 0.1 * r(1, size, size)
+        images.append(_to_uint8((image * shade).clamp(0, 1)).unsqueeze(0))
+        labels.append(label.to(torch.uint8).unsqueeze(0))
+    return TensorImages(torch.cat(images), labels=torch.cat(labels))
+
+
+# ---------------------------------------------------------------- folders
+
+
+def _image_files(folder: Path) -> list[Path]:
+    if not folder.exists():
+        raise DataError(f"--data: {folder} does not exist")
+    if not folder.is_dir():
+        raise DataError(f"--data: {folder} is not a folder")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise DataError(f"--data: {folder} holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    return files
+
+
+def _decode(path: Path, mode: str):
+    """PIL image in `mode`, or None when the file is unreadable, truncated or too large."""
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                image.load()  # decodes now: truncated data raises here
+                return image.convert(mode)
+    except (OSError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning, SyntaxError):
+        return None
+
+
+def _pil_to_tensor(image) -> torch.Tensor:
+    import numpy as np
+
+    array = np.asarray(image, dtype=np.uint8)
+    if array.ndim == 2:
+        array = array[:, :, None]
+    return torch.from_numpy(array.copy()).permute(2, 0, 1)
+
+
+def image_folder(folder: Path, size: int, channels: int, log=print) -> TensorImages:
+    """Every readable image of `folder`, converted to `channels` (1 or 3) and resized."""
+    mode = "L" if channels == 1 else "RGB"
+    images, skipped = [], []
+    for path in _image_files(folder):
+        image = _decode(path, mode)
+        if image is None:
+            skipped.append(path.name)
+            continue
+        pixels = _pil_to_tensor(image).float().unsqueeze(0) / 255
+        images.append(_to_uint8(_resize_square(pixels, size)))
+    if skipped:
+        log(f"skipped {len(skipped)} unreadable, truncated or oversized image(s) in {folder}: "
+            f"{', '.join(skipped[:5])}{' ...' if len(skipped) > 5 else ''}")
+    if not images:
+        raise DataError(f"--data: none of the {len(skipped)} image file(s) in {folder} could be read")
+    return TensorImages(torch.cat(images), skipped=len(skipped))
+
+
+def paired_folder(folder: Path, size: int, log=print) -> TensorImages:
+    """GauGAN pairs: folder/images/NAME.* (RGB) and folder/labels/NAME.png (class ids)."""
+    image_files = {p.stem: p for p in _image_files(folder / "images")}
+    label_files = {p.stem: p for p in _image_files(folder / "labels")}
+    unmatched = sorted(set(image_files) ^ set(label_files))
+    if unmatched:
+        log(f"skipped {len(unmatched)} image(s) without a label map or label map(s) without an image: "
+            f"{', '.join(unmatched[:5])}{' ...' if len(unmatched) > 5 else ''}")
+    images, labels, skipped = [], [], len(unmatched)
+    for stem in sorted(set(image_files) & set(label_files)):
+        image, label = _decode(image_files[stem], "RGB"), _decode(label_files[stem], "L")
+        if image is None or label is None or image.size != label.size:
+            skipped += 1
+            log(f"skipped {stem}: unreadable, or image and label map differ in size")
+            continue
+        pixels = _pil_to_tensor(image).float().unsqueeze(0) / 255
+        images.append(_to_uint8(_resize_square(pixels, size)))
+        ids = _pil_to_tensor(label).unsqueeze(0).float()
+        labels.append(F.interpolate(ids, size=(size, size), mode="nearest")[:, 0].to(torch.uint8))
+    if not images:
+        raise DataError(f"--data: no usable image/label-map pair in {folder}/images and {folder}/labels")
+    return TensorImages(torch.cat(images), skipped=skipped, labels=torch.cat(labels))

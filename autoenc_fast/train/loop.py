@@ -1,0 +1,280 @@
+"""The training loop behind `autoenc-fast train`."""
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import BatchSampler, DistributedSampler, default_collate
+
+from . import checkpoint, images
+from .data import DataError
+from .families import FAMILIES, StepContext
+
+
+class TrainingError(RuntimeError):
+    """Training stopped; the message says why and what was kept."""
+
+
+# ---------------------------------------------------------------- set-up
+
+
+def _distributed(args) -> tuple[int, int]:
+    """(rank, world size); joins the process group torchrun describes in the environment."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    if not dist.is_initialized():
+        backend = "nccl" if args.device == "cuda" else "gloo"
+        dist.init_process_group(backend)
+    return dist.get_rank(), world
+
+
+def _device(args, rank: int) -> torch.device:
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.device == "cuda":
+        if not torch.cuda.is_available():
+            raise DataError("--device cuda: torch sees no CUDA GPU")
+        index = int(os.environ.get("LOCAL_RANK", rank)) % torch.cuda.device_count()
+        torch.cuda.set_device(index)
+        return torch.device("cuda", index)
+    return torch.device("cpu")
+
+
+def _autocast(args, device: torch.device):
+    if not args.amp:
+        return contextlib.nullcontext, None
+    if args.amp == "fp16" and device.type != "cuda":
+        raise DataError("--amp fp16 needs CUDA; on the CPU use --amp bf16")
+    dtype = torch.float16 if args.amp == "fp16" else torch.bfloat16
+    scaler = torch.amp.GradScaler("cuda") if args.amp == "fp16" else None
+    return (lambda: torch.autocast(device.type, dtype=dtype)), scaler
+
+
+def _rng_state(device: torch.device) -> dict:
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _wrap(modules: dict, args, device, world: int) -> dict:
+    """The modules as trained: DistributedDataParallel across processes, compiled if asked."""
+    trained = {}
+    for name, module in modules.items():
+        wrapped = module
+        if world > 1 and any(p.requires_grad for p in module.parameters()):
+            wrapped = torch.nn.parallel.DistributedDataParallel(
+                module, device_ids=[device.index] if device.type == "cuda" else None)
+        if args.compile:
+            wrapped = torch.compile(wrapped)
+        trained[name] = wrapped
+    return trained
+
+
+# ---------------------------------------------------------------- files
+
+
+class RunFolder:
+    """Everything a run writes, on rank 0 only."""
+
+    def __init__(self, out: Path, enabled: bool):
+        self.out, self.enabled = out, enabled
+        self.checkpoints = out / "checkpoints"
+        if enabled:
+            out.mkdir(parents=True, exist_ok=True)
+
+    def log(self, message: str) -> None:
+        if self.enabled:
+            print(f"autoenc-fast train: {message}", flush=True)
+
+    def metrics(self, record: dict) -> None:
+        if self.enabled:
+            with open(self.out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def trim_metrics(self, last_step: int) -> None:
+        """On resume: drop records a killed run wrote after its last checkpoint."""
+        path = self.out / "metrics.jsonl"
+        if not self.enabled or not path.exists():
+            return
+        kept = [line for line in path.read_text().splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= last_step]
+        checkpoint.atomic_write(path, lambda p: p.write_text("".join(line + "\n" for line in kept)))
+
+    def write_json(self, name: str, data: dict) -> None:
+        if self.enabled:
+            checkpoint.atomic_write(self.out / name, lambda p: p.write_text(json.dumps(data, indent=1)))
+
+
+# ---------------------------------------------------------------- the loop
+
+
+def _state(step, epoch, batch_in_epoch, optimizers, history, device, scaler) -> dict:
+    return {"step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
+            "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
+            "scaler": scaler.state_dict() if scaler is not None else None,
+            "rng": _rng_state(device), "history": history}
+
+
+def _batch_to(batch, device):
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(t.to(device, non_blocking=True) for t in batch)
+    return batch.to(device, non_blocking=True)
+
+
+def _picture(family, modules, batch, args, run: RunFolder, epoch: int) -> None:
+    if not run.enabled:
+        return
+    was_training = {k: m.training for k, m in modules.items()}
+    for m in modules.values():
+        m.eval()
+    shown = family.picture(modules, batch, args)
+    for k, m in modules.items():
+        m.train(was_training[k])
+    scale = max(1, 256 // max(shown.shape[-1], 1) // 2)
+    images.save_png(images.grid(shown), run.out / f"samples_epoch{epoch:03d}.png", scale=scale)
+
+
+def train(args) -> dict:
+    family = FAMILIES[args.family]
+    rank, world = _distributed(args)
+    device = _device(args, rank)
+    run = RunFolder(Path(args.out), enabled=rank == 0)
+    torch.manual_seed(args.seed)
+    dataset = family.dataset(args, run.log)
+    if len(dataset) < args.batch_size * world:
+        raise DataError(f"--batch-size {args.batch_size}: the data has only {len(dataset)} image(s) "
+                        f"for {world} process(es)")
+    modules = {k: m.to(device) for k, m in family.build(args).items()}
+    optimizers = family.optimizers(modules, args)
+    autocast, scaler = _autocast(args, device)
+    # Each process draws different noise and dropout; the weights start equal (DDP broadcasts rank 0's).
+    torch.manual_seed(args.seed + rank)
+
+    step, epoch, batch_in_epoch, history = 0, 0, 0, []
+    if args.resume:
+        state = checkpoint.load_checkpoint(run.checkpoints, modules)
+        for name, optimizer in optimizers.items():
+            optimizer.load_state_dict(state["optimizers"][name])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        history = state["history"]
+        _set_rng_state(state["rng"], device)
+        run.trim_metrics(step)
+        run.log(f"resumed from step {step} (epoch {epoch + 1}, batch {batch_in_epoch})")
+    trained = _wrap(modules, args, device, world)
+    run.write_json("args.json", {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()
+                                 if k != "func"})
+
+    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=args.seed,
+                                 drop_last=True)
+    steps_per_epoch = len(sampler) // args.batch_size
+    total = steps_per_epoch * args.epochs
+    if args.max_steps:
+        total = min(total, args.max_steps)
+    progress = _progress(run, total, step)
+    started, images_seen, last_batch = time.perf_counter(), 0, None
+
+    def save(step, epoch, batch_in_epoch):
+        if run.enabled:
+            checkpoint.save_checkpoint(run.checkpoints, step, modules,
+                                       _state(step, epoch, batch_in_epoch, optimizers, history, device, scaler))
+
+    while step < total:
+        sampler.set_epoch(epoch)
+        batches = list(BatchSampler(sampler, args.batch_size, drop_last=True))
+        for index in batches[batch_in_epoch:]:
+            batch = _batch_to(default_collate([dataset[i] for i in index]), device)
+            ctx = StepContext(trained, optimizers, autocast, scaler, step, args)
+            metrics = {k: float(v) for k, v in family.step(ctx, batch).items()}
+            if not all(math.isfinite(v) for v in metrics.values()):
+                last = checkpoint.latest_step(run.checkpoints)
+                kept = f"the last good checkpoint (step {last}) is kept in {run.checkpoints}" if last is not None \
+                    else "no checkpoint had been written yet"
+                raise TrainingError(f"the loss became {metrics['loss']} at step {step + 1}; stopped, and {kept}")
+            step += 1
+            batch_in_epoch += 1
+            images_seen += args.batch_size * world
+            record = {"step": step, "epoch": epoch + 1, **metrics}
+            history.append(record)
+            run.metrics(record)
+            last_batch = batch
+            progress.update(1)
+            progress.set_postfix(loss=f"{metrics['loss']:.4g}",
+                                 img_s=f"{images_seen / (time.perf_counter() - started):.0f}")
+            if args.checkpoint_every and step % args.checkpoint_every == 0 and step < total:
+                save(step, epoch, batch_in_epoch)
+            if step >= total:
+                break
+        if batch_in_epoch >= len(batches):
+            epoch, batch_in_epoch = epoch + 1, 0
+        save(step, epoch, batch_in_epoch)
+        if last_batch is not None:
+            _picture(family, modules, last_batch[0] if isinstance(last_batch, (list, tuple)) else last_batch,
+                     args, run, epoch if batch_in_epoch == 0 else epoch + 1)
+        if run.enabled and history:
+            images.save_loss_curve(history, run.out / "loss.png", f"{family.name} ({args.backend})")
+    progress.close()
+    elapsed = time.perf_counter() - started
+    summary = {"family": family.name, "backend": args.backend, "device": str(device), "processes": world,
+               "steps": step, "epochs_completed": epoch, "seconds": round(elapsed, 2),
+               "images_per_second": round(images_seen / elapsed, 1) if elapsed > 0 else None,
+               "final_loss": history[-1]["loss"] if history else None, "out": str(run.out)}
+    run.write_json("summary.json", summary)
+    return summary
+
+
+def _progress(run: RunFolder, total: int, initial: int):
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not run.enabled, unit="step", dynamic_ncols=True)
+
+
+# ---------------------------------------------------------------- fused vs reference
+
+
+def step_speedup(args, repeats: int = 10) -> dict:
+    """Median time of one training step with the fused and the reference backend, on
+    one batch of the run's data; the run's own RNG state is left as it was."""
+    family = FAMILIES[args.family]
+    device = torch.device(args.device if args.device != "auto" else "cpu")
+    rng = _rng_state(device)
+    dataset = family.dataset(args, lambda *_: None)
+    batch = _batch_to(default_collate([dataset[i] for i in range(args.batch_size)]), device)
+    times = {}
+    for backend in ("fused", "reference"):
+        local = copy.copy(args)
+        local.backend = backend
+        torch.manual_seed(args.seed)
+        modules = {k: m.to(device) for k, m in family.build(local).items()}
+        optimizers = family.optimizers(modules, local)
+        ctx_for = lambda s: StepContext(modules, optimizers, contextlib.nullcontext, None, s, local)  # noqa: E731
+        family.step(ctx_for(0), batch)  # warm-up
+        samples = []
+        for s in range(repeats):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            family.step(ctx_for(s + 1), batch)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            samples.append(time.perf_counter() - t0)
+        times[backend] = sorted(samples)[len(samples) // 2] * 1e3
+    _set_rng_state(rng, device)
+    return {"fused_ms": times["fused"], "reference_ms": times["reference"],
+            "speedup": times["reference"] / times["fused"]}
