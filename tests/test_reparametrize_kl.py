@@ -373,6 +373,19 @@ def test_module_train_eval(device):
     assert "sample_in_eval=True" in repr(sampling)
 
 
+@pytest.mark.parametrize("device", devices())
+def test_module_given_eps_matches_reference_twin(device):
+    mu, logvar, eps = make_inputs((6, 10), torch.float64, device)
+    z, kl = afnn.Reparametrize()(mu, logvar, eps=eps)
+    z_ref, kl_ref = R.Reparametrize()(mu, logvar, eps=eps)
+    torch.testing.assert_close(z, mu + (0.5 * logvar).exp() * eps, **TOLERANCES[torch.float64])
+    torch.testing.assert_close(z, z_ref, **TOLERANCES[torch.float64])
+    torch.testing.assert_close(kl, kl_ref, **TOLERANCES[torch.float64])
+    # eval mode does not sample: the given noise is unused and z is mu
+    assert torch.equal(afnn.Reparametrize().eval()(mu, logvar, eps=eps)[0], mu)
+    assert torch.equal(R.Reparametrize().eval()(mu, logvar, eps=eps)[0], mu)
+
+
 def test_eval_mode_gradient_has_no_noise_term():
     mu, logvar, _ = make_inputs((3, 8), torch.float64, "cpu", requires_grad=True)
     z, kl = afnn.Reparametrize().eval()(mu, logvar)

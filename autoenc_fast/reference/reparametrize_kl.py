@@ -57,15 +57,16 @@ def reparametrize_kl(mu, logvar, eps=None, *, generator=None, seed=None):
 
 
 class Reparametrize(nn.Module):
-    """Reference twin of autoenc_fast.nn.Reparametrize: (mu, logvar) -> (z, kl)."""
+    """Reference twin of autoenc_fast.nn.Reparametrize: (mu, logvar) -> (z, kl); a given
+    ``eps`` is the noise of the training-mode sample, as in the fused module."""
 
     def __init__(self, sample_in_eval: bool = False):
         super().__init__()
         self.sample_in_eval = sample_in_eval
 
-    def forward(self, mu, logvar, *, generator=None):
+    def forward(self, mu, logvar, *, eps=None, generator=None):
         if self.training or self.sample_in_eval:
-            return reparametrize_kl(mu, logvar, generator=generator)
+            return reparametrize_kl(mu, logvar, eps, generator=generator)
         return reparametrize_kl_math(mu, logvar, None)
 
     def extra_repr(self) -> str:

@@ -1,0 +1,33 @@
+"""Constructor argument checks shared by the models: each error names the argument."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+def positive_int(value, name: str, owner: str) -> int:
+    """`value` as an int >= 1, else a TypeError/ValueError naming `name`."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{owner}: `{name}` must be an int; got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{owner}: `{name}` must be >= 1; got {value}")
+    return value
+
+
+def positive_ints(values, length: int | None, name: str, owner: str) -> tuple[int, ...]:
+    """`values` as a tuple of ints >= 1 (of `length` when given), else an error naming `name`."""
+    if not isinstance(values, Sequence) or isinstance(values, str):
+        raise TypeError(f"{owner}: `{name}` must be a sequence of ints; got {type(values).__name__}")
+    if length is not None and len(values) != length:
+        raise ValueError(f"{owner}: `{name}` must have {length} entries; got {len(values)}")
+    if length is None and len(values) == 0:
+        raise ValueError(f"{owner}: `{name}` must not be empty")
+    if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values):
+        raise ValueError(f"{owner}: `{name}` must hold ints >= 1; got {tuple(values)!r}")
+    return tuple(values)
+
+
+def choice(value, choices: tuple, name: str, owner: str):
+    """`value` if it is one of `choices`, else a ValueError naming `name`."""
+    if value not in choices:
+        raise ValueError(f"{owner}: `{name}` must be one of {choices}; got {value!r}")
+    return value

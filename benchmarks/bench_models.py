@@ -1,0 +1,68 @@
+"""One training step (forward + loss + backward + Adam step) of each model family:
+backend="fused" vs backend="reference" eager vs the reference under torch.compile.
+
+    python -m pytest benchmarks/bench_models.py --benchmark-group-by=group
+
+CPU-sized configurations on the CPU, the papers' sizes on CUDA (skipped without a GPU).
+The ConvAutoencoder has no fused block yet, so its fused and reference steps run the
+same layers: their ratio measures noise, not a kernel.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import devices
+
+from autoenc_fast.models import VAE, ConvAutoencoder, mse_reconstruction_loss, vae_loss
+
+PROVIDERS = ("fused", "reference", "reference_compiled")
+
+# family -> device type -> (constructor kwargs, batch)
+CONFIGS = {
+    "conv_autoencoder": {
+        "cpu": (dict(image_size=99, latent_dim=256, widths=(32, 64, 96, 96, 64)), 8),
+        "cuda": (dict(), 32),  # 227 x 227, AlexNet widths, latent 2,304
+    },
+    "vae": {
+        "cpu": (dict(image_size=64, latent_dim=128), 16),
+        "cuda": (dict(image_size=64, latent_dim=128), 128),
+    },
+}
+FAMILIES = {"conv_autoencoder": ConvAutoencoder, "vae": VAE}
+
+
+def _loss(model_out, x, family: str) -> torch.Tensor:
+    if family == "vae":
+        return vae_loss(model_out, x).loss
+    return mse_reconstruction_loss(model_out, x)
+
+
+def make_train_step(family: str, provider: str, device: str):
+    """A no-argument callable running one training step on a fixed batch; it
+    synchronizes on CUDA so the timer sees the whole step."""
+    kwargs, batch = CONFIGS[family][torch.device(device).type]
+    backend = "fused" if provider == "fused" else "reference"
+    model = FAMILIES[family](**kwargs, backend=backend).to(device)
+    forward = torch.compile(model) if provider == "reference_compiled" else model
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    x = torch.rand(batch, model.in_channels, model.image_size, model.image_size, device=device)
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        _loss(forward(x), x, family).backward()
+        optimizer.step()
+        sync()
+    return step
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_train_step(benchmark, family, provider, device):
+    torch._dynamo.reset()
+    step = make_train_step(family, provider, device)
+    step()  # warm-up: compilation and first-call costs stay out of the numbers
+    step()
+    benchmark.group = f"{family} train step {device}"
+    benchmark.pedantic(step, rounds=15, warmup_rounds=1)
