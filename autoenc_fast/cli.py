@@ -99,9 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .train.checkpoint import CheckpointError
-    from .train.data import DataError
-    from .train.loop import TrainingError
+    from .train.errors import CheckpointError, DataError, TrainingError
 
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -38,7 +38,7 @@ setup_cpu() {
   local venv="$ENV_ROOT/venv-cpu"
   make_venv "$venv" "$CPU_TORCH"
   say "building autoenc_fast against torch $CPU_TORCH"
-  (cd "$ROOT" && "$venv/bin/pip" install -q --disable-pip-version-check --no-build-isolation -e ".[test]")
+  (cd "$ROOT" && "$venv/bin/pip" install -q --disable-pip-version-check --no-build-isolation -e ".[test,train]")
   VENV_PY="$venv/bin/python"
 }
 

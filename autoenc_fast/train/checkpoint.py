@@ -15,15 +15,11 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorsError
-from safetensors.torch import load_file, save_file
+
+from .errors import CheckpointError
 
 POINTER = "latest.json"
 KEEP = 2  # checkpoints kept on disk; older ones are removed once the pointer moved on
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, corrupt or not one of ours."""
 
 
 def _fsync_dir(path: Path) -> None:
@@ -50,6 +46,8 @@ def atomic_write(path: Path, write) -> None:
 
 def save_checkpoint(directory: Path, step: int, modules: dict, state: dict) -> Path:
     """Write checkpoint `step` of `modules` ({name: nn.Module}) and `state`, then point to it."""
+    from safetensors.torch import save_file
+
     directory.mkdir(parents=True, exist_ok=True)
     stem = f"step-{step:08d}"
     tensors = {f"{name}.{key}": value.detach().cpu().clone()
@@ -79,6 +77,9 @@ def latest_step(directory: Path) -> int | None:
 
 def load_checkpoint(directory: Path, modules: dict) -> dict:
     """Load the latest checkpoint's weights into `modules` (strict) and return its state."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
     pointer_path = directory / POINTER
     try:
         pointer = json.loads(pointer_path.read_text())
@@ -89,7 +90,7 @@ def load_checkpoint(directory: Path, modules: dict) -> dict:
         raise CheckpointError(f"{pointer_path} is not an autoenc_fast checkpoint pointer") from None
     try:
         tensors = load_file(str(weights_path))
-    except (OSError, SafetensorsError) as error:
+    except (OSError, SafetensorError) as error:
         raise CheckpointError(f"cannot read the weights {weights_path}: {error}") from None
     try:
         state = torch.load(state_path, map_location="cpu", weights_only=True)

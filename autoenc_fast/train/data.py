@@ -15,13 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from .errors import DataError
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 # Above this many pixels a file is refused as a decompression bomb (PIL warns at 89M).
 MAX_IMAGE_PIXELS = 64 * 1024 * 1024
-
-
-class DataError(ValueError):
-    """The data asked for cannot be used; the message says which and why."""
 
 
 def _resize_square(images: torch.Tensor, size: int) -> torch.Tensor:

@@ -14,12 +14,8 @@ import torch.distributed as dist
 from torch.utils.data import BatchSampler, DistributedSampler, default_collate
 
 from . import checkpoint, images
-from .data import DataError
+from .errors import DataError, TrainingError
 from .families import FAMILIES, StepContext
-
-
-class TrainingError(RuntimeError):
-    """Training stopped; the message says why and what was kept."""
 
 
 # ---------------------------------------------------------------- set-up
@@ -150,8 +146,16 @@ def _picture(family, modules, batch, args, run: RunFolder, epoch: int) -> None:
 
 
 def train(args) -> dict:
-    family = FAMILIES[args.family]
     rank, world = _distributed(args)
+    try:
+        return _train(args, rank, world)
+    finally:
+        if world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _train(args, rank: int, world: int) -> dict:
+    family = FAMILIES[args.family]
     device = _device(args, rank)
     run = RunFolder(Path(args.out), enabled=rank == 0)
     torch.manual_seed(args.seed)
@@ -248,33 +252,37 @@ def _progress(run: RunFolder, total: int, initial: int):
 # ---------------------------------------------------------------- fused vs reference
 
 
-def step_speedup(args, repeats: int = 10) -> dict:
+def step_speedup(args, repeats: int = 15, warmup: int = 3) -> dict:
     """Median time of one training step with the fused and the reference backend, on
-    one batch of the run's data; the run's own RNG state is left as it was."""
+    one batch of the run's data, timed alternately so both see the same machine load;
+    the run's own RNG state is left as it was."""
     family = FAMILIES[args.family]
     device = torch.device(args.device if args.device != "auto" else "cpu")
     rng = _rng_state(device)
     dataset = family.dataset(args, lambda *_: None)
     batch = _batch_to(default_collate([dataset[i] for i in range(args.batch_size)]), device)
-    times = {}
+    steps = {}
     for backend in ("fused", "reference"):
         local = copy.copy(args)
         local.backend = backend
         torch.manual_seed(args.seed)
         modules = {k: m.to(device) for k, m in family.build(local).items()}
         optimizers = family.optimizers(modules, local)
-        ctx_for = lambda s: StepContext(modules, optimizers, contextlib.nullcontext, None, s, local)  # noqa: E731
-        family.step(ctx_for(0), batch)  # warm-up
-        samples = []
-        for s in range(repeats):
+        steps[backend] = (lambda modules, optimizers, local: lambda s: family.step(
+            StepContext(modules, optimizers, contextlib.nullcontext, None, s, local), batch))(
+                modules, optimizers, local)
+    samples = {backend: [] for backend in steps}
+    for s in range(warmup + repeats):
+        for backend, step in steps.items():
             if device.type == "cuda":
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
-            family.step(ctx_for(s + 1), batch)
+            step(s)
             if device.type == "cuda":
                 torch.cuda.synchronize()
-            samples.append(time.perf_counter() - t0)
-        times[backend] = sorted(samples)[len(samples) // 2] * 1e3
+            if s >= warmup:
+                samples[backend].append(time.perf_counter() - t0)
     _set_rng_state(rng, device)
-    return {"fused_ms": times["fused"], "reference_ms": times["reference"],
-            "speedup": times["reference"] / times["fused"]}
+    median = {b: sorted(v)[len(v) // 2] * 1e3 for b, v in samples.items()}
+    return {"fused_ms": median["fused"], "reference_ms": median["reference"],
+            "speedup": median["reference"] / median["fused"]}

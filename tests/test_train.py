@@ -1,0 +1,195 @@
+"""`autoenc-fast train` end to end: each family, resume, crashes, NaN, bad data, torchrun."""
+from __future__ import annotations
+
+import json
+import os
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("safetensors")
+pytest.importorskip("sklearn")
+
+from autoenc_fast.cli import main  # noqa: E402
+from autoenc_fast.train.families import FAMILIES  # noqa: E402
+
+TINY = {
+    "ae": ["--image-size", "67", "--widths", "4", "8", "8", "8", "8", "--latent-dim", "8"],
+    "vae": ["--image-size", "16", "--widths", "8", "16", "--latent-dim", "4"],
+}
+HERE = Path(__file__).parent
+
+
+def train(tmp: Path, family: str, *extra: str) -> int:
+    return main(["train", family, "--out", str(tmp), "--batch-size", "16", "--no-speedup",
+                 "--device", "cpu", *TINY[family], *extra])
+
+
+def losses(run: Path) -> dict[int, float]:
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in records]
+    assert steps == sorted(set(steps)), "metrics.jsonl holds a step twice or out of order"
+    return {r["step"]: r["loss"] for r in records}
+
+
+@pytest.mark.parametrize("family", sorted(TINY))
+def test_family_trains_and_writes_its_files(tmp_path, family):
+    assert train(tmp_path, family, "--max-steps", "4") == 0
+    recorded = losses(tmp_path)
+    assert sorted(recorded) == [1, 2, 3, 4]
+    assert all(v == v and abs(v) < float("inf") for v in recorded.values())
+    for name in ("loss.png", "summary.json", "args.json", "checkpoints/latest.json"):
+        assert (tmp_path / name).is_file(), name
+    assert list(tmp_path.glob("samples_epoch*.png"))
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["steps"] == 4 and summary["family"] == family
+
+
+def test_resume_equals_uninterrupted(tmp_path):
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    assert train(whole, "vae", "--max-steps", "8") == 0
+    assert train(split, "vae", "--max-steps", "4") == 0
+    assert train(split, "vae", "--max-steps", "8", "--resume") == 0
+    assert losses(split) == losses(whole)  # bit-equal on the CPU with a fixed seed
+
+
+def test_resume_across_an_epoch_boundary(tmp_path):
+    # 1,797 digits / 16 = 112 steps an epoch; a tiny data folder makes epochs short instead.
+    folder = tmp_path / "data"
+    folder.mkdir()
+    from PIL import Image
+
+    for i in range(40):
+        Image.fromarray((torch.rand(12, 12) * 255).byte().numpy()).save(folder / f"{i}.png")
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    common = ["--data", str(folder), "--checkpoint-every", "0"]
+    assert train(whole, "vae", *common, "--epochs", "3") == 0
+    assert train(split, "vae", *common, "--epochs", "1") == 0
+    assert train(split, "vae", *common, "--epochs", "3", "--resume") == 0
+    assert losses(split) == losses(whole) and len(losses(whole)) == 6
+
+
+def test_killed_while_writing_a_checkpoint_resumes(tmp_path):
+    run = tmp_path / "run"
+    args = ["train", "vae", "--out", str(run), "--batch-size", "16", "--no-speedup", "--device", "cpu",
+            *TINY["vae"], "--max-steps", "8", "--checkpoint-every", "3"]
+    crashed = subprocess.run([sys.executable, str(HERE / "crash_during_checkpoint.py"), "6", *args],
+                             capture_output=True, text=True, timeout=300)
+    assert crashed.returncode == 9, crashed.stderr
+    pointer = json.loads((run / "checkpoints" / "latest.json").read_text())
+    assert pointer["step"] == 3  # the half-written step 6 never became the latest
+    assert main([*args, "--resume"]) == 0
+    whole = tmp_path / "whole"
+    assert train(whole, "vae", "--max-steps", "8", "--checkpoint-every", "3") == 0
+    assert losses(run) == losses(whole)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):
+    family = FAMILIES["vae"]
+    real_step = family.step
+
+    def step_with_nan(ctx, batch):
+        metrics = real_step(ctx, batch)
+        return {**metrics, "loss": torch.tensor(float("nan"))} if ctx.step == 4 else metrics
+
+    monkeypatch.setattr(family, "step", step_with_nan)
+    assert train(tmp_path, "vae", "--max-steps", "8", "--checkpoint-every", "2") == 3
+    message = capsys.readouterr().err
+    assert "nan at step 5" in message and "step 4" in message
+    assert json.loads((tmp_path / "checkpoints" / "latest.json").read_text())["step"] == 4
+
+
+def test_refuses_to_overwrite_a_run(tmp_path, capsys):
+    assert train(tmp_path, "vae", "--max-steps", "2") == 0
+    assert train(tmp_path, "vae", "--max-steps", "2") == 2
+    assert "--resume" in capsys.readouterr().err
+
+
+def test_corrupt_or_foreign_checkpoints_are_clear_errors(tmp_path, capsys):
+    assert train(tmp_path, "vae", "--max-steps", "2") == 0
+    pointer = json.loads((tmp_path / "checkpoints" / "latest.json").read_text())
+    weights = tmp_path / "checkpoints" / pointer["weights"]
+    state = tmp_path / "checkpoints" / pointer["state"]
+    original = weights.read_bytes()
+    weights.write_bytes(original[: len(original) // 2])
+    assert train(tmp_path, "vae", "--max-steps", "4", "--resume") == 2
+    assert "cannot read the weights" in capsys.readouterr().err
+    weights.write_bytes(original)
+
+    class Payload:  # a pickle that would run code when loaded without weights_only
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    torch.save({"format": "autoenc_fast-1", "evil": Payload()}, state)
+    assert train(tmp_path, "vae", "--max-steps", "4", "--resume") == 2
+    assert "cannot read the training state" in capsys.readouterr().err
+    # Weights of another model: a clear error, not a traceback.
+    other = tmp_path / "other"
+    assert train(other, "vae", "--max-steps", "1") == 0
+    assert main(["train", "vae", "--out", str(other), "--batch-size", "16", "--no-speedup", "--resume",
+                 "--image-size", "16", "--widths", "8", "--latent-dim", "4"]) == 2
+    assert "does not fit this model" in capsys.readouterr().err
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    """A PNG header that claims a huge image: a decompression bomb's first bytes."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + \
+        chunk(b"IEND", b"")
+
+
+def test_bad_data_folders(tmp_path, capsys):
+    from PIL import Image
+
+    assert train(tmp_path / "r1", "vae", "--data", str(tmp_path / "missing")) == 2
+    assert "does not exist" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert train(tmp_path / "r2", "vae", "--data", str(empty)) == 2
+    assert "no image files" in capsys.readouterr().err
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "truncated.png").write_bytes(_png_bytes(Image)[:60])
+    (bad / "bomb.png").write_bytes(_png_claiming(30000, 30000))
+    (bad / "text.jpg").write_text("not an image")
+    assert train(tmp_path / "r3", "vae", "--data", str(bad)) == 2
+    err = capsys.readouterr().err
+    assert "none of the 3 image file(s)" in err and "Traceback" not in err
+    for i in range(20):
+        Image.fromarray((torch.rand(10, 10) * 255).byte().numpy()).save(bad / f"good{i}.png")
+    assert train(tmp_path / "r4", "vae", "--data", str(bad), "--max-steps", "1") == 0
+    assert "skipped 3 unreadable, truncated or oversized image(s)" in capsys.readouterr().out
+
+
+def _png_bytes(Image) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    Image.fromarray((torch.rand(32, 32) * 255).byte().numpy()).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_torchrun_two_cpu_processes(tmp_path):
+    run = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         "-m", "autoenc_fast", "train", "vae", "--out", str(run), "--batch-size", "8", "--device", "cpu",
+         *TINY["vae"], "--max-steps", "3"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(losses(run)) == [1, 2, 3]  # rank 0 alone wrote the metrics, once per step
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["processes"] == 2
+
+
+def test_bench_quick(capsys):
+    assert main(["bench", "--quick", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "reparametrize_kl" in out and "x eager" in out
