@@ -6,15 +6,18 @@
 //             dW_c = X_c^T @ dY_c                    (P, P), summed over the whole batch
 //             db_c = sum_b dY_c[b, :]                (P)
 //
-// Channels are independent, so at::parallel_for splits the channels over threads and
-// every reduction (over the batch for dW and db) runs in one thread in a fixed order:
-// results do not depend on the thread count. Within a channel the batch is taken in
-// chunks of kBatchChunk rows, gathered from x's own strides (any layout, no copy of
-// the whole tensor) into a small contiguous buffer, multiplied by a register-tiled
-// at::vec micro-kernel, and scattered back through the output's strides. The right
-// matrix (W_c, W_c^T or dY_c) is copied with its rows padded to a multiple of the
-// vector width so the micro-kernel needs no tail handling. float32 and float64, each
-// accumulating in its own type.
+// Channels are independent, so at::parallel_for splits blocks of channels over
+// threads and every reduction (over the batch for dW and db) runs in one thread in a
+// fixed order: results do not depend on the thread count. A task walks the batch in
+// chunks of kBatchChunk rows; for each row it gathers its whole channel block from
+// x's own strides (any layout, no copy of the whole tensor): for a contiguous x that
+// is one sequential run of memory per row, which the hardware prefetcher follows,
+// where a channel-at-a-time walk would jump by C*H*W elements between rows. Each
+// channel's block is then multiplied by a register-tiled at::vec micro-kernel and
+// scattered back row by row through the output's strides. The right matrix (W_c,
+// W_c^T or dY_c) is copied with its rows padded to a multiple of the vector width so
+// the micro-kernel needs no tail handling. float32 and float64, each accumulating in
+// its own type.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
@@ -29,45 +32,46 @@
 namespace autoenc_fast {
 namespace {
 
-// Batch rows per gathered block: keeps a channel's working set in L1/L2.
-constexpr int64_t kBatchChunk = 128;
+// Batch rows per gathered chunk, and the budget (in elements) of one channel block's
+// padded weights: together they keep a task's working set in L2.
+constexpr int64_t kBatchChunk = 64;
+constexpr int64_t kBlockWeightElems = 32768;
+constexpr int64_t kMaxChannelBlock = 8;
 // Micro-kernel tile: kTileRows output rows x up to 2 vectors of columns
 // (8 accumulators + 2 right-hand vectors + 1 broadcast fit AVX2's 16 registers).
 constexpr int kTileRows = 4;
 
-// One channel of a (B, C, H, W) tensor seen as a (B, P) matrix through its strides.
+// A (B, C, H, W) tensor seen as rows (b, c) of P = H * W positions, through its strides.
 template <typename T>
-struct ChannelView {
+struct RowView {
   using Value = std::remove_const_t<T>;
-  T* data;  // already offset to channel c
-  int64_t sb, sh, sw, H, W;
+  T* data;
+  int64_t sb, sc, sh, sw, H, W;
+  bool rows_contiguous;  // positions of a row are adjacent (contiguous x, strided batch/channel)
 
-  ChannelView(T* base, const at::Tensor& t, int64_t c)
-      : data(base + c * t.stride(1)), sb(t.stride(0)), sh(t.stride(2)), sw(t.stride(3)),
-        H(t.size(2)), W(t.size(3)) {}
+  RowView(T* base, const at::Tensor& t)
+      : data(base), sb(t.stride(0)), sc(t.stride(1)), sh(t.stride(2)), sw(t.stride(3)), H(t.size(2)),
+        W(t.size(3)), rows_contiguous(t.stride(3) == 1 && (t.size(2) == 1 || t.stride(2) == t.size(3))) {}
 
-  // dst[(b - b0) * ld + p] = view[b, p] for b in [b0, b1).
-  void gather_rows(int64_t b0, int64_t b1, Value* dst, int64_t ld) const {
-    for (int64_t b = b0; b < b1; ++b) {
-      Value* out = dst + (b - b0) * ld;
-      for (int64_t h = 0; h < H; ++h)
-        for (int64_t w = 0; w < W; ++w) out[h * W + w] = data[b * sb + h * sh + w * sw];
+  T* row(int64_t b, int64_t c) const { return data + b * sb + c * sc; }
+  // dst[p * ld] = x[b, c, p]: ld = 1 gathers a row, ld > 1 a column of a transposed block.
+  void gather(int64_t b, int64_t c, Value* dst, int64_t ld) const {
+    const T* src = row(b, c);
+    if (rows_contiguous && ld == 1) {
+      std::copy_n(src, H * W, dst);
+      return;
     }
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t w = 0; w < W; ++w) dst[(h * W + w) * ld] = src[h * sh + w * sw];
   }
-  // dst[p * ld + (b - b0)] = view[b, p]: the transposed block, rows are positions.
-  void gather_cols(int64_t b0, int64_t b1, Value* dst, int64_t ld) const {
-    for (int64_t b = b0; b < b1; ++b)
-      for (int64_t h = 0; h < H; ++h)
-        for (int64_t w = 0; w < W; ++w) dst[(h * W + w) * ld + (b - b0)] = data[b * sb + h * sh + w * sw];
-  }
-  // view[b, p] = src[(b - b0) * ld + p] for b in [b0, b1).
-  template <typename S>
-  void scatter_rows(int64_t b0, int64_t b1, const S* src, int64_t ld) const {
-    for (int64_t b = b0; b < b1; ++b) {
-      const S* in = src + (b - b0) * ld;
-      for (int64_t h = 0; h < H; ++h)
-        for (int64_t w = 0; w < W; ++w) data[b * sb + h * sh + w * sw] = in[h * W + w];
+  void scatter(int64_t b, int64_t c, const Value* src) const {
+    T* dst = row(b, c);
+    if (rows_contiguous) {
+      std::copy_n(src, H * W, dst);
+      return;
     }
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t w = 0; w < W; ++w) dst[h * sh + w * sw] = src[h * W + w];
   }
 };
 
@@ -128,71 +132,103 @@ int64_t padded(int64_t n) {
   return (n + L - 1) / L * L;
 }
 
+// Channels per task block: as many as fit kBlockWeightElems of padded weights.
+int64_t channel_block(int64_t P, int64_t Np) {
+  return std::clamp<int64_t>(kBlockWeightElems / std::max<int64_t>(1, P * Np), 1, kMaxChannelBlock);
+}
+
 template <typename scalar_t>
 void forward_kernel(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, at::Tensor& y) {
   const int64_t B = x.size(0), C = x.size(1), P = x.size(2) * x.size(3), Np = padded<scalar_t>(P);
-  const scalar_t* x_p = x.const_data_ptr<scalar_t>();
+  const int64_t Cb = channel_block(P, Np), blocks = (C + Cb - 1) / Cb;
   const scalar_t* w_p = weight.const_data_ptr<scalar_t>();
   const scalar_t* b_p = bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr;
-  scalar_t* y_p = y.mutable_data_ptr<scalar_t>();
-  at::parallel_for(0, C, 1, [&](int64_t c_begin, int64_t c_end) {
-    // Padding columns stay zero: they only ever produce discarded output columns.
-    std::vector<scalar_t> w_pad(P * Np, scalar_t(0)), bias_pad(Np, scalar_t(0));
-    std::vector<scalar_t> x_blk(kBatchChunk * P), y_blk(kBatchChunk * Np);
-    for (int64_t c = c_begin; c < c_end; ++c) {
-      for (int64_t i = 0; i < P; ++i) std::copy_n(w_p + (c * P + i) * P, P, w_pad.data() + i * Np);
-      if (b_p != nullptr) std::copy_n(b_p + c * P, P, bias_pad.data());
-      const ChannelView<const scalar_t> xs(x_p, x, c);
-      const ChannelView<scalar_t> ys(y_p, y, c);
+  const RowView<const scalar_t> xs(x.const_data_ptr<scalar_t>(), x);
+  const RowView<scalar_t> ys(y.mutable_data_ptr<scalar_t>(), y);
+  at::parallel_for(0, blocks, 1, [&](int64_t blk_begin, int64_t blk_end) {
+    // Per channel of the block: padded W_c (P, Np), padded bias (Np), x rows (kBatchChunk, P),
+    // y rows (kBatchChunk, Np). Padding columns stay zero: they only feed discarded outputs.
+    std::vector<scalar_t> w_pad(Cb * P * Np, scalar_t(0)), bias_pad(Cb * Np, scalar_t(0));
+    std::vector<scalar_t> x_blk(Cb * kBatchChunk * P), y_blk(Cb * kBatchChunk * Np);
+    for (int64_t blk = blk_begin; blk < blk_end; ++blk) {
+      const int64_t c0 = blk * Cb, cn = std::min(Cb, C - c0);
+      for (int64_t ci = 0; ci < cn; ++ci) {
+        for (int64_t i = 0; i < P; ++i)
+          std::copy_n(w_p + ((c0 + ci) * P + i) * P, P, w_pad.data() + (ci * P + i) * Np);
+        if (b_p != nullptr) std::copy_n(b_p + (c0 + ci) * P, P, bias_pad.data() + ci * Np);
+      }
       for (int64_t b0 = 0; b0 < B; b0 += kBatchChunk) {
-        const int64_t b1 = std::min(B, b0 + kBatchChunk);
-        xs.gather_rows(b0, b1, x_blk.data(), P);
-        small_gemm<scalar_t>(x_blk.data(), P, w_pad.data(), b1 - b0, P, Np,
-                             b_p != nullptr ? bias_pad.data() : nullptr, false, y_blk.data());
-        ys.scatter_rows(b0, b1, y_blk.data(), Np);
+        const int64_t rows = std::min(kBatchChunk, B - b0);
+        for (int64_t r = 0; r < rows; ++r)
+          for (int64_t ci = 0; ci < cn; ++ci) xs.gather(b0 + r, c0 + ci, x_blk.data() + (ci * kBatchChunk + r) * P, 1);
+        for (int64_t ci = 0; ci < cn; ++ci)
+          small_gemm<scalar_t>(x_blk.data() + ci * kBatchChunk * P, P, w_pad.data() + ci * P * Np, rows, P, Np,
+                               b_p != nullptr ? bias_pad.data() + ci * Np : nullptr, false,
+                               y_blk.data() + ci * kBatchChunk * Np);
+        for (int64_t r = 0; r < rows; ++r)
+          for (int64_t ci = 0; ci < cn; ++ci) ys.scatter(b0 + r, c0 + ci, y_blk.data() + (ci * kBatchChunk + r) * Np);
       }
     }
   });
 }
+
+// The per-channel buffers of the backward pass.
+template <typename scalar_t>
+struct BackwardScratch {
+  std::vector<scalar_t> wt_pad, gw_acc, gb_acc, gy_blk, xt_blk, gx_blk;
+  BackwardScratch(int64_t P, int64_t Np)
+      : wt_pad(P * Np, scalar_t(0)), gw_acc(P * Np), gb_acc(Np), gy_blk(kBatchChunk * Np, scalar_t(0)),
+        xt_blk(P * kBatchChunk), gx_blk(kBatchChunk * Np) {}
+};
 
 template <typename scalar_t>
 void backward_kernel(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& weight,
                      at::Tensor& grad_x, at::Tensor& grad_weight, at::Tensor& grad_bias) {
   using Vec = at::vec::Vectorized<scalar_t>;
   const int64_t B = x.size(0), C = x.size(1), P = x.size(2) * x.size(3), Np = padded<scalar_t>(P);
-  const scalar_t* gy_p = grad_y.const_data_ptr<scalar_t>();
-  const scalar_t* x_p = x.const_data_ptr<scalar_t>();
+  const int64_t Cb = channel_block(P, Np), blocks = (C + Cb - 1) / Cb;
   const scalar_t* w_p = weight.const_data_ptr<scalar_t>();
-  scalar_t* gx_p = grad_x.mutable_data_ptr<scalar_t>();
   scalar_t* gw_p = grad_weight.mutable_data_ptr<scalar_t>();
   scalar_t* gb_p = grad_bias.mutable_data_ptr<scalar_t>();
-  at::parallel_for(0, C, 1, [&](int64_t c_begin, int64_t c_end) {
-    std::vector<scalar_t> wt_pad(P * Np, scalar_t(0)), gw_acc(P * Np), gb_acc(Np);
-    std::vector<scalar_t> gy_blk(kBatchChunk * Np, scalar_t(0)), xt_blk(P * kBatchChunk);
-    std::vector<scalar_t> gx_blk(kBatchChunk * Np);
-    for (int64_t c = c_begin; c < c_end; ++c) {
-      const scalar_t* w_c = w_p + c * P * P;
-      for (int64_t j = 0; j < P; ++j)
-        for (int64_t i = 0; i < P; ++i) wt_pad[j * Np + i] = w_c[i * P + j];
-      std::fill(gw_acc.begin(), gw_acc.end(), scalar_t(0));
-      std::fill(gb_acc.begin(), gb_acc.end(), scalar_t(0));
-      const ChannelView<const scalar_t> gys(gy_p, grad_y, c), xs(x_p, x, c);
-      const ChannelView<scalar_t> gxs(gx_p, grad_x, c);
-      for (int64_t b0 = 0; b0 < B; b0 += kBatchChunk) {
-        const int64_t b1 = std::min(B, b0 + kBatchChunk), rows = b1 - b0;
-        gys.gather_rows(b0, b1, gy_blk.data(), Np);
-        xs.gather_cols(b0, b1, xt_blk.data(), rows);
-        // dX rows of this chunk: dY (rows, P) @ W^T (P, Np).
-        small_gemm<scalar_t>(gy_blk.data(), Np, wt_pad.data(), rows, P, Np, nullptr, false, gx_blk.data());
-        gxs.scatter_rows(b0, b1, gx_blk.data(), Np);
-        // dW += X^T (P, rows) @ dY (rows, Np); db += column sums of dY.
-        small_gemm<scalar_t>(xt_blk.data(), rows, gy_blk.data(), P, rows, Np, nullptr, true, gw_acc.data());
-        for (int64_t r = 0; r < rows; ++r)
-          for (int64_t n = 0; n < Np; n += Vec::size())
-            (Vec::loadu(gb_acc.data() + n) + Vec::loadu(gy_blk.data() + r * Np + n)).store(gb_acc.data() + n);
+  const RowView<const scalar_t> gys(grad_y.const_data_ptr<scalar_t>(), grad_y), xs(x.const_data_ptr<scalar_t>(), x);
+  const RowView<scalar_t> gxs(grad_x.mutable_data_ptr<scalar_t>(), grad_x);
+  at::parallel_for(0, blocks, 1, [&](int64_t blk_begin, int64_t blk_end) {
+    std::vector<BackwardScratch<scalar_t>> scratch(Cb, BackwardScratch<scalar_t>(P, Np));
+    for (int64_t blk = blk_begin; blk < blk_end; ++blk) {
+      const int64_t c0 = blk * Cb, cn = std::min(Cb, C - c0);
+      for (int64_t ci = 0; ci < cn; ++ci) {
+        BackwardScratch<scalar_t>& s = scratch[ci];
+        const scalar_t* w_c = w_p + (c0 + ci) * P * P;
+        for (int64_t j = 0; j < P; ++j)
+          for (int64_t i = 0; i < P; ++i) s.wt_pad[j * Np + i] = w_c[i * P + j];
+        std::fill(s.gw_acc.begin(), s.gw_acc.end(), scalar_t(0));
+        std::fill(s.gb_acc.begin(), s.gb_acc.end(), scalar_t(0));
       }
-      for (int64_t i = 0; i < P; ++i) std::copy_n(gw_acc.data() + i * Np, P, gw_p + (c * P + i) * P);
-      std::copy_n(gb_acc.data(), P, gb_p + c * P);
+      for (int64_t b0 = 0; b0 < B; b0 += kBatchChunk) {
+        const int64_t rows = std::min(kBatchChunk, B - b0);
+        for (int64_t r = 0; r < rows; ++r)
+          for (int64_t ci = 0; ci < cn; ++ci) {
+            gys.gather(b0 + r, c0 + ci, scratch[ci].gy_blk.data() + r * Np, 1);
+            xs.gather(b0 + r, c0 + ci, scratch[ci].xt_blk.data() + r, rows);
+          }
+        for (int64_t ci = 0; ci < cn; ++ci) {
+          BackwardScratch<scalar_t>& s = scratch[ci];
+          // dX rows of this chunk: dY (rows, P) @ W^T (P, Np).
+          small_gemm<scalar_t>(s.gy_blk.data(), Np, s.wt_pad.data(), rows, P, Np, nullptr, false, s.gx_blk.data());
+          // dW += X^T (P, rows) @ dY (rows, Np); db += column sums of dY.
+          small_gemm<scalar_t>(s.xt_blk.data(), rows, s.gy_blk.data(), P, rows, Np, nullptr, true, s.gw_acc.data());
+          for (int64_t r = 0; r < rows; ++r)
+            for (int64_t n = 0; n < Np; n += Vec::size())
+              (Vec::loadu(s.gb_acc.data() + n) + Vec::loadu(s.gy_blk.data() + r * Np + n)).store(s.gb_acc.data() + n);
+        }
+        for (int64_t r = 0; r < rows; ++r)
+          for (int64_t ci = 0; ci < cn; ++ci) gxs.scatter(b0 + r, c0 + ci, scratch[ci].gx_blk.data() + r * Np);
+      }
+      for (int64_t ci = 0; ci < cn; ++ci) {
+        const int64_t c = c0 + ci;
+        for (int64_t i = 0; i < P; ++i) std::copy_n(scratch[ci].gw_acc.data() + i * Np, P, gw_p + (c * P + i) * P);
+        std::copy_n(scratch[ci].gb_acc.data(), P, gb_p + c * P);
+      }
     }
   });
 }
