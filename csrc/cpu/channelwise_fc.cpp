@@ -85,10 +85,11 @@ struct RowView {
   }
 };
 
-// c[r, :] (+)= sum_k a[r * lda + k] * b[k * ldb + :] for kRows rows and kVecs vectors.
+// c[r, :] (+)= sum_k a[r * lda + k * ak] * b[k * ldb + :] for kRows rows and kVecs vectors;
+// ak != 1 reads the left operand transposed in place (X^T for the weight gradient).
 // The accumulators start at c (accumulate), at the row `init` (bias), or at zero.
 template <typename scalar_t, int kRows, int kVecs>
-void gemm_tile(const scalar_t* a, int64_t lda, const scalar_t* b, int64_t ldb, int64_t K,
+void gemm_tile(const scalar_t* a, int64_t lda, int64_t ak, const scalar_t* b, int64_t ldb, int64_t K,
                const scalar_t* init, bool accumulate, scalar_t* c, int64_t ldc) {
   using Vec = at::vec::Vectorized<scalar_t>;
   constexpr int64_t L = Vec::size();
@@ -101,7 +102,7 @@ void gemm_tile(const scalar_t* a, int64_t lda, const scalar_t* b, int64_t ldb, i
     Vec bv[kVecs];
     for (int v = 0; v < kVecs; ++v) bv[v] = Vec::loadu(b + k * ldb + v * L);
     for (int r = 0; r < kRows; ++r) {
-      const Vec av(a[r * lda + k]);
+      const Vec av(a[r * lda + k * ak]);
       for (int v = 0; v < kVecs; ++v) acc[r][v] = at::vec::fmadd(av, bv[v], acc[r][v]);
     }
   }
@@ -110,32 +111,33 @@ void gemm_tile(const scalar_t* a, int64_t lda, const scalar_t* b, int64_t ldb, i
 }
 
 template <typename scalar_t, int kVecs>
-void gemm_column_block(const scalar_t* a, int64_t lda, const scalar_t* b, int64_t ldb, int64_t M,
+void gemm_column_block(const scalar_t* a, int64_t lda, int64_t ak, const scalar_t* b, int64_t ldb, int64_t M,
                        int64_t K, const scalar_t* init, bool accumulate, scalar_t* c, int64_t ldc) {
   int64_t m = 0;
   for (; m + kTileRows <= M; m += kTileRows)
-    gemm_tile<scalar_t, kTileRows, kVecs>(a + m * lda, lda, b, ldb, K, init, accumulate, c + m * ldc, ldc);
+    gemm_tile<scalar_t, kTileRows, kVecs>(a + m * lda, lda, ak, b, ldb, K, init, accumulate, c + m * ldc, ldc);
   switch (M - m) {
-    case 5: gemm_tile<scalar_t, 5, kVecs>(a + m * lda, lda, b, ldb, K, init, accumulate, c + m * ldc, ldc); break;
-    case 4: gemm_tile<scalar_t, 4, kVecs>(a + m * lda, lda, b, ldb, K, init, accumulate, c + m * ldc, ldc); break;
-    case 3: gemm_tile<scalar_t, 3, kVecs>(a + m * lda, lda, b, ldb, K, init, accumulate, c + m * ldc, ldc); break;
-    case 2: gemm_tile<scalar_t, 2, kVecs>(a + m * lda, lda, b, ldb, K, init, accumulate, c + m * ldc, ldc); break;
-    case 1: gemm_tile<scalar_t, 1, kVecs>(a + m * lda, lda, b, ldb, K, init, accumulate, c + m * ldc, ldc); break;
+    case 5: gemm_tile<scalar_t, 5, kVecs>(a + m * lda, lda, ak, b, ldb, K, init, accumulate, c + m * ldc, ldc); break;
+    case 4: gemm_tile<scalar_t, 4, kVecs>(a + m * lda, lda, ak, b, ldb, K, init, accumulate, c + m * ldc, ldc); break;
+    case 3: gemm_tile<scalar_t, 3, kVecs>(a + m * lda, lda, ak, b, ldb, K, init, accumulate, c + m * ldc, ldc); break;
+    case 2: gemm_tile<scalar_t, 2, kVecs>(a + m * lda, lda, ak, b, ldb, K, init, accumulate, c + m * ldc, ldc); break;
+    case 1: gemm_tile<scalar_t, 1, kVecs>(a + m * lda, lda, ak, b, ldb, K, init, accumulate, c + m * ldc, ldc); break;
     default: break;
   }
 }
 
-// C (M, Np) (+)= A (M, K) @ B (K, Np); Np is a multiple of the vector width and the
-// leading dimension of both B and C. init: a row of Np broadcast as C's start, or null.
+// C (M, Np) (+)= A (M, K) @ B (K, Np) with A[m, k] = a[m * lda + k * ak]; Np is a
+// multiple of the vector width and the leading dimension of both B and C.
+// init: a row of Np broadcast as C's start, or null.
 template <typename scalar_t>
-void small_gemm(const scalar_t* a, int64_t lda, const scalar_t* b, int64_t M, int64_t K, int64_t Np,
+void small_gemm(const scalar_t* a, int64_t lda, int64_t ak, const scalar_t* b, int64_t M, int64_t K, int64_t Np,
                 const scalar_t* init, bool accumulate, scalar_t* c) {
   constexpr int64_t L = at::vec::Vectorized<scalar_t>::size();
   int64_t n = 0;
   for (; n + 2 * L <= Np; n += 2 * L)
-    gemm_column_block<scalar_t, 2>(a, lda, b + n, Np, M, K, init ? init + n : nullptr, accumulate, c + n, Np);
+    gemm_column_block<scalar_t, 2>(a, lda, ak, b + n, Np, M, K, init ? init + n : nullptr, accumulate, c + n, Np);
   if (n < Np)
-    gemm_column_block<scalar_t, 1>(a, lda, b + n, Np, M, K, init ? init + n : nullptr, accumulate, c + n, Np);
+    gemm_column_block<scalar_t, 1>(a, lda, ak, b + n, Np, M, K, init ? init + n : nullptr, accumulate, c + n, Np);
 }
 
 template <typename scalar_t>
@@ -174,7 +176,7 @@ void forward_kernel(const at::Tensor& x, const at::Tensor& weight, const at::Ten
         for (int64_t r = 0; r < rows; ++r)
           for (int64_t ci = 0; ci < cn; ++ci) xs.gather(b0 + r, c0 + ci, x_blk.data() + (ci * kBatchChunk + r) * P, 1);
         for (int64_t ci = 0; ci < cn; ++ci)
-          small_gemm<scalar_t>(x_blk.data() + ci * kBatchChunk * P, P, w_pad.data() + ci * P * Np, rows, P, Np,
+          small_gemm<scalar_t>(x_blk.data() + ci * kBatchChunk * P, P, 1, w_pad.data() + ci * P * Np, rows, P, Np,
                                b_p != nullptr ? bias_pad.data() + ci * Np : nullptr, false,
                                y_blk.data() + ci * kBatchChunk * Np);
         for (int64_t r = 0; r < rows; ++r)
@@ -187,10 +189,10 @@ void forward_kernel(const at::Tensor& x, const at::Tensor& weight, const at::Ten
 // The per-channel buffers of the backward pass.
 template <typename scalar_t>
 struct BackwardScratch {
-  std::vector<scalar_t> wt_pad, gw_acc, gb_acc, gy_blk, xt_blk, gx_blk;
+  std::vector<scalar_t> wt_pad, gw_acc, gb_acc, gy_blk, x_blk, gx_blk;
   BackwardScratch(int64_t P, int64_t Np)
       : wt_pad(P * Np, scalar_t(0)), gw_acc(P * Np), gb_acc(Np), gy_blk(kBatchChunk * Np, scalar_t(0)),
-        xt_blk(P * kBatchChunk), gx_blk(kBatchChunk * Np) {}
+        x_blk(kBatchChunk * P), gx_blk(kBatchChunk * Np) {}
 };
 
 template <typename scalar_t>
@@ -221,14 +223,14 @@ void backward_kernel(const at::Tensor& grad_y, const at::Tensor& x, const at::Te
         for (int64_t r = 0; r < rows; ++r)
           for (int64_t ci = 0; ci < cn; ++ci) {
             gys.gather(b0 + r, c0 + ci, scratch[ci].gy_blk.data() + r * Np, 1);
-            xs.gather(b0 + r, c0 + ci, scratch[ci].xt_blk.data() + r, rows);
+            xs.gather(b0 + r, c0 + ci, scratch[ci].x_blk.data() + r * P, 1);
           }
         for (int64_t ci = 0; ci < cn; ++ci) {
           BackwardScratch<scalar_t>& s = scratch[ci];
           // dX rows of this chunk: dY (rows, P) @ W^T (P, Np).
-          small_gemm<scalar_t>(s.gy_blk.data(), Np, s.wt_pad.data(), rows, P, Np, nullptr, false, s.gx_blk.data());
-          // dW += X^T (P, rows) @ dY (rows, Np); db += column sums of dY.
-          small_gemm<scalar_t>(s.xt_blk.data(), rows, s.gy_blk.data(), P, rows, Np, nullptr, true, s.gw_acc.data());
+          small_gemm<scalar_t>(s.gy_blk.data(), Np, 1, s.wt_pad.data(), rows, P, Np, nullptr, false, s.gx_blk.data());
+          // dW += X^T (P, rows) @ dY (rows, Np), X^T read in place; db += column sums of dY.
+          small_gemm<scalar_t>(s.x_blk.data(), 1, P, s.gy_blk.data(), P, rows, Np, nullptr, true, s.gw_acc.data());
           for (int64_t r = 0; r < rows; ++r)
             for (int64_t n = 0; n < Np; n += Vec::size())
               (Vec::loadu(s.gb_acc.data() + n) + Vec::loadu(s.gy_blk.data() + r * Np + n)).store(s.gb_acc.data() + n);
