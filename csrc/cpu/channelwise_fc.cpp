@@ -37,9 +37,12 @@ namespace {
 constexpr int64_t kBatchChunk = 64;
 constexpr int64_t kBlockWeightElems = 32768;
 constexpr int64_t kMaxChannelBlock = 8;
-// Micro-kernel tile: kTileRows output rows x up to 2 vectors of columns
-// (12 accumulators + 2 right-hand vectors + 1 broadcast fit AVX2's 16 registers).
-constexpr int kTileRows = 6;
+// Micro-kernel tile: tile_rows<kVecs> output rows x kVecs vectors of columns, at most
+// 12 accumulators so they, the right-hand vectors and a broadcast fit AVX2's 16 registers.
+template <int kVecs>
+constexpr int tile_rows() {
+  return kVecs >= 3 ? 4 : 6;
+}
 
 // dst[0 .. n) = src[0 .. n) with vector moves: rows are short (16 or 36 positions for the
 // Context Encoder), where a libc memmove call per row costs more than the copy.
@@ -113,6 +116,7 @@ void gemm_tile(const scalar_t* a, int64_t lda, int64_t ak, const scalar_t* b, in
 template <typename scalar_t, int kVecs>
 void gemm_column_block(const scalar_t* a, int64_t lda, int64_t ak, const scalar_t* b, int64_t ldb, int64_t M,
                        int64_t K, const scalar_t* init, bool accumulate, scalar_t* c, int64_t ldc) {
+  constexpr int kTileRows = tile_rows<kVecs>();
   int64_t m = 0;
   for (; m + kTileRows <= M; m += kTileRows)
     gemm_tile<scalar_t, kTileRows, kVecs>(a + m * lda, lda, ak, b, ldb, K, init, accumulate, c + m * ldc, ldc);
@@ -133,11 +137,22 @@ template <typename scalar_t>
 void small_gemm(const scalar_t* a, int64_t lda, int64_t ak, const scalar_t* b, int64_t M, int64_t K, int64_t Np,
                 const scalar_t* init, bool accumulate, scalar_t* c) {
   constexpr int64_t L = at::vec::Vectorized<scalar_t>::size();
-  int64_t n = 0;
-  for (; n + 2 * L <= Np; n += 2 * L)
-    gemm_column_block<scalar_t, 2>(a, lda, ak, b + n, Np, M, K, init ? init + n : nullptr, accumulate, c + n, Np);
-  if (n < Np)
-    gemm_column_block<scalar_t, 1>(a, lda, ak, b + n, Np, M, K, init ? init + n : nullptr, accumulate, c + n, Np);
+  // Column blocks of 3 or 2 vectors (1 only for a single-vector row): wider blocks load
+  // fewer broadcasts per multiply-add. 36 positions in float32 (5 vectors) are 3 + 2.
+  for (int64_t n = 0; n < Np;) {
+    const int64_t left = (Np - n) / L;
+    const scalar_t* init_n = init ? init + n : nullptr;
+    if (left >= 3 && left != 4) {
+      gemm_column_block<scalar_t, 3>(a, lda, ak, b + n, Np, M, K, init_n, accumulate, c + n, Np);
+      n += 3 * L;
+    } else if (left >= 2) {
+      gemm_column_block<scalar_t, 2>(a, lda, ak, b + n, Np, M, K, init_n, accumulate, c + n, Np);
+      n += 2 * L;
+    } else {
+      gemm_column_block<scalar_t, 1>(a, lda, ak, b + n, Np, M, K, init_n, accumulate, c + n, Np);
+      n += L;
+    }
+  }
 }
 
 template <typename scalar_t>
