@@ -8,7 +8,7 @@ import torch
 
 from . import _ext
 
-OPS = ("reparametrize_kl",)
+OPS = ("reparametrize_kl", "channelwise_fc")
 
 
 def _triton_version() -> str | None:

@@ -6,10 +6,11 @@ import torch
 
 from . import _ext
 from .ops.reparametrize_kl_checks import check_inputs
+from .reference.channelwise_fc import channelwise_fc as _channelwise_fc_reference
 from .reference.philox import philox_normal
 from .reference.reparametrize_kl import draw_seed, reparametrize_kl_math, seed_tensor
 
-__all__ = ["reparametrize_kl"]
+__all__ = ["channelwise_fc", "reparametrize_kl"]
 
 _HALF_TYPES = (torch.float16, torch.bfloat16)
 
@@ -57,3 +58,35 @@ def _reparametrize_kl(mu, logvar, eps, seed_t):
             mu.float(), logvar.float(), eps.float() if eps is not None else None, seed_t)
         return z.to(mu.dtype), kl
     return torch.ops.autoenc_fast.reparametrize_kl(mu, logvar, eps, seed_t)
+
+
+def channelwise_fc(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    r"""Channel-wise fully connected layer (Pathak et al. 2016, Context Encoders).
+
+    Each of the C feature maps of H x W is fully connected to its own output map;
+    nothing is shared or mixed across channels. With positions flattened row-major
+    (P = H * W):
+
+    .. math::
+        y_{b,c,j} = \sum_{i=1}^{P} x_{b,c,i}\, w_{c,i,j} + \mathrm{bias}_{c,j}
+
+    Args:
+        x: (B, C, H, W), floating point, any layout (contiguous, channels_last, views).
+        weight: (C, H*W, H*W) laid out [channel, input position, output position].
+        bias: (C, H*W) or None.
+
+    Returns:
+        y of x's shape; channels_last when x is channels_last, contiguous otherwise.
+        Differentiable in x, weight and bias.
+    """
+    from .ops.channelwise_fc import check_inputs
+
+    check_inputs(x, weight, bias)
+    if not _ext.LOADED:
+        return _channelwise_fc_reference(x, weight, bias)
+    if x.device.type == "cpu" and x.dtype in _HALF_TYPES:
+        # The C++ CPU kernel computes in float32/float64: half types go through float32.
+        y = torch.ops.autoenc_fast.channelwise_fc(x.float(), weight.float(),
+                                                  bias.float() if bias is not None else None)
+        return y.to(x.dtype)
+    return torch.ops.autoenc_fast.channelwise_fc(x, weight, bias)

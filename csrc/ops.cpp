@@ -21,4 +21,13 @@ TORCH_LIBRARY(autoenc_fast, m) {
   m.def(
       "reparametrize_kl_backward(Tensor? grad_z, Tensor? grad_kl, Tensor mu, Tensor logvar, Tensor z)"
       " -> (Tensor grad_mu, Tensor grad_logvar)");
+  // Channel-wise fully connected layer (Context Encoders' bottleneck), P = H * W:
+  //   y[b, c, j] = sum_i x[b, c, i] * weight[c, i, j] + bias[c, j]
+  // x: (B, C, H, W) of any layout, weight: (C, P, P), bias: (C, P) or None.
+  // y is channels_last when x is channels_last (and not also contiguous), else contiguous.
+  m.def("channelwise_fc(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
+  // grad_x = grad_y @ weight^T, grad_weight = x^T @ grad_y, grad_bias = sum_b grad_y (per channel).
+  m.def(
+      "channelwise_fc_backward(Tensor grad_y, Tensor x, Tensor weight)"
+      " -> (Tensor grad_x, Tensor grad_weight, Tensor grad_bias)");
 }

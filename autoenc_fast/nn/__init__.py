@@ -1,4 +1,5 @@
 """Drop-in modules built on the fused ops."""
+from .channelwise_fc import ChannelwiseFC, ChannelwiseFCBottleneck
 from .reparametrize import Reparametrize
 
-__all__ = ["Reparametrize"]
+__all__ = ["ChannelwiseFC", "ChannelwiseFCBottleneck", "Reparametrize"]

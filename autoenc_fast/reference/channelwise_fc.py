@@ -1,0 +1,76 @@
+"""Plain-PyTorch channel-wise fully connected layer (Pathak et al. 2016, Context
+Encoders): ground truth and baseline of autoenc_fast.functional.channelwise_fc and
+the modules of autoenc_fast.nn.channelwise_fc."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def channelwise_fc(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """y[b, c, j] = sum_i x[b, c, i] * weight[c, i, j] + bias[c, j], positions i, j
+    flattened row-major over (H, W); y has x's shape."""
+    B, C, H, W = x.shape
+    y = torch.einsum("bci,cij->bcj", x.reshape(B, C, H * W), weight)
+    if bias is not None:
+        y = y + bias
+    return y.reshape(B, C, H, W)
+
+
+def init_channelwise_fc_(weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+    """weight ~ N(0, 1 / (H*W)), bias = 0.
+
+    Each output position sums H*W inputs, so E[y_j^2] = sum_i x_i^2 / (H*W): the
+    output's mean square equals the input's mean square over the map, for any input
+    (LeCun-normal with fan_in = H*W; no gain, as no nonlinearity sits inside the layer).
+    """
+    with torch.no_grad():
+        weight.normal_(0.0, 1.0 / math.sqrt(weight.shape[1]))
+        if bias is not None:
+            bias.zero_()
+
+
+class ChannelwiseFC(nn.Module):
+    """Reference twin of autoenc_fast.nn.ChannelwiseFC (same parameters: weight, bias)."""
+
+    def __init__(self, channels: int, height: int, width: int, bias: bool = True,
+                 device=None, dtype=None):
+        super().__init__()
+        if min(channels, height, width) < 1:
+            raise ValueError("ChannelwiseFC: `channels`, `height` and `width` must be positive; "
+                             f"got {channels}, {height}, {width}")
+        self.channels, self.height, self.width = channels, height, width
+        positions = height * width
+        factory = dict(device=device, dtype=dtype)
+        self.weight = nn.Parameter(torch.empty(channels, positions, positions, **factory))
+        self.bias = nn.Parameter(torch.empty(channels, positions, **factory)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        init_channelwise_fc_(self.weight, self.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return channelwise_fc(x, self.weight, self.bias)
+
+    def extra_repr(self) -> str:
+        params = sum(p.numel() for p in self.parameters())
+        return (f"channels={self.channels}, height={self.height}, width={self.width}, "
+                f"bias={self.bias is not None}, params={params:,}")
+
+
+class ChannelwiseFCBottleneck(nn.Module):
+    """Reference twin of autoenc_fast.nn.ChannelwiseFCBottleneck: channel-wise FC ->
+    dropout -> 1x1 convolution (parameters fc.weight, fc.bias, conv.weight, conv.bias)."""
+
+    def __init__(self, channels: int, height: int, width: int, dropout: float = 0.5,
+                 out_channels: int | None = None, bias: bool = True, device=None, dtype=None):
+        super().__init__()
+        factory = dict(device=device, dtype=dtype)
+        self.fc = ChannelwiseFC(channels, height, width, bias=bias, **factory)
+        self.dropout = nn.Dropout(dropout)
+        self.conv = nn.Conv2d(channels, out_channels or channels, kernel_size=1, bias=bias, **factory)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(self.dropout(self.fc(x)))

@@ -1,0 +1,313 @@
+// CPU kernels of autoenc_fast::channelwise_fc and its backward. With P = H * W and,
+// per channel c, X_c = x[:, c] viewed as a (B, P) matrix and W_c = weight[c] (P, P):
+//
+//   forward   Y_c  = X_c @ W_c + 1 * bias_c          y[b, c, j] = sum_i x[b, c, i] W[c, i, j] + bias[c, j]
+//   backward  dX_c = dY_c @ W_c^T                    (B, P)
+//             dW_c = X_c^T @ dY_c                    (P, P), summed over the whole batch
+//             db_c = sum_b dY_c[b, :]                (P)
+//
+// Channels are independent, so at::parallel_for splits blocks of channels over
+// threads and every reduction (over the batch for dW and db) runs in one thread in a
+// fixed order: results do not depend on the thread count. A task walks the batch in
+// chunks of kBatchChunk rows; for each row it gathers its whole channel block from
+// x's own strides (any layout, no copy of the whole tensor): for a contiguous x that
+// is one sequential run of memory per row, which the hardware prefetcher follows,
+// where a channel-at-a-time walk would jump by C*H*W elements between rows. Each
+// channel's block is then multiplied by a register-tiled at::vec micro-kernel and
+// scattered back row by row through the output's strides. The right matrix (W_c,
+// W_c^T or dY_c) is copied with its rows padded to a multiple of the vector width so
+// the micro-kernel needs no tail handling. float32 and float64, each accumulating in
+// its own type.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/vec.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <type_traits>
+#include <vector>
+
+#include "../channelwise_fc_checks.h"
+
+namespace autoenc_fast {
+namespace {
+
+// Batch rows per gathered chunk, and the budget (in elements) of one channel block's
+// padded weights: together they keep a task's working set in L2.
+constexpr int64_t kBatchChunk = 64;
+constexpr int64_t kBlockWeightElems = 32768;
+constexpr int64_t kMaxChannelBlock = 8;
+// Micro-kernel tile: tile_rows<kVecs> output rows x kVecs vectors of columns, at most
+// 12 accumulators so they, the right-hand vectors and a broadcast fit AVX2's 16 registers.
+template <int kVecs>
+constexpr int tile_rows() {
+  return kVecs >= 3 ? 4 : 6;
+}
+
+// dst[0 .. n) = src[0 .. n) with vector moves: rows are short (16 or 36 positions for the
+// Context Encoder), where a libc memmove call per row costs more than the copy.
+template <typename scalar_t>
+inline void copy_row(const scalar_t* src, int64_t n, scalar_t* dst) {
+  using Vec = at::vec::Vectorized<scalar_t>;
+  int64_t i = 0;
+  for (; i + Vec::size() <= n; i += Vec::size()) Vec::loadu(src + i).store(dst + i);
+  if (i < n) Vec::loadu(src + i, n - i).store(dst + i, n - i);
+}
+
+// A (B, C, H, W) tensor seen as rows (b, c) of P = H * W positions, through its strides.
+template <typename T>
+struct RowView {
+  using Value = std::remove_const_t<T>;
+  T* data;
+  int64_t sb, sc, sh, sw, H, W;
+  bool rows_contiguous;  // positions of a row are adjacent (contiguous x, strided batch/channel)
+
+  RowView(T* base, const at::Tensor& t)
+      : data(base), sb(t.stride(0)), sc(t.stride(1)), sh(t.stride(2)), sw(t.stride(3)), H(t.size(2)),
+        W(t.size(3)), rows_contiguous(t.stride(3) == 1 && (t.size(2) == 1 || t.stride(2) == t.size(3))) {}
+
+  T* row(int64_t b, int64_t c) const { return data + b * sb + c * sc; }
+  // dst[p * ld] = x[b, c, p]: ld = 1 gathers a row, ld > 1 a column of a transposed block.
+  void gather(int64_t b, int64_t c, Value* dst, int64_t ld) const {
+    const T* src = row(b, c);
+    if (rows_contiguous && ld == 1) {
+      copy_row<Value>(src, H * W, dst);
+      return;
+    }
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t w = 0; w < W; ++w) dst[(h * W + w) * ld] = src[h * sh + w * sw];
+  }
+  void scatter(int64_t b, int64_t c, const Value* src) const {
+    T* dst = row(b, c);
+    if (rows_contiguous) {
+      copy_row<Value>(src, H * W, dst);
+      return;
+    }
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t w = 0; w < W; ++w) dst[h * sh + w * sw] = src[h * W + w];
+  }
+};
+
+// c[r, :] (+)= sum_k a[r * lda + k * ak] * b[k * ldb + :] for kRows rows and kVecs vectors;
+// ak != 1 reads the left operand transposed in place (X^T for the weight gradient).
+// The accumulators start at c (accumulate), at the row `init` (bias), or at zero.
+template <typename scalar_t, int kRows, int kVecs>
+void gemm_tile(const scalar_t* a, int64_t lda, int64_t ak, const scalar_t* b, int64_t ldb, int64_t K,
+               const scalar_t* init, bool accumulate, scalar_t* c, int64_t ldc) {
+  using Vec = at::vec::Vectorized<scalar_t>;
+  constexpr int64_t L = Vec::size();
+  Vec acc[kRows][kVecs];
+  for (int r = 0; r < kRows; ++r)
+    for (int v = 0; v < kVecs; ++v)
+      acc[r][v] = accumulate ? Vec::loadu(c + r * ldc + v * L)
+                             : (init != nullptr ? Vec::loadu(init + v * L) : Vec(scalar_t(0)));
+  for (int64_t k = 0; k < K; ++k) {
+    Vec bv[kVecs];
+    for (int v = 0; v < kVecs; ++v) bv[v] = Vec::loadu(b + k * ldb + v * L);
+    for (int r = 0; r < kRows; ++r) {
+      const Vec av(a[r * lda + k * ak]);
+      for (int v = 0; v < kVecs; ++v) acc[r][v] = at::vec::fmadd(av, bv[v], acc[r][v]);
+    }
+  }
+  for (int r = 0; r < kRows; ++r)
+    for (int v = 0; v < kVecs; ++v) acc[r][v].store(c + r * ldc + v * L);
+}
+
+template <typename scalar_t, int kVecs>
+void gemm_column_block(const scalar_t* a, int64_t lda, int64_t ak, const scalar_t* b, int64_t ldb, int64_t M,
+                       int64_t K, const scalar_t* init, bool accumulate, scalar_t* c, int64_t ldc) {
+  constexpr int kTileRows = tile_rows<kVecs>();
+  int64_t m = 0;
+  for (; m + kTileRows <= M; m += kTileRows)
+    gemm_tile<scalar_t, kTileRows, kVecs>(a + m * lda, lda, ak, b, ldb, K, init, accumulate, c + m * ldc, ldc);
+  switch (M - m) {
+    case 5: gemm_tile<scalar_t, 5, kVecs>(a + m * lda, lda, ak, b, ldb, K, init, accumulate, c + m * ldc, ldc); break;
+    case 4: gemm_tile<scalar_t, 4, kVecs>(a + m * lda, lda, ak, b, ldb, K, init, accumulate, c + m * ldc, ldc); break;
+    case 3: gemm_tile<scalar_t, 3, kVecs>(a + m * lda, lda, ak, b, ldb, K, init, accumulate, c + m * ldc, ldc); break;
+    case 2: gemm_tile<scalar_t, 2, kVecs>(a + m * lda, lda, ak, b, ldb, K, init, accumulate, c + m * ldc, ldc); break;
+    case 1: gemm_tile<scalar_t, 1, kVecs>(a + m * lda, lda, ak, b, ldb, K, init, accumulate, c + m * ldc, ldc); break;
+    default: break;
+  }
+}
+
+// C (M, Np) (+)= A (M, K) @ B (K, Np) with A[m, k] = a[m * lda + k * ak]; Np is a
+// multiple of the vector width and the leading dimension of both B and C.
+// init: a row of Np broadcast as C's start, or null.
+template <typename scalar_t>
+void small_gemm(const scalar_t* a, int64_t lda, int64_t ak, const scalar_t* b, int64_t M, int64_t K, int64_t Np,
+                const scalar_t* init, bool accumulate, scalar_t* c) {
+  constexpr int64_t L = at::vec::Vectorized<scalar_t>::size();
+  // Column blocks of 3 or 2 vectors (1 only for a single-vector row): wider blocks load
+  // fewer broadcasts per multiply-add. 36 positions in float32 (5 vectors) are 3 + 2.
+  for (int64_t n = 0; n < Np;) {
+    const int64_t left = (Np - n) / L;
+    const scalar_t* init_n = init ? init + n : nullptr;
+    if (left >= 3 && left != 4) {
+      gemm_column_block<scalar_t, 3>(a, lda, ak, b + n, Np, M, K, init_n, accumulate, c + n, Np);
+      n += 3 * L;
+    } else if (left >= 2) {
+      gemm_column_block<scalar_t, 2>(a, lda, ak, b + n, Np, M, K, init_n, accumulate, c + n, Np);
+      n += 2 * L;
+    } else {
+      gemm_column_block<scalar_t, 1>(a, lda, ak, b + n, Np, M, K, init_n, accumulate, c + n, Np);
+      n += L;
+    }
+  }
+}
+
+template <typename scalar_t>
+int64_t padded(int64_t n) {
+  constexpr int64_t L = at::vec::Vectorized<scalar_t>::size();
+  return (n + L - 1) / L * L;
+}
+
+// Channels per task block: as many as fit kBlockWeightElems of padded weights.
+int64_t channel_block(int64_t P, int64_t Np) {
+  return std::clamp<int64_t>(kBlockWeightElems / std::max<int64_t>(1, P * Np), 1, kMaxChannelBlock);
+}
+
+template <typename scalar_t>
+void forward_kernel(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, at::Tensor& y) {
+  const int64_t B = x.size(0), C = x.size(1), P = x.size(2) * x.size(3), Np = padded<scalar_t>(P);
+  const int64_t Cb = channel_block(P, Np), blocks = (C + Cb - 1) / Cb;
+  const scalar_t* w_p = weight.const_data_ptr<scalar_t>();
+  const scalar_t* b_p = bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr;
+  const RowView<const scalar_t> xs(x.const_data_ptr<scalar_t>(), x);
+  const RowView<scalar_t> ys(y.mutable_data_ptr<scalar_t>(), y);
+  at::parallel_for(0, blocks, 1, [&](int64_t blk_begin, int64_t blk_end) {
+    // Per channel of the block: padded W_c (P, Np), padded bias (Np), x rows (kBatchChunk, P),
+    // y rows (kBatchChunk, Np). Padding columns stay zero: they only feed discarded outputs.
+    std::vector<scalar_t> w_pad(Cb * P * Np, scalar_t(0)), bias_pad(Cb * Np, scalar_t(0));
+    std::vector<scalar_t> x_blk(Cb * kBatchChunk * P), y_blk(Cb * kBatchChunk * Np);
+    for (int64_t blk = blk_begin; blk < blk_end; ++blk) {
+      const int64_t c0 = blk * Cb, cn = std::min(Cb, C - c0);
+      for (int64_t ci = 0; ci < cn; ++ci) {
+        for (int64_t i = 0; i < P; ++i)
+          std::copy_n(w_p + ((c0 + ci) * P + i) * P, P, w_pad.data() + (ci * P + i) * Np);
+        if (b_p != nullptr) std::copy_n(b_p + (c0 + ci) * P, P, bias_pad.data() + ci * Np);
+      }
+      for (int64_t b0 = 0; b0 < B; b0 += kBatchChunk) {
+        const int64_t rows = std::min(kBatchChunk, B - b0);
+        for (int64_t r = 0; r < rows; ++r)
+          for (int64_t ci = 0; ci < cn; ++ci) xs.gather(b0 + r, c0 + ci, x_blk.data() + (ci * kBatchChunk + r) * P, 1);
+        for (int64_t ci = 0; ci < cn; ++ci)
+          small_gemm<scalar_t>(x_blk.data() + ci * kBatchChunk * P, P, 1, w_pad.data() + ci * P * Np, rows, P, Np,
+                               b_p != nullptr ? bias_pad.data() + ci * Np : nullptr, false,
+                               y_blk.data() + ci * kBatchChunk * Np);
+        for (int64_t r = 0; r < rows; ++r)
+          for (int64_t ci = 0; ci < cn; ++ci) ys.scatter(b0 + r, c0 + ci, y_blk.data() + (ci * kBatchChunk + r) * Np);
+      }
+    }
+  });
+}
+
+// The per-channel buffers of the backward pass.
+template <typename scalar_t>
+struct BackwardScratch {
+  std::vector<scalar_t> wt_pad, gw_acc, gb_acc, gy_blk, x_blk, gx_blk;
+  BackwardScratch(int64_t P, int64_t Np)
+      : wt_pad(P * Np, scalar_t(0)), gw_acc(P * Np), gb_acc(Np), gy_blk(kBatchChunk * Np, scalar_t(0)),
+        x_blk(kBatchChunk * P), gx_blk(kBatchChunk * Np) {}
+};
+
+template <typename scalar_t>
+void backward_kernel(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& weight,
+                     at::Tensor& grad_x, at::Tensor& grad_weight, at::Tensor& grad_bias) {
+  using Vec = at::vec::Vectorized<scalar_t>;
+  const int64_t B = x.size(0), C = x.size(1), P = x.size(2) * x.size(3), Np = padded<scalar_t>(P);
+  const int64_t Cb = channel_block(P, Np), blocks = (C + Cb - 1) / Cb;
+  const scalar_t* w_p = weight.const_data_ptr<scalar_t>();
+  scalar_t* gw_p = grad_weight.mutable_data_ptr<scalar_t>();
+  scalar_t* gb_p = grad_bias.mutable_data_ptr<scalar_t>();
+  const RowView<const scalar_t> gys(grad_y.const_data_ptr<scalar_t>(), grad_y), xs(x.const_data_ptr<scalar_t>(), x);
+  const RowView<scalar_t> gxs(grad_x.mutable_data_ptr<scalar_t>(), grad_x);
+  at::parallel_for(0, blocks, 1, [&](int64_t blk_begin, int64_t blk_end) {
+    std::vector<BackwardScratch<scalar_t>> scratch(Cb, BackwardScratch<scalar_t>(P, Np));
+    for (int64_t blk = blk_begin; blk < blk_end; ++blk) {
+      const int64_t c0 = blk * Cb, cn = std::min(Cb, C - c0);
+      for (int64_t ci = 0; ci < cn; ++ci) {
+        BackwardScratch<scalar_t>& s = scratch[ci];
+        const scalar_t* w_c = w_p + (c0 + ci) * P * P;
+        for (int64_t j = 0; j < P; ++j)
+          for (int64_t i = 0; i < P; ++i) s.wt_pad[j * Np + i] = w_c[i * P + j];
+        std::fill(s.gw_acc.begin(), s.gw_acc.end(), scalar_t(0));
+        std::fill(s.gb_acc.begin(), s.gb_acc.end(), scalar_t(0));
+      }
+      for (int64_t b0 = 0; b0 < B; b0 += kBatchChunk) {
+        const int64_t rows = std::min(kBatchChunk, B - b0);
+        for (int64_t r = 0; r < rows; ++r)
+          for (int64_t ci = 0; ci < cn; ++ci) {
+            gys.gather(b0 + r, c0 + ci, scratch[ci].gy_blk.data() + r * Np, 1);
+            xs.gather(b0 + r, c0 + ci, scratch[ci].x_blk.data() + r * P, 1);
+          }
+        for (int64_t ci = 0; ci < cn; ++ci) {
+          BackwardScratch<scalar_t>& s = scratch[ci];
+          // dX rows of this chunk: dY (rows, P) @ W^T (P, Np).
+          small_gemm<scalar_t>(s.gy_blk.data(), Np, 1, s.wt_pad.data(), rows, P, Np, nullptr, false, s.gx_blk.data());
+          // dW += X^T (P, rows) @ dY (rows, Np), X^T read in place; db += column sums of dY.
+          small_gemm<scalar_t>(s.x_blk.data(), 1, P, s.gy_blk.data(), P, rows, Np, nullptr, true, s.gw_acc.data());
+          for (int64_t r = 0; r < rows; ++r)
+            for (int64_t n = 0; n < Np; n += Vec::size())
+              (Vec::loadu(s.gb_acc.data() + n) + Vec::loadu(s.gy_blk.data() + r * Np + n)).store(s.gb_acc.data() + n);
+        }
+        for (int64_t r = 0; r < rows; ++r)
+          for (int64_t ci = 0; ci < cn; ++ci) gxs.scatter(b0 + r, c0 + ci, scratch[ci].gx_blk.data() + r * Np);
+      }
+      for (int64_t ci = 0; ci < cn; ++ci) {
+        const int64_t c = c0 + ci;
+        for (int64_t i = 0; i < P; ++i) std::copy_n(scratch[ci].gw_acc.data() + i * Np, P, gw_p + (c * P + i) * P);
+        std::copy_n(scratch[ci].gb_acc.data(), P, gb_p + c * P);
+      }
+    }
+  });
+}
+
+void check_cpu_dtype(const char* op, const at::Tensor& x) {
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, op,
+              ": the CPU kernel takes float32 or float64 `x`; got ", x.scalar_type());
+}
+
+at::Tensor channelwise_fc_cpu(const at::Tensor& x, const at::Tensor& weight_in,
+                              const std::optional<at::Tensor>& bias_in) {
+  check_channelwise_fc_inputs(x, weight_in, bias_in);
+  check_cpu_dtype("channelwise_fc", x);
+  at::Tensor y = at::empty(x.sizes(), x.options().memory_format(channelwise_fc_output_format(x)));
+  if (y.numel() == 0) return y;
+  // Parameters are small and normally contiguous already (no copy); x is read through its strides.
+  const at::Tensor weight = weight_in.contiguous();
+  const at::Tensor bias = bias_in.has_value() ? bias_in->contiguous() : at::Tensor();
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "channelwise_fc_cpu",
+                             [&] { forward_kernel<scalar_t>(x, weight, bias, y); });
+  return y;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> channelwise_fc_backward_cpu(const at::Tensor& grad_y,
+                                                                           const at::Tensor& x,
+                                                                           const at::Tensor& weight_in) {
+  check_channelwise_fc_backward_inputs(grad_y, x, weight_in);
+  check_cpu_dtype("channelwise_fc_backward", x);
+  const int64_t C = x.size(1), P = x.size(2) * x.size(3);
+  at::Tensor grad_x = at::empty(x.sizes(), x.options().memory_format(channelwise_fc_output_format(x)));
+  at::Tensor grad_weight = at::empty({C, P, P}, x.options());
+  at::Tensor grad_bias = at::empty({C, P}, x.options());
+  if (x.numel() == 0) {
+    // An empty batch contributes nothing to the parameter gradients: they are zeros.
+    grad_weight.zero_();
+    grad_bias.zero_();
+    return {grad_x, grad_weight, grad_bias};
+  }
+  const at::Tensor weight = weight_in.contiguous();
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "channelwise_fc_backward_cpu", [&] {
+    backward_kernel<scalar_t>(grad_y, x, weight, grad_x, grad_weight, grad_bias);
+  });
+  return {grad_x, grad_weight, grad_bias};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(autoenc_fast, CPU, m) {
+  m.impl("channelwise_fc", &channelwise_fc_cpu);
+  m.impl("channelwise_fc_backward", &channelwise_fc_backward_cpu);
+}
+
+}  // namespace autoenc_fast

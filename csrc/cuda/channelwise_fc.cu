@@ -1,0 +1,253 @@
+// CUDA kernels of autoenc_fast::channelwise_fc and its backward. With P = H * W and,
+// per channel c, X_c = x[:, c] as a (B, P) matrix and W_c = weight[c] (P, P):
+//
+//   forward   Y_c  = X_c @ W_c + bias_c            (M = B,     N = P, K = P)
+//   backward  dX_c = dY_c @ W_c^T                  (M = B,     N = P, K = P)
+//             [dW_c; db_c] = [X_c^T; 1] @ dY_c     (M = P + 1, N = P, K = B)
+//
+// All three are one batched-per-channel tiled GEMM, channel_gemm_kernel, that reads
+// its operands through small loader functors: x, grad_y and the outputs are accessed
+// through their own (b, c, h, w) strides, so contiguous, channels_last and strided
+// views need no permute copy. The extra row of ones in the weight-gradient product
+// makes its last output row the bias gradient (sum over the batch) in the same pass.
+//
+// Block (channel c, row tile, column tile): the K dimension is walked in tiles of at
+// most 64; each step stages a (tile_m x tile_k) tile of the left operand and a
+// (tile_k x tile_n) tile of the right one in shared memory. In the forward pass the
+// right operand is W_c: for maps up to 8x8 (P <= 64) the channel's whole weight
+// matrix sits in shared memory and is reused by every batch row of the block. Each
+// thread owns one output column and kRowsPerThread rows; it accumulates in float
+// (double for float64) and the bias is added in the store. Reductions run in a fixed
+// order inside one thread: results are deterministic (no atomics).
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <limits>
+
+#include "../channelwise_fc_checks.h"
+
+namespace autoenc_fast {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kRowsPerThread = 4;
+constexpr int kMaxTile = 64;              // largest tile_n and tile_k
+constexpr int kSharedBytes = 48 * 1024;   // the default dynamic shared memory limit
+constexpr int64_t kMaxGridYZ = 65535;
+
+// Element (b, c, p) of a (B, C, H, W) tensor, p = h * W + w, through its strides.
+template <typename T>
+struct StridedMap {
+  T* data;
+  int64_t sb, sc, sh, sw, W;
+
+  StridedMap(T* ptr, const at::Tensor& t)
+      : data(ptr), sb(t.stride(0)), sc(t.stride(1)), sh(t.stride(2)), sw(t.stride(3)), W(t.size(3)) {}
+  __device__ __forceinline__ T& operator()(int64_t b, int64_t c, int64_t p) const {
+    return data[b * sb + c * sc + (p / W) * sh + (p % W) * sw];
+  }
+};
+
+// Left operand (m, k) = map[m, c, k]: x in the forward pass, grad_y for grad_x.
+template <typename scalar_t, typename acc_t>
+struct BatchRows {
+  StridedMap<const scalar_t> map;
+  __device__ acc_t operator()(int64_t c, int64_t m, int64_t k) const { return static_cast<acc_t>(map(m, c, k)); }
+};
+
+// Left operand (m, k) = x[k, c, m] for m < P and 1 for m == P: [X_c^T; 1].
+template <typename scalar_t, typename acc_t>
+struct PositionRowsWithOnes {
+  StridedMap<const scalar_t> map;
+  int64_t P;
+  __device__ acc_t operator()(int64_t c, int64_t m, int64_t k) const {
+    return m < P ? static_cast<acc_t>(map(k, c, m)) : acc_t(1);
+  }
+};
+
+// Right operand (k, n) = W_c[k, n], or W_c[n, k] (W_c^T) when kTranspose.
+template <typename scalar_t, typename acc_t, bool kTranspose>
+struct WeightCols {
+  const scalar_t* weight;  // contiguous (C, P, P)
+  int64_t P;
+  __device__ acc_t operator()(int64_t c, int64_t k, int64_t n) const {
+    const int64_t at = kTranspose ? n * P + k : k * P + n;
+    return static_cast<acc_t>(weight[c * P * P + at]);
+  }
+};
+
+// Right operand (k, n) = grad_y[k, c, n]: the batch is the K dimension.
+template <typename scalar_t, typename acc_t>
+struct BatchCols {
+  StridedMap<const scalar_t> map;
+  __device__ acc_t operator()(int64_t c, int64_t k, int64_t n) const { return static_cast<acc_t>(map(k, c, n)); }
+};
+
+// out[m, c, n] = v + bias[c, n] (bias may be null): y, or grad_x without bias.
+template <typename scalar_t, typename acc_t>
+struct StoreMap {
+  StridedMap<scalar_t> map;
+  const scalar_t* bias;  // contiguous (C, P) or null
+  int64_t P;
+  __device__ void operator()(int64_t c, int64_t m, int64_t n, acc_t v) const {
+    if (bias != nullptr) v += static_cast<acc_t>(bias[c * P + n]);
+    map(m, c, n) = static_cast<scalar_t>(v);
+  }
+};
+
+// Rows m < P go to grad_weight[c, m, n], the row of ones (m == P) to grad_bias[c, n].
+template <typename scalar_t, typename acc_t>
+struct StoreWeightGrad {
+  scalar_t* grad_weight;  // contiguous (C, P, P)
+  scalar_t* grad_bias;    // contiguous (C, P)
+  int64_t P;
+  __device__ void operator()(int64_t c, int64_t m, int64_t n, acc_t v) const {
+    if (m < P) {
+      grad_weight[(c * P + m) * P + n] = static_cast<scalar_t>(v);
+    } else {
+      grad_bias[c * P + n] = static_cast<scalar_t>(v);
+    }
+  }
+};
+
+// out_c (M, N) = A_c (M, K) @ B_c (K, N) for channel c = blockIdx.x; see the file header.
+template <typename acc_t, typename ALoad, typename BLoad, typename Store>
+__global__ void __launch_bounds__(kThreads)
+    channel_gemm_kernel(int64_t M, int64_t N, int64_t K, int tile_n, int tile_k, ALoad a, BLoad b, Store store) {
+  extern __shared__ unsigned char shared_raw[];
+  const int groups = kThreads / tile_n;  // row groups; threads past groups * tile_n only load
+  const int tile_m = groups * kRowsPerThread;
+  const int lda = tile_k + 1;  // padded row: fewer bank conflicts on the column reads
+  acc_t* a_s = reinterpret_cast<acc_t*>(shared_raw);  // [tile_m][tile_k + 1]
+  acc_t* b_s = a_s + tile_m * lda;                    // [tile_k][tile_n]
+  const int64_t c = blockIdx.x;
+  const int tn = threadIdx.x % tile_n, g = threadIdx.x / tile_n;
+  const int64_t n0 = static_cast<int64_t>(blockIdx.z) * tile_n, n = n0 + tn;
+  const bool computes = g < groups;
+
+  // Every thread of the block runs the same m0 and k0 iterations, so the barriers hold.
+  for (int64_t m0 = static_cast<int64_t>(blockIdx.y) * tile_m; m0 < M; m0 += static_cast<int64_t>(gridDim.y) * tile_m) {
+    acc_t acc[kRowsPerThread];
+#pragma unroll
+    for (int q = 0; q < kRowsPerThread; ++q) acc[q] = acc_t(0);
+    for (int64_t k0 = 0; k0 < K; k0 += tile_k) {
+      for (int idx = threadIdx.x; idx < tile_m * tile_k; idx += kThreads) {
+        const int r = idx / tile_k, kk = idx % tile_k;
+        const bool inside = m0 + r < M && k0 + kk < K;
+        a_s[r * lda + kk] = inside ? a(c, m0 + r, k0 + kk) : acc_t(0);
+      }
+      for (int idx = threadIdx.x; idx < tile_k * tile_n; idx += kThreads) {
+        const int kk = idx / tile_n, nn = idx % tile_n;
+        const bool inside = k0 + kk < K && n0 + nn < N;
+        b_s[idx] = inside ? b(c, k0 + kk, n0 + nn) : acc_t(0);
+      }
+      __syncthreads();
+      if (computes) {
+        for (int kk = 0; kk < tile_k; ++kk) {
+          const acc_t bv = b_s[kk * tile_n + tn];
+#pragma unroll
+          for (int q = 0; q < kRowsPerThread; ++q) acc[q] += a_s[(g + groups * q) * lda + kk] * bv;
+        }
+      }
+      __syncthreads();  // the next step overwrites the tiles
+    }
+    if (computes && n < N) {
+#pragma unroll
+      for (int q = 0; q < kRowsPerThread; ++q) {
+        const int64_t m = m0 + g + groups * q;
+        if (m < M) store(c, m, n, acc[q]);
+      }
+    }
+  }
+}
+
+template <typename acc_t, typename ALoad, typename BLoad, typename Store>
+void launch_channel_gemm(int64_t C, int64_t M, int64_t N, int64_t K, const ALoad& a, const BLoad& b,
+                         const Store& store) {
+  const int tile_n = static_cast<int>(std::min<int64_t>(N, kMaxTile));
+  const int tile_m = (kThreads / tile_n) * kRowsPerThread;
+  // Largest tile_k (<= 64) whose two tiles fit the shared memory budget.
+  const int64_t budget = kSharedBytes / static_cast<int64_t>(sizeof(acc_t));
+  const int64_t fit = (budget - tile_m) / (tile_m + tile_n);
+  const int tile_k = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({std::max<int64_t>(K, 1), kMaxTile, fit})));
+  const size_t shared = sizeof(acc_t) * (static_cast<size_t>(tile_m) * (tile_k + 1) + static_cast<size_t>(tile_k) * tile_n);
+  const int64_t col_tiles = (N + tile_n - 1) / tile_n;
+  TORCH_CHECK(C <= std::numeric_limits<int32_t>::max() && col_tiles <= kMaxGridYZ,
+              "channelwise_fc: too many channels or positions for one launch (C = ", C, ", H*W = ", N, ")");
+  const dim3 grid(static_cast<unsigned>(C), static_cast<unsigned>(std::min<int64_t>((M + tile_m - 1) / tile_m, kMaxGridYZ)),
+                  static_cast<unsigned>(col_tiles));
+  channel_gemm_kernel<acc_t><<<grid, kThreads, shared, c10::cuda::getCurrentCUDAStream()>>>(
+      M, N, K, tile_n, tile_k, a, b, store);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+at::Tensor channelwise_fc_cuda(const at::Tensor& x, const at::Tensor& weight_in,
+                               const std::optional<at::Tensor>& bias_in) {
+  check_channelwise_fc_inputs(x, weight_in, bias_in);
+  TORCH_CHECK(x.is_cuda(), "channelwise_fc: `x` must be a CUDA tensor for the CUDA kernel; got ", x.device());
+  const c10::cuda::CUDAGuard guard(x.device());
+  at::Tensor y = at::empty(x.sizes(), x.options().memory_format(channelwise_fc_output_format(x)));
+  if (y.numel() == 0) return y;
+  const at::Tensor weight = weight_in.contiguous();
+  const at::Tensor bias = bias_in.has_value() ? bias_in->contiguous() : at::Tensor();
+  const int64_t B = x.size(0), C = x.size(1), P = x.size(2) * x.size(3);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "channelwise_fc_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const BatchRows<scalar_t, acc_t> a{StridedMap<const scalar_t>(x.const_data_ptr<scalar_t>(), x)};
+    const WeightCols<scalar_t, acc_t, false> b{weight.const_data_ptr<scalar_t>(), P};
+    const StoreMap<scalar_t, acc_t> store{StridedMap<scalar_t>(y.mutable_data_ptr<scalar_t>(), y),
+                                          bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr, P};
+    launch_channel_gemm<acc_t>(C, B, P, P, a, b, store);
+  });
+  return y;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> channelwise_fc_backward_cuda(const at::Tensor& grad_y,
+                                                                            const at::Tensor& x,
+                                                                            const at::Tensor& weight_in) {
+  check_channelwise_fc_backward_inputs(grad_y, x, weight_in);
+  TORCH_CHECK(x.is_cuda(), "channelwise_fc_backward: `x` must be a CUDA tensor for the CUDA kernel; got ",
+              x.device());
+  const c10::cuda::CUDAGuard guard(x.device());
+  const int64_t B = x.size(0), C = x.size(1), P = x.size(2) * x.size(3);
+  at::Tensor grad_x = at::empty(x.sizes(), x.options().memory_format(channelwise_fc_output_format(x)));
+  at::Tensor grad_weight = at::empty({C, P, P}, x.options());
+  at::Tensor grad_bias = at::empty({C, P}, x.options());
+  if (x.numel() == 0) {
+    // An empty batch contributes nothing to the parameter gradients: they are zeros.
+    grad_weight.zero_();
+    grad_bias.zero_();
+    return {grad_x, grad_weight, grad_bias};
+  }
+  const at::Tensor weight = weight_in.contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "channelwise_fc_backward_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const StridedMap<const scalar_t> gy(grad_y.const_data_ptr<scalar_t>(), grad_y);
+    const StridedMap<const scalar_t> xs(x.const_data_ptr<scalar_t>(), x);
+    // grad_x = grad_y @ W^T
+    launch_channel_gemm<acc_t>(
+        C, B, P, P, BatchRows<scalar_t, acc_t>{gy}, WeightCols<scalar_t, acc_t, true>{weight.const_data_ptr<scalar_t>(), P},
+        StoreMap<scalar_t, acc_t>{StridedMap<scalar_t>(grad_x.mutable_data_ptr<scalar_t>(), grad_x), nullptr, P});
+    // [grad_weight; grad_bias] = [x^T; 1] @ grad_y
+    launch_channel_gemm<acc_t>(
+        C, P + 1, P, B, PositionRowsWithOnes<scalar_t, acc_t>{xs, P}, BatchCols<scalar_t, acc_t>{gy},
+        StoreWeightGrad<scalar_t, acc_t>{grad_weight.mutable_data_ptr<scalar_t>(),
+                                         grad_bias.mutable_data_ptr<scalar_t>(), P});
+  });
+  return {grad_x, grad_weight, grad_bias};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(autoenc_fast, CUDA, m) {
+  m.impl("channelwise_fc", &channelwise_fc_cuda);
+  m.impl("channelwise_fc_backward", &channelwise_fc_backward_cuda);
+}
+
+}  // namespace autoenc_fast
