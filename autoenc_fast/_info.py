@@ -8,7 +8,7 @@ import torch
 
 from . import _ext
 
-OPS = ("reparametrize_kl",)
+OPS = ("reparametrize_kl", "spade_norm")
 
 
 def _triton_version() -> str | None:

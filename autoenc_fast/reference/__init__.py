@@ -3,5 +3,6 @@ against and the baseline they are benchmarked against. Same signatures as
 autoenc_fast.functional and autoenc_fast.nn."""
 from .philox import philox_normal
 from .reparametrize_kl import Reparametrize, reparametrize_kl
+from .spade_norm import SPADE, spade_norm
 
-__all__ = ["Reparametrize", "philox_normal", "reparametrize_kl"]
+__all__ = ["Reparametrize", "SPADE", "philox_normal", "reparametrize_kl", "spade_norm"]
