@@ -84,13 +84,15 @@ def test_float64_matches_reference_tightly(norm, training, channels_last):
     grad = torch.randn_like(x)
     rm, rv = (t.double() for t in running(5, "cpu")) if norm == "batch" else (None, None)
     kw = dict(norm=norm, training=training, negative_slope=0.1)
-    y, grads = run(AF.spade_norm, x, gamma, beta, grad, running_mean=rm and rm.clone(),
-                   running_var=rv and rv.clone(), **kw) if rm is None else \
-        run(AF.spade_norm, x, gamma, beta, grad, running_mean=rm.clone(), running_var=rv.clone(), **kw)
+    ours = dict(running_mean=rm.clone(), running_var=rv.clone()) if rm is not None else {}
+    y, grads = run(AF.spade_norm, x, gamma, beta, grad, **ours, **kw)
     y_ref, grads_ref = run(R.spade_norm, x, gamma, beta, grad, running_mean=rm, running_var=rv, **kw)
     torch.testing.assert_close(y, y_ref, **TOLERANCES[torch.float64])
     for g, g_ref in zip(grads, grads_ref):
         torch.testing.assert_close(g, g_ref, **TOLERANCES[torch.float64])
+    if rm is not None:
+        torch.testing.assert_close(ours["running_mean"], rm, **TOLERANCES[torch.float64])
+        torch.testing.assert_close(ours["running_var"], rv, **TOLERANCES[torch.float64])
 
 
 @needs_ext

@@ -30,6 +30,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 #include "../spade_norm_checks.h"
 
@@ -334,8 +335,11 @@ void launch_reduce(const Inputs<scalar_t, acc_t>& in, const Shape& s, const at::
     const int64_t used = (s.HW + slice - 1) / slice;
     partial = at::empty({rows * used * 2}, x.options().dtype(out1.scalar_type()));
     const dim3 grid(static_cast<unsigned>(used), static_cast<unsigned>(std::min<int64_t>(rows, 65535)));
-    reduce_nchw_kernel<kBackward, VEC><<<grid, kThreads, 0, stream>>>(in, s, slice,
-                                                                      partial.mutable_data_ptr<acc_t>());
+    // Small rows (16x16 maps) get smaller blocks rather than idle threads.
+    const int64_t packs = (slice + VEC - 1) / VEC;
+    const int threads = static_cast<int>(std::clamp<int64_t>((packs + 31) / 32 * 32, 32, kThreads));
+    reduce_nchw_kernel<kBackward, VEC><<<grid, threads, 0, stream>>>(in, s, slice,
+                                                                     partial.mutable_data_ptr<acc_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     parts = (s.instance ? 1 : s.N) * used;
   } else {
@@ -385,7 +389,8 @@ template <typename scalar_t, typename Fn>
 void with_pack_and_index(const Shape& s, int64_t numel, std::initializer_list<const void*> ptrs, const Fn& fn) {
   constexpr int kMax = 16 / sizeof(scalar_t);
   const bool wide = pack_width<scalar_t>(s, ptrs) == kMax;
-  const bool small = numel < (int64_t{1} << 31) - 16 * kThreads;
+  // 32-bit offsets while offset + grid stride cannot overflow (stride < 2^26).
+  const bool small = numel < (int64_t{1} << 31) - (int64_t{1} << 26);
   if (wide && small) fn(std::integral_constant<int, kMax>(), int32_t{0});
   else if (wide) fn(std::integral_constant<int, kMax>(), int64_t{0});
   else if (small) fn(std::integral_constant<int, 1>(), int32_t{0});
