@@ -104,15 +104,16 @@ def spade_norm(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, *, norm
                           running_mean=running_mean, running_var=running_var, training=training,
                           momentum=momentum, eps=eps, negative_slope=negative_slope,
                           process_group=process_group).to(x.dtype)
+    if process_group is not None and training and not instance:
+        from .ops.spade_norm import SyncSpadeNormFunction
+
+        # The global count is checked there, after the all_reduce.
+        return SyncSpadeNormFunction.apply(x, gamma, beta, running_mean, running_var, eps, momentum,
+                                           negative_slope, process_group)
     count = _group_count(x, instance)
     if use_input_stats and x.numel() > 0 and count <= 1:
         raise ValueError(f"spade_norm: expected more than 1 value per {'instance' if instance else 'channel'}"
                          f" when using batch statistics; `x` has shape {tuple(x.shape)}")
-    if process_group is not None and training and not instance:
-        from .ops.spade_norm import SyncSpadeNormFunction
-
-        return SyncSpadeNormFunction.apply(x, gamma, beta, running_mean, running_var, eps, momentum,
-                                           negative_slope, process_group)
     y, mean, var = torch.ops.autoenc_fast.spade_norm(
         x, gamma, beta, None if use_input_stats else running_mean,
         None if use_input_stats else running_var, use_input_stats, instance, eps, negative_slope)

@@ -83,7 +83,7 @@ def test_spade_norm_forward_backward(benchmark, impl, device, shape):
         base = torch.cuda.memory_allocated()
         step()
         benchmark.extra_info["peak_mem_MiB"] = (torch.cuda.max_memory_allocated() - base) / 2**20
-    rounds = 5 if device == "cpu" else 50
+    rounds = 11 if device == "cpu" else 50
     benchmark.pedantic(step, rounds=rounds, iterations=1, warmup_rounds=1)
     if device == "cuda":
         numel = torch.Size(shape).numel()

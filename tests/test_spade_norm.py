@@ -192,9 +192,10 @@ def test_compile_fullgraph_inductor():
 
 
 @needs_ext
-def test_compile_fullgraph_module_aot_eager():
-    model = SPADE(4, 3, hidden=8, negative_slope=0.2)
-    twin = SPADE(4, 3, hidden=8, negative_slope=0.2)
+@pytest.mark.parametrize("norm", ["batch", "syncbatch", "instance"])
+def test_compile_fullgraph_module_aot_eager(norm):
+    model = SPADE(4, 3, hidden=8, norm=norm, negative_slope=0.2)
+    twin = SPADE(4, 3, hidden=8, norm=norm, negative_slope=0.2)
     twin.load_state_dict(model.state_dict())
     x, seg = torch.randn(2, 4, 6, 6), torch.randn(2, 3, 3, 3)
     y = torch.compile(model, fullgraph=True, backend="aot_eager")(x, seg)
@@ -255,6 +256,19 @@ def test_module_matches_gaugan_spade(module_cls, norm, slope):
             torch.testing.assert_close(outs[1][2][name], outs[0][2][name], msg=name)
         for name, buf in plain.named_buffers():
             torch.testing.assert_close(dict(ours.named_buffers())[name], buf, msg=name)
+
+
+@pytest.mark.parametrize("momentum", [None, 0.3])
+def test_module_momentum_and_num_batches_tracked_as_batchnorm(momentum):
+    plain = GauGANSPADE(4, 2, 6, 3, "batch", None)
+    ours = SPADE(4, 2, hidden=6)
+    ours.load_state_dict(plain.state_dict(), strict=True)
+    plain.param_free_norm.momentum = ours.param_free_norm.momentum = momentum
+    for _ in range(3):
+        x, seg = torch.randn(2, 4, 5, 5) * 3 + 1, torch.rand(2, 2, 5, 5)
+        torch.testing.assert_close(ours(x, seg), plain(x, seg))
+    for name, buf in plain.named_buffers():
+        torch.testing.assert_close(dict(ours.named_buffers())[name], buf, msg=name)
 
 
 def test_module_bad_norm():
