@@ -38,6 +38,12 @@ TORCH_LIBRARY(autoenc_fast, m) {
   m.def(
       "spade_norm_apply(Tensor x, Tensor gamma, Tensor beta, Tensor mean, Tensor invstd,"
       " float? negative_slope) -> Tensor");
+  // Single-process backward, both passes below in one op (so a backend may run them group
+  // by group while the group is in cache); use_input_stats as in the forward.
+  m.def(
+      "spade_norm_backward(Tensor grad_y, Tensor x, Tensor gamma, Tensor beta, Tensor mean,"
+      " Tensor invstd, bool use_input_stats, float? negative_slope)"
+      " -> (Tensor grad_x, Tensor grad_gamma, Tensor grad_beta)");
   // Backward: sums over each statistics group of dxhat = dz * (1 + gamma) and dxhat * xhat.
   m.def(
       "spade_norm_backward_reduce(Tensor grad_y, Tensor x, Tensor gamma, Tensor beta, Tensor mean,"

@@ -100,4 +100,21 @@ inline void check_spade_backward_inputs(const at::Tensor& grad_y, const at::Tens
   check_spade_like_x(grad_y, "grad_y", x, op);
 }
 
+inline void check_spade_elemt_inputs(const at::Tensor& grad_y, const at::Tensor& x,
+                                     const at::Tensor& gamma, const at::Tensor& beta,
+                                     const at::Tensor& mean, const at::Tensor& invstd,
+                                     const std::optional<at::Tensor>& mean_dxhat,
+                                     const std::optional<at::Tensor>& mean_dxhat_xhat) {
+  const char* op = "spade_norm_backward_elemt";
+  check_spade_backward_inputs(grad_y, x, gamma, beta, mean, invstd, op);
+  TORCH_CHECK(mean_dxhat.has_value() == mean_dxhat_xhat.has_value(), op,
+              ": `mean_dxhat` and `mean_dxhat_xhat` must be given together");
+  if (mean_dxhat.has_value()) {
+    check_spade_group_stat(*mean_dxhat, "mean_dxhat", x, op);
+    check_spade_group_stat(*mean_dxhat_xhat, "mean_dxhat_xhat", x, op);
+    TORCH_CHECK(mean_dxhat->sizes() == mean.sizes() && mean_dxhat_xhat->sizes() == mean.sizes(), op,
+                ": `mean_dxhat` and `mean_dxhat_xhat` must have mean's shape ", mean.sizes());
+  }
+}
+
 }  // namespace autoenc_fast

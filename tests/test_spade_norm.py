@@ -15,8 +15,8 @@ from autoenc_fast.nn import SPADE
 
 from conftest import HAS_CUDA, TOLERANCES, devices
 
-OPS = ["spade_norm", "spade_norm_stats", "spade_norm_apply", "spade_norm_backward_reduce",
-       "spade_norm_backward_elemt"]
+OPS = ["spade_norm", "spade_norm_stats", "spade_norm_apply", "spade_norm_backward",
+       "spade_norm_backward_reduce", "spade_norm_backward_elemt"]
 needs_ext = pytest.mark.skipif(not _ext.LOADED, reason=f"extension not loaded: {_ext.STATUS}")
 
 
@@ -96,6 +96,34 @@ def test_float64_matches_reference_tightly(norm, training, channels_last):
 
 
 @needs_ext
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("instance", [False, True])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fused_ops_equal_their_pieces(device, instance, channels_last):
+    """spade_norm == stats + apply and spade_norm_backward == reduce + elemt (the pieces
+    the synchronized path runs), so both paths compute the same function."""
+    ops = torch.ops.autoenc_fast
+    x, gamma, beta = make_inputs((3, 8, 5, 6), torch.float32, device, channels_last)
+    grad = torch.randn_like(x)
+    y, mean, var = ops.spade_norm(x, gamma, beta, None, None, True, instance, 1e-5, 0.2)
+    mean_p, var_p = ops.spade_norm_stats(x, instance)
+    invstd = torch.rsqrt(var_p + 1e-5)
+    torch.testing.assert_close(mean, mean_p)
+    torch.testing.assert_close(var, var_p)
+    torch.testing.assert_close(y, ops.spade_norm_apply(x, gamma, beta, mean_p, invstd, 0.2))
+    for use_input_stats in (True, False):
+        fused = ops.spade_norm_backward(grad, x, gamma, beta, mean_p, invstd, use_input_stats, 0.2)
+        means = (None, None)
+        if use_input_stats:
+            sums = ops.spade_norm_backward_reduce(grad, x, gamma, beta, mean_p, invstd, 0.2)
+            count = x.shape[2] * x.shape[3] * (1 if instance else x.shape[0])
+            means = tuple(t / count for t in sums)
+        pieces = ops.spade_norm_backward_elemt(grad, x, gamma, beta, mean_p, invstd, *means, 0.2)
+        for a, b in zip(fused, pieces):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+@needs_ext
 def test_large_mean_small_std_statistics():
     """The shifted one-pass variance stays accurate when |mean| >> std (float32)."""
     x = torch.randn(4, 3, 32, 32) * 0.01 + 1000.0
@@ -131,7 +159,7 @@ def _opcheck_samples(channels_last):
                        (x, gamma, beta, None, None, True, True, 1e-3, None)],
         "spade_norm_stats": [(x, False), (x, True)],
     }
-    apply, red, elemt = [], [], []
+    apply, red, elemt, backward = [], [], [], []
     for inst, (mean, var) in stats.items():
         invstd = torch.rsqrt(var + 1e-5)
         grad = torch.randn_like(x)
@@ -139,7 +167,10 @@ def _opcheck_samples(channels_last):
         red.append((grad, x, gamma, beta, mean, invstd, 0.1))
         elemt.append((grad, x, gamma, beta, mean, invstd, torch.randn_like(mean), torch.randn_like(mean), 0.1))
         elemt.append((grad, x, gamma, beta, mean, invstd, None, None, None))
-    samples.update(spade_norm_apply=apply, spade_norm_backward_reduce=red, spade_norm_backward_elemt=elemt)
+        backward.append((grad, x, gamma, beta, mean, invstd, True, 0.2))
+        backward.append((grad, x, gamma, beta, mean, invstd, False, None))
+    samples.update(spade_norm_apply=apply, spade_norm_backward_reduce=red, spade_norm_backward_elemt=elemt,
+                   spade_norm_backward=backward)
     return samples
 
 
@@ -292,6 +323,7 @@ def _sync_worker(rank, world_size, init_file, out_dir):
                        process_group=dist.group.WORLD)
         results[name] = dict(y=y, grads=grads, rm=rm, rv=rv)
     torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+    dist.barrier()  # both ranks done with gloo before either tears it down
     dist.destroy_process_group()
 
 

@@ -3,9 +3,9 @@ synchronized-statistics autograd.Function. The C++ kernels register themselves f
 csrc/cpu and csrc/cuda.
 
 Single process: ``spade_norm`` (stats pass + elementwise pass, one op) with a
-registered backward of two ops, ``spade_norm_backward_reduce`` (per-group sums of
-dxhat and dxhat * xhat) and ``spade_norm_backward_elemt`` (dx, dgamma, dbeta), so
-torch.compile sees custom ops only. With a process group the same pieces run from
+registered backward ``spade_norm_backward`` (reduction pass + elementwise pass, one
+op), so torch.compile sees custom ops only and the CPU kernels can run both passes of a
+statistics group while it is in cache. With a process group the pieces run from
 :class:`SyncSpadeNormFunction`, with an all_reduce of (sum, sum of squares, count)
 between the stats and the elementwise pass, and of the two backward sums between the
 backward passes, as torch.nn.SyncBatchNorm does.
@@ -53,6 +53,11 @@ def _apply_fake(x, gamma, beta, mean, invstd, negative_slope):
     return _empty_like_x(x)
 
 
+@torch.library.register_fake("autoenc_fast::spade_norm_backward")
+def _backward_fake(grad_y, x, gamma, beta, mean, invstd, use_input_stats, negative_slope):
+    return _empty_like_x(x), _empty_like_x(x), _empty_like_x(x)
+
+
 @torch.library.register_fake("autoenc_fast::spade_norm_backward_reduce")
 def _backward_reduce_fake(grad_y, x, gamma, beta, mean, invstd, negative_slope):
     return torch.empty_like(mean), torch.empty_like(mean)
@@ -68,7 +73,7 @@ def _setup_context(ctx, inputs, output):
     x, gamma, beta, _rm, _rv, use_input_stats, instance, eps, negative_slope = inputs
     _y, mean, var = output
     ctx.save_for_backward(x, gamma, beta, mean, var)
-    ctx.use_input_stats, ctx.instance = use_input_stats, instance
+    ctx.use_input_stats = use_input_stats
     ctx.eps, ctx.negative_slope = eps, negative_slope
     ctx.set_materialize_grads(False)
 
@@ -78,14 +83,8 @@ def _backward(ctx, grad_y, _grad_mean, _grad_var):
         return (None,) * 9
     x, gamma, beta, mean, var = ctx.saved_tensors
     invstd = torch.rsqrt(var + ctx.eps)
-    mean_dxhat = mean_dxhat_xhat = None
-    if ctx.use_input_stats:
-        sum_dxhat, sum_dxhat_xhat = torch.ops.autoenc_fast.spade_norm_backward_reduce(
-            grad_y, x, gamma, beta, mean, invstd, ctx.negative_slope)
-        count = group_count(x, ctx.instance)
-        mean_dxhat, mean_dxhat_xhat = sum_dxhat / count, sum_dxhat_xhat / count
-    grad_x, grad_gamma, grad_beta = torch.ops.autoenc_fast.spade_norm_backward_elemt(
-        grad_y, x, gamma, beta, mean, invstd, mean_dxhat, mean_dxhat_xhat, ctx.negative_slope)
+    grad_x, grad_gamma, grad_beta = torch.ops.autoenc_fast.spade_norm_backward(
+        grad_y, x, gamma, beta, mean, invstd, ctx.use_input_stats, ctx.negative_slope)
     return grad_x, grad_gamma, grad_beta, None, None, None, None, None, None
 
 

@@ -519,17 +519,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> spade_norm_backward_elemt_cuda(
     const at::Tensor& beta_in, const at::Tensor& mean_in, const at::Tensor& invstd_in,
     const std::optional<at::Tensor>& mean_dxhat, const std::optional<at::Tensor>& mean_dxhat_xhat,
     std::optional<double> slope) {
-  const char* op = "spade_norm_backward_elemt";
-  check_spade_backward_inputs(grad_y, x_in, gamma_in, beta_in, mean_in, invstd_in, op);
-  check_cuda_inputs(x_in, op);
-  TORCH_CHECK(mean_dxhat.has_value() == mean_dxhat_xhat.has_value(), op,
-              ": `mean_dxhat` and `mean_dxhat_xhat` must be given together");
-  if (mean_dxhat.has_value()) {
-    check_spade_group_stat(*mean_dxhat, "mean_dxhat", x_in, op);
-    check_spade_group_stat(*mean_dxhat_xhat, "mean_dxhat_xhat", x_in, op);
-    TORCH_CHECK(mean_dxhat->sizes() == mean_in.sizes() && mean_dxhat_xhat->sizes() == mean_in.sizes(), op,
-                ": `mean_dxhat` and `mean_dxhat_xhat` must have mean's shape ", mean_in.sizes());
-  }
+  check_spade_elemt_inputs(grad_y, x_in, gamma_in, beta_in, mean_in, invstd_in, mean_dxhat,
+                           mean_dxhat_xhat);
+  check_cuda_inputs(x_in, "spade_norm_backward_elemt");
   const c10::cuda::CUDAGuard guard(x_in.device());
   const auto fmt = spade_memory_format(x_in);
   const at::Tensor dy = grad_y.contiguous(fmt), x = x_in.contiguous(fmt);
@@ -564,12 +556,33 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> spade_norm_backward_elemt_cuda(
   return {dx, dgamma, dbeta};
 }
 
+// Single-process backward: the reduce pass, then the elementwise pass.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> spade_norm_backward_cuda(
+    const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& gamma, const at::Tensor& beta,
+    const at::Tensor& mean, const at::Tensor& invstd, bool use_input_stats,
+    std::optional<double> slope) {
+  check_spade_backward_inputs(grad_y, x, gamma, beta, mean, invstd, "spade_norm_backward");
+  check_cuda_inputs(x, "spade_norm_backward");
+  const c10::cuda::CUDAGuard guard(x.device());
+  std::optional<at::Tensor> mean_dxhat, mean_dxhat_xhat;
+  if (use_input_stats) {
+    auto [sum1, sum2] = spade_norm_backward_reduce_cuda(grad_y, x, gamma, beta, mean, invstd, slope);
+    const int64_t hw = x.size(2) * x.size(3);
+    const double m = static_cast<double>(std::max<int64_t>(1, mean.dim() == 2 ? hw : x.size(0) * hw));
+    mean_dxhat = sum1 / m;
+    mean_dxhat_xhat = sum2 / m;
+  }
+  return spade_norm_backward_elemt_cuda(grad_y, x, gamma, beta, mean, invstd, mean_dxhat,
+                                        mean_dxhat_xhat, slope);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(autoenc_fast, CUDA, m) {
   m.impl("spade_norm", &spade_norm_cuda);
   m.impl("spade_norm_stats", &spade_norm_stats_cuda);
   m.impl("spade_norm_apply", &spade_norm_apply_cuda);
+  m.impl("spade_norm_backward", &spade_norm_backward_cuda);
   m.impl("spade_norm_backward_reduce", &spade_norm_backward_reduce_cuda);
   m.impl("spade_norm_backward_elemt", &spade_norm_backward_elemt_cuda);
 }
