@@ -8,7 +8,7 @@ import torch
 
 from . import _ext
 
-OPS = ("reparametrize_kl", "channelwise_fc")
+OPS = ("reparametrize_kl", "channelwise_fc", "spade_norm")
 
 
 def _triton_version() -> str | None:

@@ -9,8 +9,12 @@ from .ops.reparametrize_kl_checks import check_inputs
 from .reference.channelwise_fc import channelwise_fc as _channelwise_fc_reference
 from .reference.philox import philox_normal
 from .reference.reparametrize_kl import draw_seed, reparametrize_kl_math, seed_tensor
+from .reference import spade_norm as _spade_norm_reference
+from .reference.spade_norm import check_inputs as _spade_check_inputs
+from .reference.spade_norm import group_count as _group_count
+from .reference.spade_norm import update_running_stats as _update_running_stats
 
-__all__ = ["channelwise_fc", "reparametrize_kl"]
+__all__ = ["channelwise_fc", "reparametrize_kl", "spade_norm"]
 
 _HALF_TYPES = (torch.float16, torch.bfloat16)
 
@@ -90,3 +94,61 @@ def channelwise_fc(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
                                                   bias.float() if bias is not None else None)
         return y.to(x.dtype)
     return torch.ops.autoenc_fast.channelwise_fc(x, weight, bias)
+
+
+def spade_norm(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, *, norm: str = "batch",
+               running_mean: torch.Tensor | None = None, running_var: torch.Tensor | None = None,
+               training: bool = True, momentum: float = 0.1, eps: float = 1e-5,
+               negative_slope: float | None = None, process_group=None) -> torch.Tensor:
+    r"""SPADE normalization (GauGAN), fused: parameter-free batch or instance norm,
+    the spatially varying affine, and an optional leaky ReLU.
+
+    .. math::
+        \hat x = \frac{x - \mu}{\sqrt{\sigma^2 + \epsilon}}, \qquad
+        y = \mathrm{act}\left(\hat x \, (1 + \gamma) + \beta\right)
+
+    Args:
+        x: (N, C, H, W), NCHW or channels_last; y has x's layout.
+        gamma, beta: x's shape, dtype and device (the SPADE modulation maps).
+        norm: ``"batch"`` (statistics per channel over N, H, W) or ``"instance"``
+            (per (n, c) over H, W; no running statistics).
+        running_mean, running_var: (C,) buffers. Batch norm in training updates them in
+            place as ``F.batch_norm`` does (unbiased variance, `momentum`); in eval
+            (``training=False``) they are the statistics used and are required.
+        negative_slope: apply ``leaky_relu(negative_slope)`` to the result when given.
+        process_group: batch norm in training only: statistics (and their gradients)
+            are all-reduced over this group, as torch.nn.SyncBatchNorm does, so N
+            processes with batch b match one process with batch N*b.
+
+    Statistics are float32 for float32/float16/bfloat16 x and float64 for float64 x.
+    """
+    _spade_check_inputs(x, gamma, beta, norm, running_mean, running_var, training)
+    instance = norm == "instance"
+    use_input_stats = training or instance
+    if not _ext.LOADED:
+        return _spade_norm_reference(x, gamma, beta, norm=norm, running_mean=running_mean,
+                                     running_var=running_var, training=training, momentum=momentum,
+                                     eps=eps, negative_slope=negative_slope,
+                                     process_group=process_group)
+    if x.device.type == "cpu" and x.dtype in _HALF_TYPES:
+        # The C++ CPU kernels compute in float32/float64: half types go through float32.
+        return spade_norm(x.float(), gamma.float(), beta.float(), norm=norm,
+                          running_mean=running_mean, running_var=running_var, training=training,
+                          momentum=momentum, eps=eps, negative_slope=negative_slope,
+                          process_group=process_group).to(x.dtype)
+    if process_group is not None and training and not instance:
+        from .ops.spade_norm import SyncSpadeNormFunction
+
+        # The global count is checked there, after the all_reduce.
+        return SyncSpadeNormFunction.apply(x, gamma, beta, running_mean, running_var, eps, momentum,
+                                           negative_slope, process_group)
+    count = _group_count(x, instance)
+    if use_input_stats and x.numel() > 0 and count <= 1:
+        raise ValueError(f"spade_norm: expected more than 1 value per {'instance' if instance else 'channel'}"
+                         f" when using batch statistics; `x` has shape {tuple(x.shape)}")
+    y, mean, var = torch.ops.autoenc_fast.spade_norm(
+        x, gamma, beta, None if use_input_stats else running_mean,
+        None if use_input_stats else running_var, use_input_stats, instance, eps, negative_slope)
+    if use_input_stats and running_mean is not None and x.numel() > 0:
+        _update_running_stats(running_mean, running_var, mean.detach(), var.detach(), count, momentum)
+    return y

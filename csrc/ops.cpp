@@ -30,4 +30,37 @@ TORCH_LIBRARY(autoenc_fast, m) {
   m.def(
       "channelwise_fc_backward(Tensor grad_y, Tensor x, Tensor weight)"
       " -> (Tensor grad_x, Tensor grad_weight, Tensor grad_bias)");
+
+  // SPADE normalization: y = act(xhat * (1 + gamma) + beta), xhat = (x - mean) * invstd,
+  // act = leaky_relu(negative_slope) when given. Statistics are per channel over
+  // (N, H, W) (instance=False) or per (n, c) over (H, W) (instance=True); mean/var are
+  // float32 (float64 for float64 x), var is biased. Outputs follow x's memory format
+  // (channels_last when x is channels_last, else contiguous).
+  // Fused single-process forward: batch statistics when use_input_stats, else the given
+  // running statistics; returns the mean and biased var it normalized with.
+  m.def(
+      "spade_norm(Tensor x, Tensor gamma, Tensor beta, Tensor? running_mean, Tensor? running_var,"
+      " bool use_input_stats, bool instance, float eps, float? negative_slope)"
+      " -> (Tensor y, Tensor mean, Tensor var)");
+  // The pieces, for synchronized statistics (all_reduce between them, in Python):
+  m.def("spade_norm_stats(Tensor x, bool instance) -> (Tensor mean, Tensor var)");
+  m.def(
+      "spade_norm_apply(Tensor x, Tensor gamma, Tensor beta, Tensor mean, Tensor invstd,"
+      " float? negative_slope) -> Tensor");
+  // Single-process backward, both passes below in one op (so a backend may run them group
+  // by group while the group is in cache); use_input_stats as in the forward.
+  m.def(
+      "spade_norm_backward(Tensor grad_y, Tensor x, Tensor gamma, Tensor beta, Tensor mean,"
+      " Tensor invstd, bool use_input_stats, float? negative_slope)"
+      " -> (Tensor grad_x, Tensor grad_gamma, Tensor grad_beta)");
+  // Backward: sums over each statistics group of dxhat = dz * (1 + gamma) and dxhat * xhat.
+  m.def(
+      "spade_norm_backward_reduce(Tensor grad_y, Tensor x, Tensor gamma, Tensor beta, Tensor mean,"
+      " Tensor invstd, float? negative_slope) -> (Tensor sum_dxhat, Tensor sum_dxhat_xhat)");
+  // dx = invstd * (dxhat - mean_dxhat - xhat * mean_dxhat_xhat) (the means omitted: fixed
+  // statistics, dx = invstd * dxhat), dgamma = dz * xhat, dbeta = dz.
+  m.def(
+      "spade_norm_backward_elemt(Tensor grad_y, Tensor x, Tensor gamma, Tensor beta, Tensor mean,"
+      " Tensor invstd, Tensor? mean_dxhat, Tensor? mean_dxhat_xhat, float? negative_slope)"
+      " -> (Tensor grad_x, Tensor grad_gamma, Tensor grad_beta)");
 }

@@ -1,0 +1,137 @@
+"""Registration of the autoenc_fast::spade_norm ops: fake kernels, autograd, and the
+synchronized-statistics autograd.Function. The C++ kernels register themselves from
+csrc/cpu and csrc/cuda.
+
+Single process: ``spade_norm`` (stats pass + elementwise pass, one op) with a
+registered backward ``spade_norm_backward`` (reduction pass + elementwise pass, one
+op), so torch.compile sees custom ops only and the CPU kernels can run both passes of a
+statistics group while it is in cache. With a process group the pieces run from
+:class:`SyncSpadeNormFunction`, with an all_reduce of (sum, sum of squares, count)
+between the stats and the elementwise pass, and of the two backward sums between the
+backward passes, as torch.nn.SyncBatchNorm does.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..reference.spade_norm import (check_like_x, check_running, check_x, group_count,
+                                    memory_format_of, stats_dtype, update_running_stats)
+
+OP = "autoenc_fast::spade_norm"
+
+
+def _empty_like_x(x):
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=memory_format_of(x))
+
+
+def _empty_stats(x, instance: bool):
+    shape = (x.shape[0], x.shape[1]) if instance else (x.shape[1],)
+    return torch.empty(shape, dtype=stats_dtype(x.dtype), device=x.device)
+
+
+@torch.library.register_fake(OP)
+def _spade_norm_fake(x, gamma, beta, running_mean, running_var, use_input_stats, instance, eps,
+                     negative_slope):
+    check_x(x)
+    check_like_x(gamma, "gamma", x)
+    check_like_x(beta, "beta", x)
+    if not use_input_stats:
+        check_running(running_mean, "running_mean", x)
+        check_running(running_var, "running_var", x)
+    return _empty_like_x(x), _empty_stats(x, instance), _empty_stats(x, instance)
+
+
+@torch.library.register_fake("autoenc_fast::spade_norm_stats")
+def _stats_fake(x, instance):
+    check_x(x, "spade_norm_stats")
+    return _empty_stats(x, instance), _empty_stats(x, instance)
+
+
+@torch.library.register_fake("autoenc_fast::spade_norm_apply")
+def _apply_fake(x, gamma, beta, mean, invstd, negative_slope):
+    check_x(x, "spade_norm_apply")
+    return _empty_like_x(x)
+
+
+@torch.library.register_fake("autoenc_fast::spade_norm_backward")
+def _backward_fake(grad_y, x, gamma, beta, mean, invstd, use_input_stats, negative_slope):
+    return _empty_like_x(x), _empty_like_x(x), _empty_like_x(x)
+
+
+@torch.library.register_fake("autoenc_fast::spade_norm_backward_reduce")
+def _backward_reduce_fake(grad_y, x, gamma, beta, mean, invstd, negative_slope):
+    return torch.empty_like(mean), torch.empty_like(mean)
+
+
+@torch.library.register_fake("autoenc_fast::spade_norm_backward_elemt")
+def _backward_elemt_fake(grad_y, x, gamma, beta, mean, invstd, mean_dxhat, mean_dxhat_xhat,
+                         negative_slope):
+    return _empty_like_x(x), _empty_like_x(x), _empty_like_x(x)
+
+
+def _setup_context(ctx, inputs, output):
+    x, gamma, beta, _rm, _rv, use_input_stats, instance, eps, negative_slope = inputs
+    _y, mean, var = output
+    ctx.save_for_backward(x, gamma, beta, mean, var)
+    ctx.use_input_stats = use_input_stats
+    ctx.eps, ctx.negative_slope = eps, negative_slope
+    ctx.set_materialize_grads(False)
+
+
+def _backward(ctx, grad_y, _grad_mean, _grad_var):
+    if grad_y is None:
+        return (None,) * 9
+    x, gamma, beta, mean, var = ctx.saved_tensors
+    invstd = torch.rsqrt(var + ctx.eps)
+    grad_x, grad_gamma, grad_beta = torch.ops.autoenc_fast.spade_norm_backward(
+        grad_y, x, gamma, beta, mean, invstd, ctx.use_input_stats, ctx.negative_slope)
+    return grad_x, grad_gamma, grad_beta, None, None, None, None, None, None
+
+
+torch.library.register_autograd(OP, _backward, setup_context=_setup_context)
+
+
+class SyncSpadeNormFunction(torch.autograd.Function):
+    """Batch-norm SPADE with statistics all-reduced over `group` (training only)."""
+
+    @staticmethod
+    def forward(ctx, x, gamma, beta, running_mean, running_var, eps, momentum, negative_slope, group):
+        import torch.distributed as dist
+
+        mean, var = torch.ops.autoenc_fast.spade_norm_stats(x, False)
+        # Local (sum, sum of squares, count) in float64: the global variance
+        # E[x^2] - mean^2 is formed from float64 sums, so it does not cancel.
+        count = float(group_count(x, False))
+        mean64, var64 = mean.double(), var.double()
+        packed = torch.cat([mean64 * count, (var64 + mean64 * mean64) * count,
+                            mean64.new_full((1,), count)])
+        dist.all_reduce(packed, group=group)
+        c = x.shape[1]
+        total = packed[2 * c].item()
+        if total <= 1:
+            raise ValueError("spade_norm: expected more than 1 value per channel when training "
+                             f"(global count {total:g})")
+        g_mean = packed[:c] / total
+        g_var = (packed[c:2 * c] / total - g_mean * g_mean).clamp_min(0)
+        mean, var = g_mean.to(mean.dtype), g_var.to(var.dtype)
+        if running_mean is not None:
+            update_running_stats(running_mean, running_var, mean, var, int(total), momentum)
+        invstd = torch.rsqrt(var + eps)
+        y = torch.ops.autoenc_fast.spade_norm_apply(x, gamma, beta, mean, invstd, negative_slope)
+        ctx.save_for_backward(x, gamma, beta, mean, invstd)
+        ctx.total, ctx.negative_slope, ctx.group = total, negative_slope, group
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        import torch.distributed as dist
+
+        x, gamma, beta, mean, invstd = ctx.saved_tensors
+        sums = torch.cat(torch.ops.autoenc_fast.spade_norm_backward_reduce(
+            grad_y, x, gamma, beta, mean, invstd, ctx.negative_slope))
+        dist.all_reduce(sums, group=ctx.group)
+        c = x.shape[1]
+        mean_dxhat, mean_dxhat_xhat = sums[:c] / ctx.total, sums[c:] / ctx.total
+        grad_x, grad_gamma, grad_beta = torch.ops.autoenc_fast.spade_norm_backward_elemt(
+            grad_y, x, gamma, beta, mean, invstd, mean_dxhat, mean_dxhat_xhat, ctx.negative_slope)
+        return grad_x, grad_gamma, grad_beta, None, None, None, None, None, None

@@ -1,0 +1,582 @@
+// CPU kernels of the autoenc_fast::spade_norm ops (float32, float64).
+//
+// Statistics groups: per channel c over (N, H, W) for batch norm, per (n, c) over
+// (H, W) for instance norm; M elements per group.
+//   stats:    mean = k + S1 / M,  var = S2 / M - (S1 / M)^2  with  S1 = sum(x - k),
+//             S2 = sum((x - k)^2), shifted by k = the group's first element so the
+//             one-pass variance does not cancel catastrophically when |mean| >> std.
+//   apply:    xhat = (x - mean) * invstd,  z = xhat * (1 + gamma) + beta,
+//             y = z, or leaky_relu(z, slope) = (z > 0 ? z : slope * z).
+//   backward: dz = dy * (z > 0 ? 1 : slope) (z recomputed from x, never stored),
+//             dxhat = dz * (1 + gamma), dgamma = dz * xhat, dbeta = dz,
+//             reduce: A = sum dxhat, B = sum dxhat * xhat per group,
+//             dx = invstd * (dxhat - A / M - xhat * B / M) with batch statistics,
+//             dx = invstd * dxhat with fixed (running) statistics.
+//
+// Layouts: NCHW is read as N*C rows of H*W elements of one group; channels_last as
+// N*H*W rows of C elements, channel c of a row in group c (batch) or n*C + c
+// (instance). Both are vectorized with at::vec. Vector partial sums cover at most
+// kChunk elements before they are added into float64, so float32 sums stay accurate;
+// the combination order is fixed, so results do not depend on the thread count.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/vec.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <array>
+#include <vector>
+
+#include "../spade_norm_checks.h"
+
+namespace autoenc_fast {
+namespace {
+
+constexpr int64_t kChunk = 1024;      // elements per vector partial sum (NCHW)
+constexpr int64_t kRowsPerTask = 64;  // channels_last rows per reduction task
+constexpr int64_t kGrainElems = 32768;
+
+template <typename T>
+using Vec = at::vec::Vectorized<T>;
+// Up to four per-group parameters (mean, invstd, ...) as vectors for one step.
+template <typename T>
+using Params = std::array<Vec<T>, 4>;
+template <typename T>
+using ParamPtrs = std::array<const T*, 4>;
+
+struct Geometry {
+  int64_t N, C, HW;
+  bool instance, channels_last;
+  int64_t groups() const { return instance ? N * C : C; }
+  int64_t group_elems() const { return instance ? HW : N * HW; }
+};
+
+Geometry geometry_of(const at::Tensor& x, bool instance) {
+  return {x.size(0), x.size(1), x.size(2) * x.size(3), instance,
+          spade_memory_format(x) == at::MemoryFormat::ChannelsLast};
+}
+
+template <typename T>
+Params<T> broadcast_params(const ParamPtrs<T>& p, int64_t g) {
+  Params<T> v;
+  for (size_t k = 0; k < p.size(); ++k) v[k] = p[k] != nullptr ? Vec<T>(p[k][g]) : Vec<T>(T(0));
+  return v;
+}
+
+template <typename T>
+Params<T> load_params(const ParamPtrs<T>& p, int64_t g0, int64_t count) {
+  Params<T> v;
+  for (size_t k = 0; k < p.size(); ++k) {
+    v[k] = p[k] != nullptr ? Vec<T>::loadu(p[k] + g0, count) : Vec<T>(T(0));
+  }
+  return v;
+}
+
+// Runs fn(offset, count, params) over every vector step of the tensor; params hold
+// the per-group parameters of the step's elements.
+template <typename T, typename Fn>
+void for_each_step(const Geometry& geo, const ParamPtrs<T>& p, const Fn& fn) {
+  constexpr int64_t L = Vec<T>::size();
+  if (!geo.channels_last) {
+    const int64_t grain = std::max<int64_t>(1, kGrainElems / geo.HW);
+    at::parallel_for(0, geo.N * geo.C, grain, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        const Params<T> v = broadcast_params(p, geo.instance ? r : r % geo.C);
+        for (int64_t i = 0; i < geo.HW; i += L) fn(r * geo.HW + i, std::min(L, geo.HW - i), v);
+      }
+    });
+    return;
+  }
+  const int64_t grain = std::max<int64_t>(1, kGrainElems / geo.C);
+  at::parallel_for(0, geo.N * geo.HW, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t g0 = geo.instance ? (r / geo.HW) * geo.C : 0;
+      for (int64_t c = 0; c < geo.C; c += L) {
+        const int64_t count = std::min(L, geo.C - c);
+        fn(r * geo.C + c, count, load_params(p, g0 + c, count));
+      }
+    }
+  });
+}
+
+template <typename T>
+double lane_sum(const Vec<T>& v) {
+  alignas(64) T lanes[Vec<T>::size()];
+  v.store(lanes);
+  double sum = 0;
+  for (int64_t j = 0; j < Vec<T>::size(); ++j) sum += lanes[j];
+  return sum;
+}
+
+// (S1, S2) of fn over the `len` contiguous elements at `base`, all of one group: vector
+// partial sums over at most kChunk elements, added into float64.
+template <typename T, typename Fn>
+std::pair<double, double> row_sums(int64_t base, int64_t len, const Params<T>& v, const Fn& fn) {
+  constexpr int64_t L = Vec<T>::size();
+  double t1 = 0, t2 = 0;
+  for (int64_t i0 = 0; i0 < len; i0 += kChunk) {
+    Vec<T> a1(T(0)), a2(T(0));
+    const int64_t i1 = std::min(len, i0 + kChunk);
+    for (int64_t i = i0; i < i1; i += L) fn(base + i, std::min(L, i1 - i), v, a1, a2);
+    t1 += lane_sum(a1);
+    t2 += lane_sum(a2);
+  }
+  return {t1, t2};
+}
+
+// Per-group sums (s1, s2) of the two terms fn(offset, count, params, acc1, acc2) adds.
+template <typename T, typename Fn>
+void reduce_groups(const Geometry& geo, const ParamPtrs<T>& p, const Fn& fn,
+                   std::vector<double>& s1, std::vector<double>& s2) {
+  constexpr int64_t L = Vec<T>::size();
+  s1.assign(geo.groups(), 0.0);
+  s2.assign(geo.groups(), 0.0);
+  if (!geo.channels_last) {
+    const int64_t rows = geo.N * geo.C;
+    std::vector<double> part1(rows), part2(rows);
+    at::parallel_for(0, rows, std::max<int64_t>(1, kGrainElems / geo.HW), [&](int64_t b, int64_t e) {
+      for (int64_t r = b; r < e; ++r) {
+        const auto sums = row_sums(r * geo.HW, geo.HW, broadcast_params(p, geo.instance ? r : r % geo.C), fn);
+        part1[r] = sums.first;
+        part2[r] = sums.second;
+      }
+    });
+    for (int64_t r = 0; r < rows; ++r) {  // fixed order: n ascending within each group
+      const int64_t g = geo.instance ? r : r % geo.C;
+      s1[g] += part1[r];
+      s2[g] += part2[r];
+    }
+    return;
+  }
+  // channels_last: tasks of kRowsPerTask rows of one sample, each with C partial sums.
+  const int64_t per_sample = (geo.HW + kRowsPerTask - 1) / kRowsPerTask;
+  const int64_t tasks = geo.N * per_sample;
+  std::vector<double> part1(tasks * geo.C), part2(tasks * geo.C);
+  at::parallel_for(0, tasks, std::max<int64_t>(1, kGrainElems / (kRowsPerTask * geo.C)),
+                   [&](int64_t b, int64_t e) {
+    alignas(64) T lanes1[L], lanes2[L];
+    for (int64_t t = b; t < e; ++t) {
+      const int64_t n = t / per_sample, h0 = (t % per_sample) * kRowsPerTask;
+      const int64_t h1 = std::min(geo.HW, h0 + kRowsPerTask);
+      const int64_t g0 = geo.instance ? n * geo.C : 0;
+      for (int64_t c = 0; c < geo.C; c += L) {
+        const int64_t count = std::min(L, geo.C - c);
+        const Params<T> v = load_params(p, g0 + c, count);
+        Vec<T> a1(T(0)), a2(T(0));
+        for (int64_t h = h0; h < h1; ++h) fn((n * geo.HW + h) * geo.C + c, count, v, a1, a2);
+        a1.store(lanes1);
+        a2.store(lanes2);
+        for (int64_t j = 0; j < count; ++j) {
+          part1[t * geo.C + c + j] = lanes1[j];
+          part2[t * geo.C + c + j] = lanes2[j];
+        }
+      }
+    }
+  });
+  for (int64_t t = 0; t < tasks; ++t) {
+    const int64_t g0 = geo.instance ? (t / per_sample) * geo.C : 0;
+    for (int64_t c = 0; c < geo.C; ++c) {
+      s1[g0 + c] += part1[t * geo.C + c];
+      s2[g0 + c] += part2[t * geo.C + c];
+    }
+  }
+}
+
+// z = xhat * (1 + gamma) + beta for one vector step; xhat is returned through xhat_out.
+template <typename T>
+inline Vec<T> affine_step(const T* x, const T* gamma, const T* beta, int64_t i, int64_t count,
+                          const Params<T>& v, Vec<T>& one_g, Vec<T>& xhat) {
+  xhat = (Vec<T>::loadu(x + i, count) - v[0]) * v[1];
+  one_g = Vec<T>(T(1)) + Vec<T>::loadu(gamma + i, count);
+  return at::vec::fmadd(xhat, one_g, Vec<T>::loadu(beta + i, count));
+}
+
+// leaky_relu(z) (the value) or its derivative times g (the gradient), selected on z > 0.
+template <typename T>
+inline Vec<T> leaky_select(const Vec<T>& z, const Vec<T>& g, bool has_slope, T slope) {
+  if (!has_slope) return g;
+  return Vec<T>::blendv(g * Vec<T>(slope), g, z > Vec<T>(T(0)));
+}
+
+// The tensors one pass reads and writes, and the activation.
+template <typename T>
+struct Pointers {
+  const T *dy, *x, *gamma, *beta;
+  T *out0, *out1, *out2;  // y, or dx, dgamma, dbeta
+  bool has_slope;
+  T slope;
+};
+
+template <typename T>
+Pointers<T> pointers(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& gamma,
+                     const at::Tensor& beta, std::optional<double> slope) {
+  return {dy.defined() ? dy.const_data_ptr<T>() : nullptr, x.const_data_ptr<T>(),
+          gamma.defined() ? gamma.const_data_ptr<T>() : nullptr,
+          beta.defined() ? beta.const_data_ptr<T>() : nullptr, nullptr, nullptr, nullptr,
+          slope.has_value(), static_cast<T>(slope.value_or(0.0))};
+}
+
+// Statistics terms (x - k, (x - k)^2), params[0] = k; lanes past `count` masked to 0.
+template <typename T>
+auto stats_term(const T* xp) {
+  return [xp](int64_t i, int64_t count, const Params<T>& v, Vec<T>& a1, Vec<T>& a2) {
+    const Vec<T> d = Vec<T>::set(Vec<T>(T(0)), Vec<T>::loadu(xp + i, count) - v[0], count);
+    a1 = a1 + d;
+    a2 = at::vec::fmadd(d, d, a2);
+  };
+}
+
+// y = act(xhat * (1 + gamma) + beta), params = (mean, invstd).
+template <typename T>
+auto apply_step(const Pointers<T>& p) {
+  return [p](int64_t i, int64_t count, const Params<T>& v) {
+    Vec<T> one_g, xhat;
+    const Vec<T> z = affine_step(p.x, p.gamma, p.beta, i, count, v, one_g, xhat);
+    leaky_select(z, z, p.has_slope, p.slope).store(p.out0 + i, count);
+  };
+}
+
+// Backward terms (dxhat, dxhat * xhat), params = (mean, invstd). Lanes past `count`
+// load dy = 0, so they add nothing.
+template <typename T>
+auto backward_term(const Pointers<T>& p) {
+  return [p](int64_t i, int64_t count, const Params<T>& v, Vec<T>& a1, Vec<T>& a2) {
+    Vec<T> one_g, xhat;
+    const Vec<T> z = affine_step(p.x, p.gamma, p.beta, i, count, v, one_g, xhat);
+    const Vec<T> dxhat = leaky_select(z, Vec<T>::loadu(p.dy + i, count), p.has_slope, p.slope) * one_g;
+    a1 = a1 + dxhat;
+    a2 = at::vec::fmadd(dxhat, xhat, a2);
+  };
+}
+
+// dx, dgamma, dbeta; params = (mean, invstd, mean_dxhat, mean_dxhat_xhat), the last two
+// zero with fixed statistics, where dx = invstd * dxhat.
+template <typename T>
+auto backward_step(const Pointers<T>& p) {
+  return [p](int64_t i, int64_t count, const Params<T>& v) {
+    Vec<T> one_g, xhat;
+    const Vec<T> z = affine_step(p.x, p.gamma, p.beta, i, count, v, one_g, xhat);
+    const Vec<T> dz = leaky_select(z, Vec<T>::loadu(p.dy + i, count), p.has_slope, p.slope);
+    const Vec<T> dxhat = dz * one_g;
+    ((dxhat - v[2] - xhat * v[3]) * v[1]).store(p.out0 + i, count);
+    (dz * xhat).store(p.out1 + i, count);
+    dz.store(p.out2 + i, count);
+  };
+}
+
+template <typename T>
+void stats_kernel(const at::Tensor& x, const Geometry& geo, at::Tensor& mean, at::Tensor& var) {
+  const T* xp = x.const_data_ptr<T>();
+  std::vector<T> shift(geo.groups());
+  for (int64_t g = 0; g < geo.groups(); ++g) {  // the group's first element
+    if (!geo.channels_last) {
+      shift[g] = xp[g * geo.HW];
+    } else {
+      const int64_t n = geo.instance ? g / geo.C : 0, c = g % geo.C;
+      shift[g] = xp[n * geo.HW * geo.C + c];
+    }
+  }
+  std::vector<double> s1, s2;
+  reduce_groups<T>(geo, {shift.data(), nullptr, nullptr, nullptr}, stats_term(xp), s1, s2);
+  T* mp = mean.mutable_data_ptr<T>();
+  T* vp = var.mutable_data_ptr<T>();
+  const double m = static_cast<double>(geo.group_elems());
+  for (int64_t g = 0; g < geo.groups(); ++g) {
+    const double d = s1[g] / m;
+    mp[g] = static_cast<T>(shift[g] + d);
+    vp[g] = static_cast<T>(std::max(0.0, s2[g] / m - d * d));
+  }
+}
+
+template <typename T>
+void apply_kernel(Pointers<T> p, const at::Tensor& mean, const at::Tensor& invstd, const Geometry& geo,
+                  at::Tensor& y) {
+  p.out0 = y.mutable_data_ptr<T>();
+  for_each_step<T>(geo, {mean.const_data_ptr<T>(), invstd.const_data_ptr<T>(), nullptr, nullptr},
+                   apply_step(p));
+}
+
+template <typename T>
+void backward_reduce_kernel(const Pointers<T>& p, const at::Tensor& mean, const at::Tensor& invstd,
+                            const Geometry& geo, at::Tensor& sum1, at::Tensor& sum2) {
+  std::vector<double> s1, s2;
+  reduce_groups<T>(geo, {mean.const_data_ptr<T>(), invstd.const_data_ptr<T>(), nullptr, nullptr},
+                   backward_term(p), s1, s2);
+  T *p1 = sum1.mutable_data_ptr<T>(), *p2 = sum2.mutable_data_ptr<T>();
+  for (int64_t g = 0; g < geo.groups(); ++g) {
+    p1[g] = static_cast<T>(s1[g]);
+    p2[g] = static_cast<T>(s2[g]);
+  }
+}
+
+template <typename T>
+void backward_elemt_kernel(Pointers<T> p, const at::Tensor& mean, const at::Tensor& invstd,
+                           const at::Tensor& mean_dxhat, const at::Tensor& mean_dxhat_xhat,
+                           const Geometry& geo, at::Tensor& dx, at::Tensor& dgamma, at::Tensor& dbeta) {
+  p.out0 = dx.mutable_data_ptr<T>();
+  p.out1 = dgamma.mutable_data_ptr<T>();
+  p.out2 = dbeta.mutable_data_ptr<T>();
+  const bool batch_stats = mean_dxhat.defined();
+  for_each_step<T>(geo, {mean.const_data_ptr<T>(), invstd.const_data_ptr<T>(),
+                         batch_stats ? mean_dxhat.const_data_ptr<T>() : nullptr,
+                         batch_stats ? mean_dxhat_xhat.const_data_ptr<T>() : nullptr},
+                   backward_step(p));
+}
+
+// ---- NCHW fused passes, one statistics group at a time: a group's rows (r = g + k*C,
+// k < N, for batch norm; r = g for instance norm) are reduced and then immediately
+// transformed, so the second pass reads them from cache, not from memory.
+
+template <typename Fn>
+void for_each_group_nchw(const Geometry& geo, const Fn& fn) {
+  const int64_t grain = std::max<int64_t>(1, kGrainElems / std::max<int64_t>(1, geo.group_elems()));
+  at::parallel_for(0, geo.groups(), grain, [&](int64_t begin, int64_t end) {
+    for (int64_t g = begin; g < end; ++g) fn(g);
+  });
+}
+
+template <typename T, typename Fn>
+std::pair<double, double> group_sums(const Geometry& geo, int64_t g, const Params<T>& v, const Fn& term) {
+  double t1 = 0, t2 = 0;
+  for (int64_t k = 0; k < (geo.instance ? 1 : geo.N); ++k) {
+    const auto sums = row_sums((g + k * geo.C) * geo.HW, geo.HW, v, term);
+    t1 += sums.first;
+    t2 += sums.second;
+  }
+  return {t1, t2};
+}
+
+template <typename T, typename Fn>
+void group_steps(const Geometry& geo, int64_t g, const Params<T>& v, const Fn& step) {
+  constexpr int64_t L = Vec<T>::size();
+  for (int64_t k = 0; k < (geo.instance ? 1 : geo.N); ++k) {
+    const int64_t base = (g + k * geo.C) * geo.HW;
+    for (int64_t i = 0; i < geo.HW; i += L) step(base + i, std::min(L, geo.HW - i), v);
+  }
+}
+
+template <typename T>
+Params<T> group_params(T a, T b, T c = T(0), T d = T(0)) {
+  return {Vec<T>(a), Vec<T>(b), Vec<T>(c), Vec<T>(d)};
+}
+
+template <typename T>
+void fused_forward_nchw(Pointers<T> p, const Geometry& geo, double eps, at::Tensor& y,
+                        at::Tensor& mean, at::Tensor& var) {
+  p.out0 = y.mutable_data_ptr<T>();
+  T *mp = mean.mutable_data_ptr<T>(), *vp = var.mutable_data_ptr<T>();
+  const double m = static_cast<double>(geo.group_elems());
+  for_each_group_nchw(geo, [&](int64_t g) {
+    const T shift = p.x[g * geo.HW];
+    const auto sums = group_sums<T>(geo, g, group_params<T>(shift, T(0)), stats_term(p.x));
+    const double d = sums.first / m;
+    mp[g] = static_cast<T>(shift + d);
+    vp[g] = static_cast<T>(std::max(0.0, sums.second / m - d * d));
+    // invstd as the backward recomputes it from var: rsqrt(var + eps) in T.
+    const T invstd = T(1) / std::sqrt(vp[g] + static_cast<T>(eps));
+    group_steps<T>(geo, g, group_params<T>(mp[g], invstd), apply_step(p));
+  });
+}
+
+template <typename T>
+void fused_backward_nchw(Pointers<T> p, const at::Tensor& mean, const at::Tensor& invstd,
+                         bool use_input_stats, const Geometry& geo, at::Tensor& dx,
+                         at::Tensor& dgamma, at::Tensor& dbeta) {
+  p.out0 = dx.mutable_data_ptr<T>();
+  p.out1 = dgamma.mutable_data_ptr<T>();
+  p.out2 = dbeta.mutable_data_ptr<T>();
+  const T *mp = mean.const_data_ptr<T>(), *ip = invstd.const_data_ptr<T>();
+  const double m = static_cast<double>(geo.group_elems());
+  for_each_group_nchw(geo, [&](int64_t g) {
+    Params<T> v = group_params<T>(mp[g], ip[g]);
+    if (use_input_stats) {
+      const auto sums = group_sums<T>(geo, g, v, backward_term(p));
+      v = group_params<T>(mp[g], ip[g], static_cast<T>(static_cast<T>(sums.first) / m),
+                          static_cast<T>(static_cast<T>(sums.second) / m));
+    }
+    group_steps<T>(geo, g, v, backward_step(p));
+  });
+}
+
+void check_cpu_dtype(const at::Tensor& x, const char* op) {
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, op,
+              ": the CPU kernel takes float32 or float64 `x`; got ", x.scalar_type());
+}
+
+at::Tensor empty_like_x(const at::Tensor& x) {
+  return at::empty(x.sizes(), x.options().memory_format(spade_memory_format(x)));
+}
+
+at::Tensor empty_stats(const at::Tensor& x, bool instance) {
+  const auto opts = x.options().dtype(spade_stats_dtype(x));
+  return instance ? at::empty({x.size(0), x.size(1)}, opts) : at::empty({x.size(1)}, opts);
+}
+
+std::tuple<at::Tensor, at::Tensor> stats_impl(const at::Tensor& x_in, bool instance) {
+  const at::Tensor x = x_in.contiguous(spade_memory_format(x_in));
+  at::Tensor mean = empty_stats(x, instance), var = empty_stats(x, instance);
+  if (x.numel() == 0) {  // nothing to average: zeros, and the caller skips running updates
+    mean.zero_();
+    var.zero_();
+    return {mean, var};
+  }
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "spade_norm_stats_cpu", [&] {
+    stats_kernel<scalar_t>(x, geometry_of(x, instance), mean, var);
+  });
+  return {mean, var};
+}
+
+// The inputs of an elementwise or backward pass, in x's layout.
+struct LaidOut {
+  at::Tensor dy, x, gamma, beta;
+};
+
+LaidOut lay_out(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& gamma,
+                const at::Tensor& beta) {
+  const auto fmt = spade_memory_format(x);
+  return {dy.defined() ? dy.contiguous(fmt) : at::Tensor(), x.contiguous(fmt), gamma.contiguous(fmt),
+          beta.contiguous(fmt)};
+}
+
+at::Tensor apply_impl(const at::Tensor& x_in, const at::Tensor& gamma, const at::Tensor& beta,
+                      const at::Tensor& mean, const at::Tensor& invstd, std::optional<double> slope) {
+  const LaidOut t = lay_out(at::Tensor(), x_in, gamma, beta);
+  at::Tensor y = empty_like_x(x_in);
+  if (t.x.numel() == 0) return y;
+  AT_DISPATCH_FLOATING_TYPES(t.x.scalar_type(), "spade_norm_apply_cpu", [&] {
+    apply_kernel<scalar_t>(pointers<scalar_t>(t.dy, t.x, t.gamma, t.beta, slope), mean.contiguous(),
+                           invstd.contiguous(), geometry_of(t.x, mean.dim() == 2), y);
+  });
+  return y;
+}
+
+std::tuple<at::Tensor, at::Tensor> backward_reduce_impl(const LaidOut& t, const at::Tensor& mean,
+                                                        const at::Tensor& invstd,
+                                                        std::optional<double> slope) {
+  at::Tensor sum1 = at::zeros_like(mean, at::MemoryFormat::Contiguous);
+  at::Tensor sum2 = at::zeros_like(mean, at::MemoryFormat::Contiguous);
+  if (t.x.numel() == 0) return {sum1, sum2};
+  AT_DISPATCH_FLOATING_TYPES(t.x.scalar_type(), "spade_norm_backward_reduce_cpu", [&] {
+    backward_reduce_kernel<scalar_t>(pointers<scalar_t>(t.dy, t.x, t.gamma, t.beta, slope),
+                                     mean.contiguous(), invstd.contiguous(),
+                                     geometry_of(t.x, mean.dim() == 2), sum1, sum2);
+  });
+  return {sum1, sum2};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_elemt_impl(
+    const LaidOut& t, const at::Tensor& mean, const at::Tensor& invstd, const at::Tensor& mean_dxhat,
+    const at::Tensor& mean_dxhat_xhat, std::optional<double> slope) {
+  at::Tensor dx = empty_like_x(t.x), dgamma = empty_like_x(t.x), dbeta = empty_like_x(t.x);
+  if (t.x.numel() == 0) return {dx, dgamma, dbeta};
+  AT_DISPATCH_FLOATING_TYPES(t.x.scalar_type(), "spade_norm_backward_elemt_cpu", [&] {
+    backward_elemt_kernel<scalar_t>(pointers<scalar_t>(t.dy, t.x, t.gamma, t.beta, slope),
+                                    mean.contiguous(), invstd.contiguous(),
+                                    mean_dxhat.defined() ? mean_dxhat.contiguous() : at::Tensor(),
+                                    mean_dxhat_xhat.defined() ? mean_dxhat_xhat.contiguous() : at::Tensor(),
+                                    geometry_of(t.x, mean.dim() == 2), dx, dgamma, dbeta);
+  });
+  return {dx, dgamma, dbeta};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> spade_norm_cpu(
+    const at::Tensor& x_in, const at::Tensor& gamma, const at::Tensor& beta,
+    const std::optional<at::Tensor>& running_mean, const std::optional<at::Tensor>& running_var,
+    bool use_input_stats, bool instance, double eps, std::optional<double> slope) {
+  check_spade_forward_inputs(x_in, gamma, beta, running_mean, running_var, use_input_stats, instance);
+  check_cpu_dtype(x_in, "spade_norm");
+  const LaidOut t = lay_out(at::Tensor(), x_in, gamma, beta);
+  const Geometry geo = geometry_of(t.x, instance);
+  if (use_input_stats && !geo.channels_last && t.x.numel() > 0) {  // cache-blocked stats + apply
+    at::Tensor y = empty_like_x(x_in), mean = empty_stats(t.x, instance), var = empty_stats(t.x, instance);
+    AT_DISPATCH_FLOATING_TYPES(t.x.scalar_type(), "spade_norm_cpu", [&] {
+      fused_forward_nchw<scalar_t>(pointers<scalar_t>(t.dy, t.x, t.gamma, t.beta, slope), geo, eps, y,
+                                   mean, var);
+    });
+    return {y, mean, var};
+  }
+  at::Tensor mean, var;
+  if (use_input_stats) {
+    std::tie(mean, var) = stats_impl(t.x, instance);
+  } else {  // copies: outputs of a custom op may not alias its inputs
+    mean = running_mean->to(spade_stats_dtype(x_in), false, true).contiguous();
+    var = running_var->to(spade_stats_dtype(x_in), false, true).contiguous();
+  }
+  const at::Tensor invstd = (var + eps).rsqrt();
+  return {apply_impl(t.x, t.gamma, t.beta, mean, invstd, slope), mean, var};
+}
+
+std::tuple<at::Tensor, at::Tensor> spade_norm_stats_cpu(const at::Tensor& x, bool instance) {
+  check_spade_x(x, "spade_norm_stats");
+  check_cpu_dtype(x, "spade_norm_stats");
+  return stats_impl(x, instance);
+}
+
+at::Tensor spade_norm_apply_cpu(const at::Tensor& x, const at::Tensor& gamma, const at::Tensor& beta,
+                                const at::Tensor& mean, const at::Tensor& invstd,
+                                std::optional<double> slope) {
+  check_spade_apply_inputs(x, gamma, beta, mean, invstd, "spade_norm_apply");
+  check_cpu_dtype(x, "spade_norm_apply");
+  return apply_impl(x, gamma, beta, mean, invstd, slope);
+}
+
+std::tuple<at::Tensor, at::Tensor> spade_norm_backward_reduce_cpu(
+    const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& gamma, const at::Tensor& beta,
+    const at::Tensor& mean, const at::Tensor& invstd, std::optional<double> slope) {
+  check_spade_backward_inputs(grad_y, x, gamma, beta, mean, invstd, "spade_norm_backward_reduce");
+  check_cpu_dtype(x, "spade_norm_backward_reduce");
+  return backward_reduce_impl(lay_out(grad_y, x, gamma, beta), mean, invstd, slope);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> spade_norm_backward_elemt_cpu(
+    const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& gamma, const at::Tensor& beta,
+    const at::Tensor& mean, const at::Tensor& invstd, const std::optional<at::Tensor>& mean_dxhat,
+    const std::optional<at::Tensor>& mean_dxhat_xhat, std::optional<double> slope) {
+  check_spade_elemt_inputs(grad_y, x, gamma, beta, mean, invstd, mean_dxhat, mean_dxhat_xhat);
+  check_cpu_dtype(x, "spade_norm_backward_elemt");
+  return backward_elemt_impl(lay_out(grad_y, x, gamma, beta), mean, invstd,
+                             mean_dxhat.value_or(at::Tensor()), mean_dxhat_xhat.value_or(at::Tensor()),
+                             slope);
+}
+
+// Single-process backward: cache-blocked reduce + elementwise per group in NCHW; the two
+// passes one after the other in channels_last.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> spade_norm_backward_cpu(
+    const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& gamma, const at::Tensor& beta,
+    const at::Tensor& mean, const at::Tensor& invstd, bool use_input_stats,
+    std::optional<double> slope) {
+  check_spade_backward_inputs(grad_y, x, gamma, beta, mean, invstd, "spade_norm_backward");
+  check_cpu_dtype(x, "spade_norm_backward");
+  const LaidOut t = lay_out(grad_y, x, gamma, beta);
+  const Geometry geo = geometry_of(t.x, mean.dim() == 2);
+  if (geo.channels_last || t.x.numel() == 0) {
+    at::Tensor mean_dxhat, mean_dxhat_xhat;
+    if (use_input_stats) {
+      auto [sum1, sum2] = backward_reduce_impl(t, mean, invstd, slope);
+      const double m = static_cast<double>(std::max<int64_t>(1, geo.group_elems()));
+      mean_dxhat = sum1 / m;
+      mean_dxhat_xhat = sum2 / m;
+    }
+    return backward_elemt_impl(t, mean, invstd, mean_dxhat, mean_dxhat_xhat, slope);
+  }
+  at::Tensor dx = empty_like_x(t.x), dgamma = empty_like_x(t.x), dbeta = empty_like_x(t.x);
+  AT_DISPATCH_FLOATING_TYPES(t.x.scalar_type(), "spade_norm_backward_cpu", [&] {
+    fused_backward_nchw<scalar_t>(pointers<scalar_t>(t.dy, t.x, t.gamma, t.beta, slope),
+                                  mean.contiguous(), invstd.contiguous(), use_input_stats, geo, dx,
+                                  dgamma, dbeta);
+  });
+  return {dx, dgamma, dbeta};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(autoenc_fast, CPU, m) {
+  m.impl("spade_norm", &spade_norm_cpu);
+  m.impl("spade_norm_stats", &spade_norm_stats_cpu);
+  m.impl("spade_norm_apply", &spade_norm_apply_cpu);
+  m.impl("spade_norm_backward", &spade_norm_backward_cpu);
+  m.impl("spade_norm_backward_reduce", &spade_norm_backward_reduce_cpu);
+  m.impl("spade_norm_backward_elemt", &spade_norm_backward_elemt_cpu);
+}
+
+}  // namespace autoenc_fast

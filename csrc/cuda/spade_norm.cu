@@ -1,0 +1,590 @@
+// CUDA kernels of the autoenc_fast::spade_norm ops: float32, float16, bfloat16 (and
+// float64), NCHW and channels_last, float32 statistics (float64 for float64 x).
+//
+// Math (as csrc/cpu/spade_norm.cpp): groups are channels over (N, H, W) for batch
+// norm, (n, c) over (H, W) for instance norm, M elements each.
+//   stats:    S1 = sum(x - k), S2 = sum((x - k)^2), k = the group's first element
+//             (shifted one-pass sums), mean = k + S1 / M, var = S2 / M - (S1 / M)^2.
+//   apply:    xhat = (x - mean) * invstd, z = xhat * (1 + gamma) + beta,
+//             y = z or leaky_relu(z, slope).
+//   backward: dz = dy * (z > 0 ? 1 : slope), dxhat = dz * (1 + gamma),
+//             reduce A = sum dxhat, B = sum dxhat * xhat per group;
+//             dx = invstd * (dxhat - A / M - xhat * B / M)  (or invstd * dxhat with fixed
+//             statistics), dgamma = dz * xhat, dbeta = dz.
+//
+// Reductions are two kernels: blocks reduce slices to partial sums (warp shuffles,
+// then shared memory across warps), and one warp per group adds its partials in a
+// fixed order, so results are deterministic. NCHW: a block reduces a slice of one
+// (n, c) row of H*W contiguous elements. channels_last: a block of 32 x 8 threads
+// reduces a tile of channels (each thread VEC adjacent channels) over a range of
+// pixels; the 8 row lanes are added in shared memory. Elementwise kernels are
+// grid-stride loops over packs of VEC elements (16-byte loads and stores when the
+// inner extent is a multiple of VEC and the pointers are aligned).
+#include <ATen/ATen.h>
+#include <ATen/AccumulateType.h>
+#include <ATen/Dispatch.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <type_traits>
+
+#include "../spade_norm_checks.h"
+
+namespace autoenc_fast {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kRowLanes = 8;          // channels_last reduction: blockDim = (32, kRowLanes)
+constexpr int64_t kTargetBlocks = 2048;  // reduction blocks to aim for (fills an H100 several times)
+
+template <typename T, int N>
+struct alignas(sizeof(T) * N) Pack {
+  T v[N];
+};
+
+template <int N, typename T>
+__device__ __forceinline__ Pack<T, N> load_pack(const T* p) {
+  return *reinterpret_cast<const Pack<T, N>*>(p);
+}
+
+template <typename T>
+__device__ __forceinline__ T warp_sum(T v) {
+  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_down_sync(0xffffffffu, v, offset);
+  return v;
+}
+
+template <typename scalar_t, typename acc_t>
+struct Inputs {
+  const scalar_t* dy;  // backward only
+  const scalar_t* x;
+  const scalar_t* gamma;
+  const scalar_t* beta;
+  const acc_t* mean;    // backward and elementwise
+  const acc_t* invstd;  // backward and elementwise
+  acc_t slope;
+  bool has_slope;
+};
+
+struct Shape {
+  int64_t N, C, HW;
+  bool instance, channels_last;
+};
+
+// Adds the two reduction terms of VEC elements at `off` (params p0/p1 per element):
+// stats (x - k, (x - k)^2) with p0 = k, or backward (dxhat, dxhat * xhat).
+template <bool kBackward, int VEC, typename scalar_t, typename acc_t>
+__device__ __forceinline__ void accumulate(const Inputs<scalar_t, acc_t>& in, int64_t off,
+                                           const acc_t (&p0)[VEC], const acc_t (&p1)[VEC],
+                                           acc_t (&s1)[VEC], acc_t (&s2)[VEC]) {
+  const Pack<scalar_t, VEC> xv = load_pack<VEC>(in.x + off);
+  if constexpr (!kBackward) {
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) {
+      const acc_t d = static_cast<acc_t>(xv.v[j]) - p0[j];
+      s1[j] += d;
+      s2[j] += d * d;
+    }
+  } else {
+    const Pack<scalar_t, VEC> dyv = load_pack<VEC>(in.dy + off);
+    const Pack<scalar_t, VEC> gv = load_pack<VEC>(in.gamma + off);
+    const Pack<scalar_t, VEC> bv = load_pack<VEC>(in.beta + off);
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) {
+      const acc_t xhat = (static_cast<acc_t>(xv.v[j]) - p0[j]) * p1[j];
+      const acc_t one_g = acc_t(1) + static_cast<acc_t>(gv.v[j]);
+      const acc_t z = xhat * one_g + static_cast<acc_t>(bv.v[j]);
+      acc_t dz = static_cast<acc_t>(dyv.v[j]);
+      if (in.has_slope && !(z > acc_t(0))) dz *= in.slope;
+      const acc_t dxhat = dz * one_g;
+      s1[j] += dxhat;
+      s2[j] += dxhat * xhat;
+    }
+  }
+}
+
+// NCHW: block (blockIdx.x = slice, blockIdx.y.. = row) -> partial[(g * rows_per_group +
+// row_in_group) * splits + slice] = (S1, S2).
+template <bool kBackward, int VEC, typename scalar_t, typename acc_t>
+__global__ void reduce_nchw_kernel(Inputs<scalar_t, acc_t> in, Shape s, int64_t slice,
+                                   acc_t* __restrict__ partial) {
+  __shared__ acc_t shared[2][kThreads / 32];
+  const int64_t rows = s.N * s.C;
+  for (int64_t row = blockIdx.y; row < rows; row += gridDim.y) {
+    const int64_t g = s.instance ? row : row % s.C;
+    acc_t p0[VEC], p1[VEC], s1[VEC], s2[VEC];
+    const acc_t k0 = kBackward ? in.mean[g] : static_cast<acc_t>(in.x[g * s.HW]);
+    const acc_t k1 = kBackward ? in.invstd[g] : acc_t(0);
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) p0[j] = k0, p1[j] = k1, s1[j] = 0, s2[j] = 0;
+    const int64_t begin = row * s.HW + blockIdx.x * slice;
+    const int64_t end = min(row * s.HW + s.HW, begin + slice);
+    for (int64_t off = begin + threadIdx.x * VEC; off < end; off += blockDim.x * VEC) {
+      accumulate<kBackward, VEC>(in, off, p0, p1, s1, s2);
+    }
+    acc_t t1 = 0, t2 = 0;
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) t1 += s1[j], t2 += s2[j];
+    t1 = warp_sum(t1);
+    t2 = warp_sum(t2);
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (lane == 0) shared[0][warp] = t1, shared[1][warp] = t2;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      acc_t a = 0, b = 0;
+      for (int w = 0; w < static_cast<int>(blockDim.x / 32); ++w) a += shared[0][w], b += shared[1][w];
+      const int64_t per_group = s.instance ? 1 : s.N, in_group = s.instance ? 0 : row / s.C;
+      const int64_t idx = (g * per_group + in_group) * gridDim.x + blockIdx.x;
+      partial[2 * idx] = a;
+      partial[2 * idx + 1] = b;
+    }
+    __syncthreads();  // `shared` is reused by the next row
+  }
+}
+
+// channels_last: block (channel tile blockIdx.x, pixel range blockIdx.y, sample
+// blockIdx.z for instance norm) -> partial[((z * splits + split) * C + c)] = (S1, S2).
+template <bool kBackward, int VEC, typename scalar_t, typename acc_t>
+__global__ void reduce_nhwc_kernel(Inputs<scalar_t, acc_t> in, Shape s, int64_t rows_per_block,
+                                   acc_t* __restrict__ partial) {
+  __shared__ acc_t shared[2][kRowLanes][32 * VEC];
+  const int tx = threadIdx.x, ty = threadIdx.y;
+  const int64_t c0 = (static_cast<int64_t>(blockIdx.x) * 32 + tx) * VEC;
+  const int64_t z = blockIdx.z;
+  const int64_t rows = s.instance ? s.HW : s.N * s.HW;  // pixels per group
+  const int64_t row0 = z * (s.instance ? s.HW : 0);     // first pixel of this group range
+  const int64_t r_begin = blockIdx.y * rows_per_block;
+  const int64_t r_end = min(rows, r_begin + rows_per_block);
+  acc_t p0[VEC], p1[VEC], s1[VEC], s2[VEC];
+  const bool active = c0 < s.C;
+#pragma unroll
+  for (int j = 0; j < VEC; ++j) {
+    const int64_t g = z * (s.instance ? s.C : 0) + c0 + j;
+    p0[j] = !active ? acc_t(0) : kBackward ? in.mean[g] : static_cast<acc_t>(in.x[row0 * s.C + c0 + j]);
+    p1[j] = active && kBackward ? in.invstd[g] : acc_t(0);
+    s1[j] = 0;
+    s2[j] = 0;
+  }
+  if (active) {
+    for (int64_t r = r_begin + ty; r < r_end; r += kRowLanes) {
+      accumulate<kBackward, VEC>(in, (row0 + r) * s.C + c0, p0, p1, s1, s2);
+    }
+  }
+#pragma unroll
+  for (int j = 0; j < VEC; ++j) shared[0][ty][tx * VEC + j] = s1[j], shared[1][ty][tx * VEC + j] = s2[j];
+  __syncthreads();
+  if (ty == 0 && active) {
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) {
+      acc_t a = 0, b = 0;
+      for (int y = 0; y < kRowLanes; ++y) a += shared[0][y][tx * VEC + j], b += shared[1][y][tx * VEC + j];
+      const int64_t idx = (z * gridDim.y + blockIdx.y) * s.C + c0 + j;
+      partial[2 * idx] = a;
+      partial[2 * idx + 1] = b;
+    }
+  }
+}
+
+// One warp per group adds its `parts` partials in a fixed order and writes
+// (mean, var) (stats) or (A, B) (backward).
+template <bool kBackward, typename scalar_t, typename acc_t>
+__global__ void finalize_kernel(const acc_t* __restrict__ partial, const scalar_t* __restrict__ x,
+                                Shape s, int64_t parts, acc_t* __restrict__ out1,
+                                acc_t* __restrict__ out2) {
+  const int64_t groups = s.instance ? s.N * s.C : s.C;
+  const int64_t g = static_cast<int64_t>(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  if (g >= groups) return;
+  const int64_t z = s.instance ? g / s.C : 0, c = g % s.C;
+  acc_t a = 0, b = 0;
+  for (int64_t k = lane; k < parts; k += 32) {
+    const int64_t idx = s.channels_last ? (z * parts + k) * s.C + c : g * parts + k;
+    a += partial[2 * idx];
+    b += partial[2 * idx + 1];
+  }
+  a = warp_sum(a);
+  b = warp_sum(b);
+  if (lane != 0) return;
+  if constexpr (kBackward) {
+    out1[g] = a;
+    out2[g] = b;
+  } else {
+    const acc_t m = static_cast<acc_t>(s.instance ? s.HW : s.N * s.HW);
+    const acc_t shift = static_cast<acc_t>(
+        s.channels_last ? x[z * s.HW * s.C + c] : x[g * s.HW]);  // as the reduce kernels
+    const acc_t d = a / m;
+    out1[g] = shift + d;
+    out2[g] = max(b / m - d * d, acc_t(0));
+  }
+}
+
+// The group of the first element of the pack at `off`, and the group step between
+// its elements (0 in NCHW: a pack lies in one row; 1 in channels_last).
+template <typename index_t>
+__device__ __forceinline__ index_t group_of(index_t off, index_t C, index_t HW, bool cl, bool instance) {
+  if (!cl) {
+    const index_t row = off / HW;
+    return instance ? row : row % C;
+  }
+  const index_t c = off % C;
+  return instance ? (off / (HW * C)) * C + c : c;
+}
+
+template <int VEC, typename index_t, typename scalar_t, typename acc_t>
+__global__ void apply_kernel(Inputs<scalar_t, acc_t> in, index_t numel, index_t C, index_t HW,
+                             bool cl, bool instance, scalar_t* __restrict__ y) {
+  const index_t stride = static_cast<index_t>(gridDim.x) * blockDim.x * VEC;
+  for (index_t off = (static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x) * VEC; off < numel;
+       off += stride) {
+    const index_t g = group_of(off, C, HW, cl, instance);
+    const Pack<scalar_t, VEC> xv = load_pack<VEC>(in.x + off);
+    const Pack<scalar_t, VEC> gv = load_pack<VEC>(in.gamma + off);
+    const Pack<scalar_t, VEC> bv = load_pack<VEC>(in.beta + off);
+    Pack<scalar_t, VEC> out;
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) {
+      const index_t gj = cl ? g + j : g;
+      const acc_t xhat = (static_cast<acc_t>(xv.v[j]) - in.mean[gj]) * in.invstd[gj];
+      acc_t z = xhat * (acc_t(1) + static_cast<acc_t>(gv.v[j])) + static_cast<acc_t>(bv.v[j]);
+      if (in.has_slope && !(z > acc_t(0))) z *= in.slope;
+      out.v[j] = static_cast<scalar_t>(z);
+    }
+    *reinterpret_cast<Pack<scalar_t, VEC>*>(y + off) = out;
+  }
+}
+
+template <int VEC, typename index_t, typename scalar_t, typename acc_t>
+__global__ void backward_elemt_kernel(Inputs<scalar_t, acc_t> in, const acc_t* __restrict__ mean_dxhat,
+                                      const acc_t* __restrict__ mean_dxhat_xhat, index_t numel,
+                                      index_t C, index_t HW, bool cl, bool instance,
+                                      scalar_t* __restrict__ dx, scalar_t* __restrict__ dgamma,
+                                      scalar_t* __restrict__ dbeta) {
+  const index_t stride = static_cast<index_t>(gridDim.x) * blockDim.x * VEC;
+  for (index_t off = (static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x) * VEC; off < numel;
+       off += stride) {
+    const index_t g = group_of(off, C, HW, cl, instance);
+    const Pack<scalar_t, VEC> dyv = load_pack<VEC>(in.dy + off);
+    const Pack<scalar_t, VEC> xv = load_pack<VEC>(in.x + off);
+    const Pack<scalar_t, VEC> gv = load_pack<VEC>(in.gamma + off);
+    const Pack<scalar_t, VEC> bv = load_pack<VEC>(in.beta + off);
+    Pack<scalar_t, VEC> dxv, dgv, dbv;
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) {
+      const index_t gj = cl ? g + j : g;
+      const acc_t invstd = in.invstd[gj];
+      const acc_t xhat = (static_cast<acc_t>(xv.v[j]) - in.mean[gj]) * invstd;
+      const acc_t one_g = acc_t(1) + static_cast<acc_t>(gv.v[j]);
+      const acc_t z = xhat * one_g + static_cast<acc_t>(bv.v[j]);
+      acc_t dz = static_cast<acc_t>(dyv.v[j]);
+      if (in.has_slope && !(z > acc_t(0))) dz *= in.slope;
+      acc_t dxhat = dz * one_g;
+      if (mean_dxhat != nullptr) dxhat -= mean_dxhat[gj] + xhat * mean_dxhat_xhat[gj];
+      dxv.v[j] = static_cast<scalar_t>(dxhat * invstd);
+      dgv.v[j] = static_cast<scalar_t>(dz * xhat);
+      dbv.v[j] = static_cast<scalar_t>(dz);
+    }
+    *reinterpret_cast<Pack<scalar_t, VEC>*>(dx + off) = dxv;
+    *reinterpret_cast<Pack<scalar_t, VEC>*>(dgamma + off) = dgv;
+    *reinterpret_cast<Pack<scalar_t, VEC>*>(dbeta + off) = dbv;
+  }
+}
+
+// ---------------------------------------------------------------- host side
+
+Shape shape_of(const at::Tensor& x, bool instance) {
+  return {x.size(0), x.size(1), x.size(2) * x.size(3), instance,
+          spade_memory_format(x) == at::MemoryFormat::ChannelsLast};
+}
+
+// 16-byte packs when the inner extent (H*W in NCHW, C in channels_last) is a multiple
+// of the pack and every pointer is 16-byte aligned; else one element at a time.
+template <typename scalar_t>
+int pack_width(const Shape& s, std::initializer_list<const void*> ptrs) {
+  constexpr int kMax = 16 / sizeof(scalar_t);
+  const int64_t inner = s.channels_last ? s.C : s.HW;
+  if (inner % kMax != 0) return 1;
+  for (const void* p : ptrs) {
+    if (p != nullptr && reinterpret_cast<uintptr_t>(p) % 16 != 0) return 1;
+  }
+  return kMax;
+}
+
+int sm_count() {
+  int device = 0, count = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
+  return count;
+}
+
+// Runs the reduce + finalize kernels; out1/out2 are (C,) or (N, C) accumulate-type tensors.
+template <bool kBackward, int VEC, typename scalar_t, typename acc_t>
+void launch_reduce(const Inputs<scalar_t, acc_t>& in, const Shape& s, const at::Tensor& x,
+                   at::Tensor& out1, at::Tensor& out2) {
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  at::Tensor partial;
+  int64_t parts = 0;
+  if (!s.channels_last) {
+    const int64_t rows = s.N * s.C;
+    const int64_t min_slice = static_cast<int64_t>(kThreads) * VEC;
+    const int64_t max_splits = (s.HW + min_slice - 1) / min_slice;
+    const int64_t splits = std::clamp<int64_t>(kTargetBlocks / rows, 1, max_splits);
+    const int64_t slice = ((s.HW + splits - 1) / splits + VEC - 1) / VEC * VEC;
+    const int64_t used = (s.HW + slice - 1) / slice;
+    partial = at::empty({rows * used * 2}, x.options().dtype(out1.scalar_type()));
+    const dim3 grid(static_cast<unsigned>(used), static_cast<unsigned>(std::min<int64_t>(rows, 65535)));
+    // Small rows (16x16 maps) get smaller blocks rather than idle threads.
+    const int64_t packs = (slice + VEC - 1) / VEC;
+    const int threads = static_cast<int>(std::clamp<int64_t>((packs + 31) / 32 * 32, 32, kThreads));
+    reduce_nchw_kernel<kBackward, VEC><<<grid, threads, 0, stream>>>(in, s, slice,
+                                                                     partial.mutable_data_ptr<acc_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    parts = (s.instance ? 1 : s.N) * used;
+  } else {
+    const int64_t tiles = (s.C + 32 * VEC - 1) / (32 * VEC);
+    const int64_t z = s.instance ? s.N : 1, rows = s.instance ? s.HW : s.N * s.HW;
+    const int64_t splits = std::clamp<int64_t>(kTargetBlocks / (tiles * z), 1,
+                                               std::min<int64_t>(65535, (rows + kRowLanes - 1) / kRowLanes));
+    const int64_t rows_per_block = (rows + splits - 1) / splits;
+    const int64_t used = (rows + rows_per_block - 1) / rows_per_block;
+    TORCH_CHECK(z <= 65535, "spade_norm: the CUDA kernel takes at most 65535 samples for instance norm "
+                "in channels_last; got N = ", s.N);
+    partial = at::empty({z * used * s.C * 2}, x.options().dtype(out1.scalar_type()));
+    const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(used), static_cast<unsigned>(z));
+    reduce_nhwc_kernel<kBackward, VEC><<<grid, dim3(32, kRowLanes), 0, stream>>>(
+        in, s, rows_per_block, partial.mutable_data_ptr<acc_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    parts = used;
+  }
+  const int64_t groups = s.instance ? s.N * s.C : s.C;
+  constexpr int kWarps = kThreads / 32;
+  finalize_kernel<kBackward><<<static_cast<unsigned>((groups + kWarps - 1) / kWarps), kThreads, 0, stream>>>(
+      partial.const_data_ptr<acc_t>(), in.x, s, parts, out1.mutable_data_ptr<acc_t>(),
+      out2.mutable_data_ptr<acc_t>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <bool kBackward, typename scalar_t, typename acc_t>
+void reduce(const Inputs<scalar_t, acc_t>& in, const Shape& s, const at::Tensor& x, at::Tensor& out1,
+            at::Tensor& out2) {
+  constexpr int kMax = 16 / sizeof(scalar_t);
+  if (pack_width<scalar_t>(s, {in.dy, in.x, in.gamma, in.beta}) == kMax) {
+    launch_reduce<kBackward, kMax>(in, s, x, out1, out2);
+  } else {
+    launch_reduce<kBackward, 1>(in, s, x, out1, out2);
+  }
+}
+
+unsigned elementwise_blocks(int64_t numel, int vec) {
+  const int64_t packs = (numel + vec - 1) / vec;
+  const int64_t wanted = (packs + kThreads - 1) / kThreads;
+  return static_cast<unsigned>(std::min<int64_t>(wanted, static_cast<int64_t>(sm_count()) * 32));
+}
+
+// Calls fn(vec constant, index type) with the widest pack the tensors allow and 32-bit
+// indices when they suffice (cheaper division on the GPU).
+template <typename scalar_t, typename Fn>
+void with_pack_and_index(const Shape& s, int64_t numel, std::initializer_list<const void*> ptrs, const Fn& fn) {
+  constexpr int kMax = 16 / sizeof(scalar_t);
+  const bool wide = pack_width<scalar_t>(s, ptrs) == kMax;
+  // 32-bit offsets while offset + grid stride cannot overflow (stride < 2^26).
+  const bool small = numel < (int64_t{1} << 31) - (int64_t{1} << 26);
+  if (wide && small) fn(std::integral_constant<int, kMax>(), int32_t{0});
+  else if (wide) fn(std::integral_constant<int, kMax>(), int64_t{0});
+  else if (small) fn(std::integral_constant<int, 1>(), int32_t{0});
+  else fn(std::integral_constant<int, 1>(), int64_t{0});
+}
+
+void check_cuda_inputs(const at::Tensor& x, const char* op) {
+  TORCH_CHECK(x.is_cuda(), op, ": `x` must be a CUDA tensor for the CUDA kernel; got ", x.device());
+}
+
+at::Tensor empty_like_x(const at::Tensor& x) {
+  return at::empty(x.sizes(), x.options().memory_format(spade_memory_format(x)));
+}
+
+at::Tensor empty_stats(const at::Tensor& x, bool instance) {
+  const auto opts = x.options().dtype(spade_stats_dtype(x));
+  return instance ? at::empty({x.size(0), x.size(1)}, opts) : at::empty({x.size(1)}, opts);
+}
+
+std::tuple<at::Tensor, at::Tensor> stats_impl(const at::Tensor& x_in, bool instance) {
+  const at::Tensor x = x_in.contiguous(spade_memory_format(x_in));
+  at::Tensor mean = empty_stats(x, instance), var = empty_stats(x, instance);
+  if (x.numel() == 0) {
+    mean.zero_();
+    var.zero_();
+    return {mean, var};
+  }
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "spade_norm_stats_cuda", [&] {
+    using acc_t = at::acc_type<scalar_t, true>;
+    const Inputs<scalar_t, acc_t> in{nullptr, x.const_data_ptr<scalar_t>(), nullptr, nullptr,
+                                     nullptr, nullptr, acc_t(0), false};
+    reduce<false>(in, shape_of(x, instance), x, mean, var);
+  });
+  return {mean, var};
+}
+
+at::Tensor apply_impl(const at::Tensor& x_in, const at::Tensor& gamma_in, const at::Tensor& beta_in,
+                      const at::Tensor& mean_in, const at::Tensor& invstd_in, std::optional<double> slope) {
+  const auto fmt = spade_memory_format(x_in);
+  const at::Tensor x = x_in.contiguous(fmt), gamma = gamma_in.contiguous(fmt), beta = beta_in.contiguous(fmt);
+  const at::Tensor mean = mean_in.contiguous(), invstd = invstd_in.contiguous();
+  at::Tensor y = empty_like_x(x_in);
+  if (x.numel() == 0) return y;
+  const Shape s = shape_of(x, mean.dim() == 2);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "spade_norm_apply_cuda", [&] {
+    using acc_t = at::acc_type<scalar_t, true>;
+    const Inputs<scalar_t, acc_t> in{nullptr, x.const_data_ptr<scalar_t>(), gamma.const_data_ptr<scalar_t>(),
+                                     beta.const_data_ptr<scalar_t>(), mean.const_data_ptr<acc_t>(),
+                                     invstd.const_data_ptr<acc_t>(), static_cast<acc_t>(slope.value_or(0.0)),
+                                     slope.has_value()};
+    scalar_t* yp = y.mutable_data_ptr<scalar_t>();
+    with_pack_and_index<scalar_t>(s, x.numel(), {in.x, in.gamma, in.beta, yp}, [&](auto vec, auto index) {
+      constexpr int VEC = decltype(vec)::value;
+      using index_t = decltype(index);
+      apply_kernel<VEC, index_t><<<elementwise_blocks(x.numel(), VEC), kThreads, 0,
+                                   c10::cuda::getCurrentCUDAStream()>>>(
+          in, static_cast<index_t>(x.numel()), static_cast<index_t>(s.C), static_cast<index_t>(s.HW),
+          s.channels_last, s.instance, yp);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  });
+  return y;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> spade_norm_cuda(
+    const at::Tensor& x, const at::Tensor& gamma, const at::Tensor& beta,
+    const std::optional<at::Tensor>& running_mean, const std::optional<at::Tensor>& running_var,
+    bool use_input_stats, bool instance, double eps, std::optional<double> slope) {
+  check_spade_forward_inputs(x, gamma, beta, running_mean, running_var, use_input_stats, instance);
+  check_cuda_inputs(x, "spade_norm");
+  const c10::cuda::CUDAGuard guard(x.device());
+  at::Tensor mean, var;
+  if (use_input_stats) {
+    std::tie(mean, var) = stats_impl(x, instance);
+  } else {  // copies: outputs of a custom op may not alias its inputs
+    mean = running_mean->to(spade_stats_dtype(x), false, true).contiguous();
+    var = running_var->to(spade_stats_dtype(x), false, true).contiguous();
+  }
+  const at::Tensor invstd = (var + eps).rsqrt();
+  return {apply_impl(x, gamma, beta, mean, invstd, slope), mean, var};
+}
+
+std::tuple<at::Tensor, at::Tensor> spade_norm_stats_cuda(const at::Tensor& x, bool instance) {
+  check_spade_x(x, "spade_norm_stats");
+  check_cuda_inputs(x, "spade_norm_stats");
+  const c10::cuda::CUDAGuard guard(x.device());
+  return stats_impl(x, instance);
+}
+
+at::Tensor spade_norm_apply_cuda(const at::Tensor& x, const at::Tensor& gamma, const at::Tensor& beta,
+                                 const at::Tensor& mean, const at::Tensor& invstd,
+                                 std::optional<double> slope) {
+  check_spade_apply_inputs(x, gamma, beta, mean, invstd, "spade_norm_apply");
+  check_cuda_inputs(x, "spade_norm_apply");
+  const c10::cuda::CUDAGuard guard(x.device());
+  return apply_impl(x, gamma, beta, mean, invstd, slope);
+}
+
+std::tuple<at::Tensor, at::Tensor> spade_norm_backward_reduce_cuda(
+    const at::Tensor& grad_y, const at::Tensor& x_in, const at::Tensor& gamma_in,
+    const at::Tensor& beta_in, const at::Tensor& mean_in, const at::Tensor& invstd_in,
+    std::optional<double> slope) {
+  check_spade_backward_inputs(grad_y, x_in, gamma_in, beta_in, mean_in, invstd_in,
+                              "spade_norm_backward_reduce");
+  check_cuda_inputs(x_in, "spade_norm_backward_reduce");
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  const auto fmt = spade_memory_format(x_in);
+  const at::Tensor dy = grad_y.contiguous(fmt), x = x_in.contiguous(fmt);
+  const at::Tensor gamma = gamma_in.contiguous(fmt), beta = beta_in.contiguous(fmt);
+  const at::Tensor mean = mean_in.contiguous(), invstd = invstd_in.contiguous();
+  at::Tensor sum1 = at::zeros_like(mean), sum2 = at::zeros_like(mean);
+  if (x.numel() == 0) return {sum1, sum2};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "spade_norm_backward_reduce_cuda", [&] {
+    using acc_t = at::acc_type<scalar_t, true>;
+    const Inputs<scalar_t, acc_t> in{dy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
+                                     gamma.const_data_ptr<scalar_t>(), beta.const_data_ptr<scalar_t>(),
+                                     mean.const_data_ptr<acc_t>(), invstd.const_data_ptr<acc_t>(),
+                                     static_cast<acc_t>(slope.value_or(0.0)), slope.has_value()};
+    reduce<true>(in, shape_of(x, mean.dim() == 2), x, sum1, sum2);
+  });
+  return {sum1, sum2};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> spade_norm_backward_elemt_cuda(
+    const at::Tensor& grad_y, const at::Tensor& x_in, const at::Tensor& gamma_in,
+    const at::Tensor& beta_in, const at::Tensor& mean_in, const at::Tensor& invstd_in,
+    const std::optional<at::Tensor>& mean_dxhat, const std::optional<at::Tensor>& mean_dxhat_xhat,
+    std::optional<double> slope) {
+  check_spade_elemt_inputs(grad_y, x_in, gamma_in, beta_in, mean_in, invstd_in, mean_dxhat,
+                           mean_dxhat_xhat);
+  check_cuda_inputs(x_in, "spade_norm_backward_elemt");
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  const auto fmt = spade_memory_format(x_in);
+  const at::Tensor dy = grad_y.contiguous(fmt), x = x_in.contiguous(fmt);
+  const at::Tensor gamma = gamma_in.contiguous(fmt), beta = beta_in.contiguous(fmt);
+  const at::Tensor mean = mean_in.contiguous(), invstd = invstd_in.contiguous();
+  const at::Tensor m1 = mean_dxhat.has_value() ? mean_dxhat->contiguous() : at::Tensor();
+  const at::Tensor m2 = mean_dxhat_xhat.has_value() ? mean_dxhat_xhat->contiguous() : at::Tensor();
+  at::Tensor dx = empty_like_x(x_in), dgamma = empty_like_x(x_in), dbeta = empty_like_x(x_in);
+  if (x.numel() == 0) return {dx, dgamma, dbeta};
+  const Shape s = shape_of(x, mean.dim() == 2);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "spade_norm_backward_elemt_cuda", [&] {
+    using acc_t = at::acc_type<scalar_t, true>;
+    const Inputs<scalar_t, acc_t> in{dy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
+                                     gamma.const_data_ptr<scalar_t>(), beta.const_data_ptr<scalar_t>(),
+                                     mean.const_data_ptr<acc_t>(), invstd.const_data_ptr<acc_t>(),
+                                     static_cast<acc_t>(slope.value_or(0.0)), slope.has_value()};
+    const acc_t* m1p = m1.defined() ? m1.const_data_ptr<acc_t>() : nullptr;
+    const acc_t* m2p = m2.defined() ? m2.const_data_ptr<acc_t>() : nullptr;
+    scalar_t *dxp = dx.mutable_data_ptr<scalar_t>(), *dgp = dgamma.mutable_data_ptr<scalar_t>();
+    scalar_t* dbp = dbeta.mutable_data_ptr<scalar_t>();
+    with_pack_and_index<scalar_t>(s, x.numel(), {in.dy, in.x, in.gamma, in.beta, dxp, dgp, dbp},
+                                  [&](auto vec, auto index) {
+      constexpr int VEC = decltype(vec)::value;
+      using index_t = decltype(index);
+      backward_elemt_kernel<VEC, index_t><<<elementwise_blocks(x.numel(), VEC), kThreads, 0,
+                                            c10::cuda::getCurrentCUDAStream()>>>(
+          in, m1p, m2p, static_cast<index_t>(x.numel()), static_cast<index_t>(s.C),
+          static_cast<index_t>(s.HW), s.channels_last, s.instance, dxp, dgp, dbp);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  });
+  return {dx, dgamma, dbeta};
+}
+
+// Single-process backward: the reduce pass, then the elementwise pass.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> spade_norm_backward_cuda(
+    const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& gamma, const at::Tensor& beta,
+    const at::Tensor& mean, const at::Tensor& invstd, bool use_input_stats,
+    std::optional<double> slope) {
+  check_spade_backward_inputs(grad_y, x, gamma, beta, mean, invstd, "spade_norm_backward");
+  check_cuda_inputs(x, "spade_norm_backward");
+  const c10::cuda::CUDAGuard guard(x.device());
+  std::optional<at::Tensor> mean_dxhat, mean_dxhat_xhat;
+  if (use_input_stats) {
+    auto [sum1, sum2] = spade_norm_backward_reduce_cuda(grad_y, x, gamma, beta, mean, invstd, slope);
+    const int64_t hw = x.size(2) * x.size(3);
+    const double m = static_cast<double>(std::max<int64_t>(1, mean.dim() == 2 ? hw : x.size(0) * hw));
+    mean_dxhat = sum1 / m;
+    mean_dxhat_xhat = sum2 / m;
+  }
+  return spade_norm_backward_elemt_cuda(grad_y, x, gamma, beta, mean, invstd, mean_dxhat,
+                                        mean_dxhat_xhat, slope);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(autoenc_fast, CUDA, m) {
+  m.impl("spade_norm", &spade_norm_cuda);
+  m.impl("spade_norm_stats", &spade_norm_stats_cuda);
+  m.impl("spade_norm_apply", &spade_norm_apply_cuda);
+  m.impl("spade_norm_backward", &spade_norm_backward_cuda);
+  m.impl("spade_norm_backward_reduce", &spade_norm_backward_reduce_cuda);
+  m.impl("spade_norm_backward_elemt", &spade_norm_backward_elemt_cuda);
+}
+
+}  // namespace autoenc_fast

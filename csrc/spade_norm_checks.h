@@ -1,0 +1,120 @@
+// Argument checks and layout rules of the spade_norm ops, shared by every C++
+// backend: each message names the argument and says what was expected.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <optional>
+
+namespace autoenc_fast {
+
+// Outputs (and the layout the kernels read) follow x: channels_last when x is
+// channels_last-contiguous and not also NCHW-contiguous, else NCHW-contiguous.
+// autoenc_fast/ops/spade_norm.py applies the same rule in the fake kernels.
+inline at::MemoryFormat spade_memory_format(const at::Tensor& x) {
+  return (x.is_contiguous(at::MemoryFormat::ChannelsLast) && !x.is_contiguous())
+             ? at::MemoryFormat::ChannelsLast
+             : at::MemoryFormat::Contiguous;
+}
+
+// Statistics are float32 for float32 and half types, float64 for float64.
+inline at::ScalarType spade_stats_dtype(const at::Tensor& x) {
+  return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+inline void check_spade_x(const at::Tensor& x, const char* op) {
+  TORCH_CHECK(x.dim() == 4, op, ": `x` must be 4-D (N, C, H, W); got ", x.dim(), "-D of shape ",
+              x.sizes());
+  TORCH_CHECK(at::isFloatingType(x.scalar_type()), op, ": `x` must be a floating-point tensor; got ",
+              x.scalar_type());
+}
+
+inline void check_spade_like_x(const at::Tensor& t, const char* name, const at::Tensor& x,
+                               const char* op) {
+  TORCH_CHECK(t.sizes() == x.sizes(), op, ": `", name, "` must have x's shape ", x.sizes(), "; got ",
+              t.sizes());
+  TORCH_CHECK(t.scalar_type() == x.scalar_type(), op, ": `", name, "` must have x's dtype ",
+              x.scalar_type(), "; got ", t.scalar_type());
+  TORCH_CHECK(t.device() == x.device(), op, ": `", name, "` must be on x's device ", x.device(),
+              "; got ", t.device());
+}
+
+// Per-group statistics: shape (C,) for batch norm, (N, C) for instance norm.
+inline void check_spade_group_stat(const at::Tensor& t, const char* name, const at::Tensor& x,
+                                   const char* op) {
+  const bool batch = t.dim() == 1 && t.size(0) == x.size(1);
+  const bool instance = t.dim() == 2 && t.size(0) == x.size(0) && t.size(1) == x.size(1);
+  TORCH_CHECK(batch || instance, op, ": `", name, "` must have shape (C,) = (", x.size(1),
+              ",) or (N, C) = (", x.size(0), ", ", x.size(1), "); got ", t.sizes());
+  TORCH_CHECK(t.scalar_type() == spade_stats_dtype(x), op, ": `", name, "` must be ",
+              spade_stats_dtype(x), " for x of dtype ", x.scalar_type(), "; got ", t.scalar_type());
+  TORCH_CHECK(t.device() == x.device(), op, ": `", name, "` must be on x's device ", x.device(),
+              "; got ", t.device());
+}
+
+inline void check_spade_running(const std::optional<at::Tensor>& t, const char* name,
+                                const at::Tensor& x, const char* op) {
+  TORCH_CHECK(t.has_value(), op, ": `", name,
+              "` is required when batch statistics are not used (eval-mode batch norm)");
+  TORCH_CHECK(t->dim() == 1 && t->size(0) == x.size(1), op, ": `", name,
+              "` must have shape (C,) = (", x.size(1), ",); got ", t->sizes());
+  TORCH_CHECK(at::isFloatingType(t->scalar_type()), op, ": `", name,
+              "` must be a floating-point tensor; got ", t->scalar_type());
+  TORCH_CHECK(t->device() == x.device(), op, ": `", name, "` must be on x's device ", x.device(),
+              "; got ", t->device());
+}
+
+inline void check_spade_forward_inputs(const at::Tensor& x, const at::Tensor& gamma,
+                                       const at::Tensor& beta,
+                                       const std::optional<at::Tensor>& running_mean,
+                                       const std::optional<at::Tensor>& running_var,
+                                       bool use_input_stats, bool instance) {
+  check_spade_x(x, "spade_norm");
+  check_spade_like_x(gamma, "gamma", x, "spade_norm");
+  check_spade_like_x(beta, "beta", x, "spade_norm");
+  TORCH_CHECK(use_input_stats || !instance,
+              "spade_norm: instance norm always uses input statistics (`use_input_stats` must be True)");
+  if (!use_input_stats) {
+    check_spade_running(running_mean, "running_mean", x, "spade_norm");
+    check_spade_running(running_var, "running_var", x, "spade_norm");
+  }
+}
+
+inline void check_spade_apply_inputs(const at::Tensor& x, const at::Tensor& gamma,
+                                     const at::Tensor& beta, const at::Tensor& mean,
+                                     const at::Tensor& invstd, const char* op) {
+  check_spade_x(x, op);
+  check_spade_like_x(gamma, "gamma", x, op);
+  check_spade_like_x(beta, "beta", x, op);
+  check_spade_group_stat(mean, "mean", x, op);
+  check_spade_group_stat(invstd, "invstd", x, op);
+  TORCH_CHECK(mean.sizes() == invstd.sizes(), op, ": `invstd` must have mean's shape ", mean.sizes(),
+              "; got ", invstd.sizes());
+}
+
+inline void check_spade_backward_inputs(const at::Tensor& grad_y, const at::Tensor& x,
+                                        const at::Tensor& gamma, const at::Tensor& beta,
+                                        const at::Tensor& mean, const at::Tensor& invstd,
+                                        const char* op) {
+  check_spade_apply_inputs(x, gamma, beta, mean, invstd, op);
+  check_spade_like_x(grad_y, "grad_y", x, op);
+}
+
+inline void check_spade_elemt_inputs(const at::Tensor& grad_y, const at::Tensor& x,
+                                     const at::Tensor& gamma, const at::Tensor& beta,
+                                     const at::Tensor& mean, const at::Tensor& invstd,
+                                     const std::optional<at::Tensor>& mean_dxhat,
+                                     const std::optional<at::Tensor>& mean_dxhat_xhat) {
+  const char* op = "spade_norm_backward_elemt";
+  check_spade_backward_inputs(grad_y, x, gamma, beta, mean, invstd, op);
+  TORCH_CHECK(mean_dxhat.has_value() == mean_dxhat_xhat.has_value(), op,
+              ": `mean_dxhat` and `mean_dxhat_xhat` must be given together");
+  if (mean_dxhat.has_value()) {
+    check_spade_group_stat(*mean_dxhat, "mean_dxhat", x, op);
+    check_spade_group_stat(*mean_dxhat_xhat, "mean_dxhat_xhat", x, op);
+    TORCH_CHECK(mean_dxhat->sizes() == mean.sizes() && mean_dxhat_xhat->sizes() == mean.sizes(), op,
+                ": `mean_dxhat` and `mean_dxhat_xhat` must have mean's shape ", mean.sizes());
+  }
+}
+
+}  // namespace autoenc_fast

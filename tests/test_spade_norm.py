@@ -1,0 +1,441 @@
+"""autoenc_fast spade_norm: the fused op and the SPADE module against plain PyTorch."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import autoenc_fast.functional as AF
+import autoenc_fast.reference as R
+from autoenc_fast import _ext
+from autoenc_fast.nn import SPADE
+
+from conftest import HAS_CUDA, TOLERANCES, devices
+
+OPS = ["spade_norm", "spade_norm_stats", "spade_norm_apply", "spade_norm_backward",
+       "spade_norm_backward_reduce", "spade_norm_backward_elemt"]
+needs_ext = pytest.mark.skipif(not _ext.LOADED, reason=f"extension not loaded: {_ext.STATUS}")
+
+
+def make_inputs(shape, dtype, device, channels_last=False, offset=3.0):
+    """Fresh random x (mean far from 0, to exercise the shifted variance), gamma, beta."""
+    x = torch.randn(shape, dtype=dtype, device=device) * 2 + offset
+    gamma = torch.randn(shape, dtype=dtype, device=device)
+    beta = torch.randn(shape, dtype=dtype, device=device)
+    if channels_last:
+        x, gamma, beta = (t.contiguous(memory_format=torch.channels_last) for t in (x, gamma, beta))
+    return x, gamma, beta
+
+
+def running(c, device):
+    return (torch.randn(c, device=device), torch.rand(c, device=device) + 0.5)
+
+
+def run(fn, x, gamma, beta, grad, **kw):
+    leaves = [t.detach().clone().requires_grad_() for t in (x, gamma, beta)]
+    y = fn(*leaves, **kw)
+    y.backward(grad)
+    return y, [t.grad for t in leaves]
+
+
+CASES = [  # (norm, training)
+    ("batch", True), ("batch", False), ("instance", True)]
+
+
+@needs_ext
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("norm,training", CASES)
+@pytest.mark.parametrize("slope", [None, 0.2])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("shape", [(2, 3, 5, 7), (4, 16, 8, 8), (3, 8, 1, 9)])
+def test_op_matches_float64_reference(device, norm, training, slope, channels_last, shape):
+    dtype = torch.float32
+    x, gamma, beta = make_inputs(shape, dtype, device, channels_last)
+    grad = torch.randn(shape, dtype=dtype, device=device)
+    rm, rv = running(shape[1], device) if norm == "batch" else (None, None)
+    kw = dict(norm=norm, training=training, negative_slope=slope)
+    ours_rm, ours_rv = (rm.clone(), rv.clone()) if rm is not None else (None, None)
+    y, grads = run(AF.spade_norm, x, gamma, beta, grad, running_mean=ours_rm, running_var=ours_rv, **kw)
+    ref_rm, ref_rv = (rm.double(), rv.double()) if rm is not None else (None, None)
+    y_ref, grads_ref = run(R.spade_norm, x.double(), gamma.double(), beta.double(), grad.double(),
+                           running_mean=ref_rm, running_var=ref_rv, **kw)
+    tol = TOLERANCES[dtype]
+    expected_format = torch.channels_last if channels_last and shape[2] * shape[3] > 1 else torch.contiguous_format
+    assert y.is_contiguous(memory_format=expected_format)
+    # atol scaled: y and the gradients are O(10) for these inputs.
+    torch.testing.assert_close(y.double(), y_ref, atol=10 * tol["atol"], rtol=tol["rtol"])
+    for name, g, g_ref in zip(("x", "gamma", "beta"), grads, grads_ref):
+        torch.testing.assert_close(g.double(), g_ref, atol=20 * tol["atol"], rtol=tol["rtol"], msg=name)
+    if rm is not None:  # running statistics: updated in training as F.batch_norm, untouched in eval
+        torch.testing.assert_close(ours_rm.double(), ref_rm, **tol)
+        torch.testing.assert_close(ours_rv.double(), ref_rv, **tol)
+        if not training:
+            assert torch.equal(ours_rm, rm) and torch.equal(ours_rv, rv)
+
+
+@needs_ext
+@pytest.mark.parametrize("norm,training", CASES)
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_float64_matches_reference_tightly(norm, training, channels_last):
+    x, gamma, beta = make_inputs((3, 5, 6, 4), torch.float64, "cpu", channels_last)
+    grad = torch.randn_like(x)
+    rm, rv = (t.double() for t in running(5, "cpu")) if norm == "batch" else (None, None)
+    kw = dict(norm=norm, training=training, negative_slope=0.1)
+    ours = dict(running_mean=rm.clone(), running_var=rv.clone()) if rm is not None else {}
+    y, grads = run(AF.spade_norm, x, gamma, beta, grad, **ours, **kw)
+    y_ref, grads_ref = run(R.spade_norm, x, gamma, beta, grad, running_mean=rm, running_var=rv, **kw)
+    torch.testing.assert_close(y, y_ref, **TOLERANCES[torch.float64])
+    for g, g_ref in zip(grads, grads_ref):
+        torch.testing.assert_close(g, g_ref, **TOLERANCES[torch.float64])
+    if rm is not None:
+        torch.testing.assert_close(ours["running_mean"], rm, **TOLERANCES[torch.float64])
+        torch.testing.assert_close(ours["running_var"], rv, **TOLERANCES[torch.float64])
+
+
+@needs_ext
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("instance", [False, True])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fused_ops_equal_their_pieces(device, instance, channels_last):
+    """spade_norm == stats + apply and spade_norm_backward == reduce + elemt (the pieces
+    the synchronized path runs), so both paths compute the same function."""
+    ops = torch.ops.autoenc_fast
+    x, gamma, beta = make_inputs((3, 8, 5, 6), torch.float32, device, channels_last)
+    grad = torch.randn_like(x)
+    y, mean, var = ops.spade_norm(x, gamma, beta, None, None, True, instance, 1e-5, 0.2)
+    mean_p, var_p = ops.spade_norm_stats(x, instance)
+    invstd = torch.rsqrt(var_p + 1e-5)
+    torch.testing.assert_close(mean, mean_p)
+    torch.testing.assert_close(var, var_p)
+    torch.testing.assert_close(y, ops.spade_norm_apply(x, gamma, beta, mean_p, invstd, 0.2))
+    for use_input_stats in (True, False):
+        fused = ops.spade_norm_backward(grad, x, gamma, beta, mean_p, invstd, use_input_stats, 0.2)
+        means = (None, None)
+        if use_input_stats:
+            sums = ops.spade_norm_backward_reduce(grad, x, gamma, beta, mean_p, invstd, 0.2)
+            count = x.shape[2] * x.shape[3] * (1 if instance else x.shape[0])
+            means = tuple(t / count for t in sums)
+        pieces = ops.spade_norm_backward_elemt(grad, x, gamma, beta, mean_p, invstd, *means, 0.2)
+        for a, b in zip(fused, pieces):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+@needs_ext
+def test_large_mean_small_std_statistics():
+    """The shifted one-pass variance stays accurate when |mean| >> std (float32)."""
+    x = torch.randn(4, 3, 32, 32) * 0.01 + 1000.0
+    mean, var = torch.ops.autoenc_fast.spade_norm_stats(x, False)
+    xd = x.double()
+    torch.testing.assert_close(mean.double(), xd.mean((0, 2, 3)), atol=1e-4, rtol=1e-6)
+    torch.testing.assert_close(var.double(), xd.var((0, 2, 3), unbiased=False), atol=1e-7, rtol=1e-3)
+
+
+@needs_ext
+@pytest.mark.parametrize("norm,training", CASES)
+@pytest.mark.parametrize("slope", [None, 0.3])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_gradcheck_float64(norm, training, slope, channels_last):
+    x, gamma, beta = make_inputs((2, 3, 3, 4), torch.float64, "cpu", channels_last, offset=0.5)
+    rm, rv = (t.double() for t in running(3, "cpu")) if norm == "batch" else (None, None)
+
+    def fn(x, gamma, beta):  # running stats cloned: gradcheck calls fn many times
+        kw = {} if rm is None else dict(running_mean=rm.clone(), running_var=rv.clone())
+        return AF.spade_norm(x, gamma, beta, norm=norm, training=training, negative_slope=slope, **kw)
+
+    inputs = [t.detach().requires_grad_() for t in (x, gamma, beta)]
+    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-6)
+
+
+def _opcheck_samples(channels_last):
+    x, gamma, beta = make_inputs((2, 4, 3, 5), torch.float32, "cpu", channels_last)
+    rm, rv = running(4, "cpu")
+    stats = {inst: torch.ops.autoenc_fast.spade_norm_stats(x, inst) for inst in (False, True)}
+    samples = {
+        "spade_norm": [(x, gamma, beta, None, None, True, False, 1e-5, 0.2),
+                       (x, gamma, beta, rm, rv, False, False, 1e-5, None),
+                       (x, gamma, beta, None, None, True, True, 1e-3, None)],
+        "spade_norm_stats": [(x, False), (x, True)],
+    }
+    apply, red, elemt, backward = [], [], [], []
+    for inst, (mean, var) in stats.items():
+        invstd = torch.rsqrt(var + 1e-5)
+        grad = torch.randn_like(x)
+        apply.append((x, gamma, beta, mean, invstd, 0.2 if inst else None))
+        red.append((grad, x, gamma, beta, mean, invstd, 0.1))
+        elemt.append((grad, x, gamma, beta, mean, invstd, torch.randn_like(mean), torch.randn_like(mean), 0.1))
+        elemt.append((grad, x, gamma, beta, mean, invstd, None, None, None))
+        backward.append((grad, x, gamma, beta, mean, invstd, True, 0.2))
+        backward.append((grad, x, gamma, beta, mean, invstd, False, None))
+    samples.update(spade_norm_apply=apply, spade_norm_backward_reduce=red, spade_norm_backward_elemt=elemt,
+                   spade_norm_backward=backward)
+    return samples
+
+
+@needs_ext
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("op", OPS)
+def test_opcheck(op, channels_last):
+    for args in _opcheck_samples(channels_last)[op]:
+        if op == "spade_norm":  # the registered autograd too
+            args = tuple(a.clone().requires_grad_() if i < 3 else a for i, a in enumerate(args))
+        torch.library.opcheck(getattr(torch.ops.autoenc_fast, op).default, args)
+
+
+@needs_ext
+@pytest.mark.parametrize("norm,training", CASES)
+def test_compile_fullgraph_aot_eager(norm, training):
+    x, gamma, beta = make_inputs((2, 3, 4, 5), torch.float32, "cpu")
+    grad = torch.randn_like(x)
+    rm, rv = running(3, "cpu") if norm == "batch" else (None, None)
+    kw = dict(norm=norm, training=training, negative_slope=0.2)
+    clone = (lambda t: None if t is None else t.clone())
+    compiled = torch.compile(AF.spade_norm, fullgraph=True, backend="aot_eager")
+    crm, crv = clone(rm), clone(rv)
+    y, grads = run(compiled, x, gamma, beta, grad, running_mean=crm, running_var=crv, **kw)
+    erm, erv = clone(rm), clone(rv)
+    y_e, grads_e = run(AF.spade_norm, x, gamma, beta, grad, running_mean=erm, running_var=erv, **kw)
+    torch.testing.assert_close(y, y_e)
+    for g, g_e in zip(grads, grads_e):
+        torch.testing.assert_close(g, g_e)
+    if rm is not None:
+        torch.testing.assert_close(crm, erm)
+        torch.testing.assert_close(crv, erv)
+
+
+@needs_ext
+def test_compile_fullgraph_inductor():
+    x, gamma, beta = make_inputs((2, 3, 4, 5), torch.float32, "cpu")
+    grad = torch.randn_like(x)
+    rm, rv = running(3, "cpu")
+    compiled = torch.compile(AF.spade_norm, fullgraph=True, backend="inductor")
+    crm, crv, erm, erv = rm.clone(), rv.clone(), rm.clone(), rv.clone()
+    y, grads = run(compiled, x, gamma, beta, grad, running_mean=crm, running_var=crv, negative_slope=0.2)
+    y_e, grads_e = run(AF.spade_norm, x, gamma, beta, grad, running_mean=erm, running_var=erv,
+                       negative_slope=0.2)
+    torch.testing.assert_close(y, y_e)
+    for g, g_e in zip(grads, grads_e):
+        torch.testing.assert_close(g, g_e)
+    torch.testing.assert_close(crm, erm)
+    torch.testing.assert_close(crv, erv)
+
+
+@needs_ext
+@pytest.mark.parametrize("norm", ["batch", "syncbatch", "instance"])
+def test_compile_fullgraph_module_aot_eager(norm):
+    model = SPADE(4, 3, hidden=8, norm=norm, negative_slope=0.2)
+    twin = SPADE(4, 3, hidden=8, norm=norm, negative_slope=0.2)
+    twin.load_state_dict(model.state_dict())
+    x, seg = torch.randn(2, 4, 6, 6), torch.randn(2, 3, 3, 3)
+    y = torch.compile(model, fullgraph=True, backend="aot_eager")(x, seg)
+    y.sum().backward()
+    y_e = twin(x, seg)
+    y_e.sum().backward()
+    torch.testing.assert_close(y, y_e)
+    torch.testing.assert_close(model.mlp_gamma.weight.grad, twin.mlp_gamma.weight.grad)
+    for name, buf in twin.named_buffers():
+        torch.testing.assert_close(dict(model.named_buffers())[name], buf, msg=name)
+
+
+class GauGANSPADE(nn.Module):
+    """Plain-PyTorch SPADE as in the GauGAN code (separate gamma and beta convolutions)."""
+
+    def __init__(self, norm_nc, label_nc, hidden, ks, norm, slope):
+        super().__init__()
+        self.param_free_norm = (nn.InstanceNorm2d(norm_nc, affine=False) if norm == "instance"
+                                else nn.BatchNorm2d(norm_nc, affine=False))
+        pw = ks // 2
+        self.mlp_shared = nn.Sequential(nn.Conv2d(label_nc, hidden, ks, padding=pw), nn.ReLU())
+        self.mlp_gamma = nn.Conv2d(hidden, norm_nc, ks, padding=pw)
+        self.mlp_beta = nn.Conv2d(hidden, norm_nc, ks, padding=pw)
+        self.slope = slope
+
+    def forward(self, x, segmap):
+        normalized = self.param_free_norm(x)
+        segmap = F.interpolate(segmap, size=x.size()[2:], mode="nearest")
+        actv = self.mlp_shared(segmap)
+        out = normalized * (1 + self.mlp_gamma(actv)) + self.mlp_beta(actv)
+        return out if self.slope is None else F.leaky_relu(out, self.slope)
+
+
+@pytest.mark.parametrize("module_cls", [SPADE, R.SPADE])
+@pytest.mark.parametrize("norm", ["batch", "instance", "syncbatch"])
+@pytest.mark.parametrize("slope", [None, 0.2])
+def test_module_matches_gaugan_spade(module_cls, norm, slope):
+    plain = GauGANSPADE(5, 3, 8, 3, "instance" if norm == "instance" else "batch", slope).double()
+    ours = module_cls(5, 3, hidden=8, kernel_size=3, norm=norm, negative_slope=slope).double()
+    ours.load_state_dict(plain.state_dict(), strict=True)
+    assert set(ours.state_dict()) == set(plain.state_dict())
+    for step, train in enumerate([True, True, False]):
+        plain.train(train)
+        ours.train(train)
+        x = torch.randn(3, 5, 6, 7, dtype=torch.float64) + 1
+        seg = torch.rand(3, 3, 3, 4, dtype=torch.float64)
+        grad = torch.randn(3, 5, 6, 7, dtype=torch.float64)
+        outs = []
+        for m in (plain, ours):
+            m.zero_grad()
+            xl = x.clone().requires_grad_()
+            y = m(xl, seg)
+            y.backward(grad)
+            outs.append((y, xl.grad, {n: p.grad for n, p in m.named_parameters()}))
+        torch.testing.assert_close(outs[1][0], outs[0][0], msg=f"y, step {step}")
+        torch.testing.assert_close(outs[1][1], outs[0][1], msg=f"dx, step {step}")
+        for name in outs[0][2]:
+            torch.testing.assert_close(outs[1][2][name], outs[0][2][name], msg=name)
+        for name, buf in plain.named_buffers():
+            torch.testing.assert_close(dict(ours.named_buffers())[name], buf, msg=name)
+
+
+@pytest.mark.parametrize("momentum", [None, 0.3])
+def test_module_momentum_and_num_batches_tracked_as_batchnorm(momentum):
+    plain = GauGANSPADE(4, 2, 6, 3, "batch", None)
+    ours = SPADE(4, 2, hidden=6)
+    ours.load_state_dict(plain.state_dict(), strict=True)
+    plain.param_free_norm.momentum = ours.param_free_norm.momentum = momentum
+    for _ in range(3):
+        x, seg = torch.randn(2, 4, 5, 5) * 3 + 1, torch.rand(2, 2, 5, 5)
+        torch.testing.assert_close(ours(x, seg), plain(x, seg))
+    for name, buf in plain.named_buffers():
+        torch.testing.assert_close(dict(ours.named_buffers())[name], buf, msg=name)
+
+
+def test_module_bad_norm():
+    with pytest.raises(ValueError, match="norm"):
+        SPADE(4, 3, norm="group")
+
+
+def _sync_worker(rank, world_size, init_file, out_dir):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    torch.manual_seed(0)  # every rank builds the same full batch and takes its share
+    x, gamma, beta = make_inputs((4, 3, 5, 6), torch.float64, "cpu")
+    grad = torch.randn_like(x)
+    share = slice(2 * rank, 2 * rank + 2)
+    results = {}
+    for name, fn in (("ours", AF.spade_norm), ("reference", R.spade_norm)):
+        rm, rv = torch.zeros(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64)
+        y, grads = run(fn, x[share], gamma[share], beta[share], grad[share], norm="batch",
+                       running_mean=rm, running_var=rv, negative_slope=0.2,
+                       process_group=dist.group.WORLD)
+        results[name] = dict(y=y, grads=grads, rm=rm, rv=rv)
+    torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+    dist.barrier()  # both ranks done with gloo before either tears it down
+    dist.destroy_process_group()
+
+
+@needs_ext
+def test_synchronized_statistics_two_processes(tmp_path):
+    """Two gloo processes with batch 2 each == one process with the batch of 4."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_sync_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    torch.manual_seed(0)
+    x, gamma, beta = make_inputs((4, 3, 5, 6), torch.float64, "cpu")
+    grad = torch.randn_like(x)
+    rm, rv = torch.zeros(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64)
+    y, grads = run(R.spade_norm, x, gamma, beta, grad, norm="batch", running_mean=rm,
+                   running_var=rv, negative_slope=0.2)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    for name in ("ours", "reference"):
+        torch.testing.assert_close(torch.cat([r[name]["y"] for r in ranks]), y, msg=name)
+        for i in range(3):
+            torch.testing.assert_close(torch.cat([r[name]["grads"][i] for r in ranks]), grads[i], msg=name)
+        for r in ranks:
+            torch.testing.assert_close(r[name]["rm"], rm)
+            torch.testing.assert_close(r[name]["rv"], rv)
+
+
+BAD = [
+    (dict(gamma=(2, 3, 4)), ValueError, "`gamma`"),
+    (dict(beta=(2, 3, 4, 5)), ValueError, "`beta`"),
+    (dict(gamma_dtype=torch.float64), TypeError, "`gamma`"),
+    (dict(norm="layer"), ValueError, "`norm`"),
+    (dict(training=False), ValueError, "`running_mean`"),
+    (dict(training=False, running=(3, 4)), ValueError, "`running_var`"),
+    (dict(running=(5, 3)), ValueError, "`running_mean`"),
+    (dict(x=(3, 4, 4)), ValueError, "`x`"),
+]
+
+
+@pytest.mark.parametrize("bad,error,match", BAD)
+def test_bad_inputs_name_the_argument(bad, error, match):
+    x = torch.randn(bad.get("x", (2, 3, 4, 4)))
+    gamma = torch.randn(bad.get("gamma", x.shape), dtype=bad.get("gamma_dtype", torch.float32))
+    beta = torch.randn(bad.get("beta", x.shape))
+    rm_n, rv_n = bad.get("running", (None, None))
+    kw = dict(norm=bad.get("norm", "batch"), training=bad.get("training", True))
+    if rm_n is not None:
+        kw.update(running_mean=torch.zeros(rm_n), running_var=torch.ones(rv_n))
+    for fn in (AF.spade_norm, R.spade_norm):
+        with pytest.raises(error, match=match):
+            fn(x, gamma, beta, **kw)
+
+
+@needs_ext
+def test_cpp_checks_name_the_argument():
+    x, gamma, beta = make_inputs((2, 3, 4, 4), torch.float32, "cpu")
+    ops = torch.ops.autoenc_fast
+    with pytest.raises(RuntimeError, match="`gamma` must have x's shape"):
+        ops.spade_norm(x, gamma[:, :2], beta, None, None, True, False, 1e-5, None)
+    with pytest.raises(RuntimeError, match="`beta` must have x's dtype"):
+        ops.spade_norm(x, gamma, beta.double(), None, None, True, False, 1e-5, None)
+    with pytest.raises(RuntimeError, match="`running_mean` is required"):
+        ops.spade_norm(x, gamma, beta, None, None, False, False, 1e-5, None)
+    with pytest.raises(RuntimeError, match="`running_var` must have shape"):
+        ops.spade_norm(x, gamma, beta, torch.zeros(3), torch.ones(4), False, False, 1e-5, None)
+    with pytest.raises(RuntimeError, match="`x` must be 4-D"):
+        ops.spade_norm_stats(x[0], False)
+    with pytest.raises(RuntimeError, match="`invstd` must have shape"):
+        ops.spade_norm_apply(x, gamma, beta, torch.zeros(3), torch.ones(5), None)
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("norm", ["batch", "instance"])
+def test_empty_batch(device, norm):
+    x, gamma, beta = (t.requires_grad_() for t in make_inputs((0, 3, 4, 4), torch.float32, device))
+    rm, rv = running(3, device) if norm == "batch" else (None, None)
+    saved = None if rm is None else (rm.clone(), rv.clone())
+    y = AF.spade_norm(x, gamma, beta, norm=norm, running_mean=rm, running_var=rv, negative_slope=0.2)
+    assert y.shape == x.shape
+    y.sum().backward()
+    assert x.grad.shape == x.shape and gamma.grad.shape == x.shape
+    if saved is not None:  # nothing to average: running statistics untouched
+        assert torch.equal(rm, saved[0]) and torch.equal(rv, saved[1])
+
+
+def test_half_on_cpu_goes_through_float32():
+    x, gamma, beta = make_inputs((2, 3, 4, 4), torch.bfloat16, "cpu")
+    y = AF.spade_norm(x, gamma, beta, negative_slope=0.2)
+    assert y.dtype == torch.bfloat16
+    y_ref = R.spade_norm(x.double(), gamma.double(), beta.double(), negative_slope=0.2)
+    torch.testing.assert_close(y.double(), y_ref, atol=5e-2, rtol=2e-2)
+
+
+@needs_ext
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU; this machine has none")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("norm,training", CASES)
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("shape", [(2, 3, 5, 7), (4, 64, 32, 32), (2, 16, 128, 128)])
+def test_cuda_dtypes_match_float64_reference(dtype, norm, training, channels_last, shape):
+    x, gamma, beta = make_inputs(shape, dtype, "cuda", channels_last)
+    grad = torch.randn(shape, dtype=dtype, device="cuda")
+    rm, rv = running(shape[1], "cuda") if norm == "batch" else (None, None)
+    kw = dict(norm=norm, training=training, negative_slope=0.2)
+    ours = (rm.clone(), rv.clone()) if rm is not None else (None, None)
+    y, grads = run(AF.spade_norm, x, gamma, beta, grad, running_mean=ours[0], running_var=ours[1], **kw)
+    ref = (rm.double(), rv.double()) if rm is not None else (None, None)
+    y_ref, grads_ref = run(R.spade_norm, x.double(), gamma.double(), beta.double(), grad.double(),
+                           running_mean=ref[0], running_var=ref[1], **kw)
+    tol = TOLERANCES[dtype]
+    scale = 10 if dtype == torch.float32 else 1
+    torch.testing.assert_close(y.double(), y_ref, atol=scale * tol["atol"] * 4, rtol=tol["rtol"])
+    for g, g_ref in zip(grads, grads_ref):
+        torch.testing.assert_close(g.double(), g_ref, atol=scale * tol["atol"] * 8, rtol=tol["rtol"] * 2)
+    if rm is not None:
+        torch.testing.assert_close(ours[0].double(), ref[0], atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(ours[1].double(), ref[1], atol=1e-4, rtol=1e-4)
