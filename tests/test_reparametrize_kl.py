@@ -147,7 +147,7 @@ def test_kernel_noise_equals_reference_philox(shape, device):
     key, offset = int(torch.randint(0, 2**62, ())) * 3, 2**32 - 7  # counters cross 2**32
     noise = noise_of(device, shape, (key, offset))
     expected = philox_normal(shape, key, offset)
-    assert noise.abs().max() > 0.5  # not a zero fill
+    assert (noise != 0).all()  # every element written (a normal is never exactly 0)
     torch.testing.assert_close(noise.cpu(), expected, atol=2e-5, rtol=2e-5)
 
 
