@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from . import _ext
+from .ops.channelwise_fc_checks import check_inputs as check_channelwise_fc_inputs
 from .ops.reparametrize_kl_checks import check_inputs
 from .reference.channelwise_fc import channelwise_fc as _channelwise_fc_reference
 from .reference.philox import philox_normal
@@ -83,9 +84,7 @@ def channelwise_fc(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
         y of x's shape; channels_last when x is channels_last, contiguous otherwise.
         Differentiable in x, weight and bias.
     """
-    from .ops.channelwise_fc import check_inputs
-
-    check_inputs(x, weight, bias)
+    check_channelwise_fc_inputs(x, weight, bias)
     if not _ext.LOADED:
         return _channelwise_fc_reference(x, weight, bias)
     if x.device.type == "cpu" and x.dtype in _HALF_TYPES:

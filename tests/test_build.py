@@ -44,6 +44,9 @@ with warnings.catch_warnings(record=True) as caught:
     mu, lv = torch.randn(3, 10), torch.randn(3, 10)
     z, kl = F.reparametrize_kl(mu, lv, seed=(5, 0))
     F.reparametrize_kl(mu, lv)
+    x = torch.randn(2, 3, 4, 4)
+    assert F.channelwise_fc(x, torch.randn(3, 16, 16)).shape == x.shape
+    assert F.spade_norm(x, torch.randn_like(x), torch.randn_like(x), negative_slope=0.2).shape == x.shape
 ours = [w for w in caught if "autoenc_fast" in str(w.message)]
 assert len(ours) == 1, [str(w.message) for w in caught]
 assert "pip install --no-build-isolation -e ." in str(ours[0].message)
