@@ -98,27 +98,110 @@ def copy_gbps(num_bytes: int, device) -> float:
     return 2 * src.numel() * 4 / (time_median_ms(run, 0.2) * 1e-3) / 1e9
 
 
-def run_benchmarks(device: str = "auto", quick: bool = False, ops=None) -> list[dict]:
+def _make_channelwise_fc(provider: str, mode: str, shape, device, dtype=torch.float32):
+    from . import functional as F
+    from . import reference as R
+
+    fn = {"ours": F.channelwise_fc, "eager": R.channelwise_fc,
+          "compiled": _compiled(R.channelwise_fc)}[provider]
+    B, C, H, W = shape
+    P = H * W
+    grad = mode != "forward"
+    x = torch.randn(shape, device=device, dtype=dtype, requires_grad=grad)
+    weight = (torch.randn(C, P, P, device=device) / P**0.5).to(dtype).requires_grad_(grad)
+    bias = torch.randn(C, P, device=device, dtype=dtype, requires_grad=grad)
+    grad_y = torch.randn(shape, device=device, dtype=dtype)
+    return _runner(lambda: fn(x, weight, bias), (x, weight, bias), grad_y, mode, device)
+
+
+def _make_spade_norm(provider: str, mode: str, shape, device, dtype=torch.float32):
+    from . import functional as F
+    from . import reference as R
+
+    fn = {"ours": F.spade_norm, "eager": R.spade_norm, "compiled": _compiled(R.spade_norm)}[provider]
+    grad = mode != "forward"
+    x, gamma, beta = (torch.randn(shape, device=device, dtype=dtype, requires_grad=grad) for _ in range(3))
+    running_mean = torch.zeros(shape[1], device=device)
+    running_var = torch.ones(shape[1], device=device)
+    grad_y = torch.randn(shape, device=device, dtype=dtype)
+    return _runner(lambda: fn(x, gamma, beta, norm="batch", running_mean=running_mean,
+                              running_var=running_var, negative_slope=0.2),
+                   (x, gamma, beta), grad_y, mode, device)
+
+
+def _runner(forward, leaves, grad_out, mode, device) -> Callable[[], None]:
+    """forward / backward of a recorded forward / full step, .grad reset each time."""
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
+
+    def reset():
+        for leaf in leaves:
+            leaf.grad = None
+
+    if mode == "forward":
+        def run():
+            with torch.no_grad():
+                forward()
+            sync()
+        return run
+    if mode == "backward":
+        out = forward()
+
+        def run():
+            reset()
+            out.backward(grad_out, retain_graph=True)
+            sync()
+        return run
+
+    def run():
+        reset()
+        forward().backward(grad_out)
+        sync()
+    return run
+
+
+def _numel(shape) -> int:
+    n = 1
+    for size in shape:
+        n *= size
+    return n
+
+
+def _cases(device: torch.device, quick: bool) -> list[tuple]:
+    """(op, shape, maker, bytes moved by a full step or None for compute-bound ops)."""
+    cuda = device.type == "cuda"
+    reparam = REPARAMETRIZE_KL_QUICK_SHAPES if quick else REPARAMETRIZE_KL_SHAPES
+    cfc = [(16, 256, 6, 6)] if quick else [(64, 256, 6, 6), (64, 512, 4, 4)]
+    if quick:
+        spade = [(2, 64, 32, 32)]
+    elif cuda:
+        spade = [(8, 1024, 16, 16), (8, 512, 64, 64), (8, 128, 128, 128), (4, 64, 256, 256)]
+    else:
+        spade = [(8, 1024, 16, 16), (2, 512, 64, 64)]
+    cases = [("reparametrize_kl", s, make_reparametrize_kl, reparametrize_kl_bytes(s, torch.float32, "full"))
+             for s in reparam]
+    cases += [("channelwise_fc", s, _make_channelwise_fc, None) for s in cfc]
+    # spade_norm forward + backward reads and writes 16 tensors of x's size (bench_spade_norm.py).
+    cases += [("spade_norm", s, _make_spade_norm, 16 * _numel(s) * 4) for s in spade]
+    return cases
+
+
+def run_benchmarks(device: str = "auto", quick: bool = False, ops=None, modes=("full",)) -> list[dict]:
     """Median ms of every provider for every case, speedups, and GB/s on CUDA."""
     dev = resolve_device(device)
     rows = []
-    if ops and "reparametrize_kl" not in ops:
-        return rows
-    shapes = REPARAMETRIZE_KL_QUICK_SHAPES if quick else REPARAMETRIZE_KL_SHAPES
-    modes = ("full",) if quick else MODES
     min_run_time = 0.1 if quick else 0.5
-    for shape in shapes:
+    for op, shape, make, full_bytes in _cases(dev, quick):
+        if ops and op not in ops:
+            continue
         for mode in modes:
-            times = {p: time_median_ms(make_reparametrize_kl(p, mode, shape, dev), min_run_time)
-                     for p in PROVIDERS}
-            row = {"op": "reparametrize_kl", "shape": list(shape), "mode": mode, "device": str(dev),
+            times = {p: time_median_ms(make(p, mode, shape, dev), min_run_time) for p in PROVIDERS}
+            row = {"op": op, "shape": list(shape), "mode": mode, "device": str(dev),
                    **{f"{p}_ms": times[p] for p in PROVIDERS},
                    "speedup_vs_eager": times["eager"] / times["ours"],
                    "speedup_vs_compiled": times["compiled"] / times["ours"]}
-            if dev.type == "cuda":
-                moved = reparametrize_kl_bytes(shape, torch.float32, mode)
-                row["ours_gbps"] = moved / (times["ours"] * 1e-3) / 1e9
-                row["copy_gbps"] = copy_gbps(moved, dev)
+            if dev.type == "cuda" and full_bytes and mode == "full":
+                row["ours_gbps"] = full_bytes / (times["ours"] * 1e-3) / 1e9
+                row["copy_gbps"] = copy_gbps(full_bytes, dev)
             rows.append(row)
     return rows
 

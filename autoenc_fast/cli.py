@@ -19,7 +19,7 @@ def _cmd_info(args) -> int:
 def _cmd_bench(args) -> int:
     from .bench import format_table, run_benchmarks
 
-    rows = run_benchmarks(device=args.device, quick=args.quick, ops=args.op)
+    rows = run_benchmarks(device=args.device, quick=args.quick, ops=args.op, modes=args.mode or ("full",))
     print(format_table(rows))
     if args.json:
         with open(args.json, "w") as f:
@@ -92,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     p_bench.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p_bench.add_argument("--quick", action="store_true", help="small shapes, a smoke run")
     p_bench.add_argument("--op", action="append", help="only this op (repeatable)")
+    p_bench.add_argument("--mode", action="append", choices=["forward", "backward", "full"],
+                         help="forward, backward or full (forward + backward) steps; repeatable (default full)")
     p_bench.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
     p_bench.set_defaults(func=_cmd_bench)
     _add_train_parser(sub)
