@@ -42,12 +42,11 @@ for driver in "${drivers[@]}"; do
   name="$(basename "$driver" _driver.py)"
   if [ -f "csrc/cuda/$name.cu" ]; then compiled+=("$driver"); fi
 done
-RUN_ALL='import runpy, sys; [runpy.run_path(p, run_name="__main__") for p in sys.argv[1:]]'
 run_logged "memcheck (${#drivers[@]} drivers)" "$OUT/sanitizer_memcheck.log" \
-  timeout 300 compute-sanitizer --tool memcheck --error-exitcode 9 "$PY" -c "$RUN_ALL" "${drivers[@]}"
+  timeout 300 compute-sanitizer --tool memcheck --error-exitcode 9 "$PY" benchmarks/gpu_drivers/run_all.py "${drivers[@]}"
 if [ ${#compiled[@]} -gt 0 ]; then
   run_logged "racecheck (${#compiled[@]} CUDA C++ drivers)" "$OUT/sanitizer_racecheck.log" \
-    timeout 300 compute-sanitizer --tool racecheck --error-exitcode 9 "$PY" -c "$RUN_ALL" "${compiled[@]}"
+    timeout 300 compute-sanitizer --tool racecheck --error-exitcode 9 "$PY" benchmarks/gpu_drivers/run_all.py "${compiled[@]}"
 fi
 
 step "tests (the CUDA ones)"
