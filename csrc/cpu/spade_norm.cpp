@@ -18,6 +18,12 @@
 // (instance). Both are vectorized with at::vec. Vector partial sums cover at most
 // kChunk elements before they are added into float64, so float32 sums stay accurate;
 // the combination order is fixed, so results do not depend on the thread count.
+//
+// The single-process ops (spade_norm with batch statistics, spade_norm_backward) run, in
+// NCHW with rows of >= kMinBlockedRow elements, one statistics group at a time: the
+// group's reduction pass and then its elementwise pass, so the second pass reads the
+// group from cache instead of memory. The separate ops (stats, apply, backward_reduce,
+// backward_elemt) serve the synchronized path, which must all_reduce between passes.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
