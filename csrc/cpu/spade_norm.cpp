@@ -18,6 +18,12 @@
 // (instance). Both are vectorized with at::vec. Vector partial sums cover at most
 // kChunk elements before they are added into float64, so float32 sums stay accurate;
 // the combination order is fixed, so results do not depend on the thread count.
+//
+// The single-process ops (spade_norm with batch statistics, spade_norm_backward) run, in
+// NCHW with rows of >= kMinBlockedRow elements, one statistics group at a time: the
+// group's reduction pass and then its elementwise pass, so the second pass reads the
+// group from cache instead of memory. The separate ops (stats, apply, backward_reduce,
+// backward_elemt) serve the synchronized path, which must all_reduce between passes.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
@@ -35,6 +41,9 @@ namespace {
 constexpr int64_t kChunk = 1024;      // elements per vector partial sum (NCHW)
 constexpr int64_t kRowsPerTask = 64;  // channels_last rows per reduction task
 constexpr int64_t kGrainElems = 32768;
+// NCHW rows at least this long run the cache-blocked passes; shorter rows (16x16 maps)
+// are scattered 1 KiB pieces where the linear two-pass sweep prefetches better.
+constexpr int64_t kMinBlockedRow = 1024;
 
 template <typename T>
 using Vec = at::vec::Vectorized<T>;
@@ -487,7 +496,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> spade_norm_cpu(
   check_cpu_dtype(x_in, "spade_norm");
   const LaidOut t = lay_out(at::Tensor(), x_in, gamma, beta);
   const Geometry geo = geometry_of(t.x, instance);
-  if (use_input_stats && !geo.channels_last && t.x.numel() > 0) {  // cache-blocked stats + apply
+  if (use_input_stats && !geo.channels_last && geo.HW >= kMinBlockedRow && t.x.numel() > 0) {
+    // cache-blocked stats + apply
     at::Tensor y = empty_like_x(x_in), mean = empty_stats(t.x, instance), var = empty_stats(t.x, instance);
     AT_DISPATCH_FLOATING_TYPES(t.x.scalar_type(), "spade_norm_cpu", [&] {
       fused_forward_nchw<scalar_t>(pointers<scalar_t>(t.dy, t.x, t.gamma, t.beta, slope), geo, eps, y,
@@ -539,8 +549,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> spade_norm_backward_elemt_cpu(
                              slope);
 }
 
-// Single-process backward: cache-blocked reduce + elementwise per group in NCHW; the two
-// passes one after the other in channels_last.
+// Single-process backward: cache-blocked reduce + elementwise per group in NCHW with long
+// rows; else the two passes one after the other.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> spade_norm_backward_cpu(
     const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& gamma, const at::Tensor& beta,
     const at::Tensor& mean, const at::Tensor& invstd, bool use_input_stats,
@@ -549,7 +559,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> spade_norm_backward_cpu(
   check_cpu_dtype(x, "spade_norm_backward");
   const LaidOut t = lay_out(grad_y, x, gamma, beta);
   const Geometry geo = geometry_of(t.x, mean.dim() == 2);
-  if (geo.channels_last || t.x.numel() == 0) {
+  if (geo.channels_last || geo.HW < kMinBlockedRow || t.x.numel() == 0) {
     at::Tensor mean_dxhat, mean_dxhat_xhat;
     if (use_input_stats) {
       auto [sum1, sum2] = backward_reduce_impl(t, mean, invstd, slope);
