@@ -85,7 +85,9 @@ def _randn4x(k0, k1, counter, PRECISE: tl.constexpr):
     return n0, n1, n2, n3
 
 
-@triton.jit
+# An int argument equal to 1 is specialised into a Python constant; groups_per_row is
+# converted to uint64 in the kernel, so it must stay a tensor.
+@triton.jit(do_not_specialize=["groups_per_row"])
 def _reparametrize_kl_fwd(mu_ptr, logvar_ptr, eps_ptr, seed_ptr, z_ptr, kl_partial_ptr,
                           row_len, groups_per_row, slice_len, n_slices,
                           NOISE: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr,

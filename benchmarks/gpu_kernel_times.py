@@ -1,0 +1,54 @@
+"""Device time of one forward + backward step of every op, per provider, from the
+profiler's kernel records: what the GPU spends, without the CPU's launch overhead
+that dominates wall-clock medians at these sizes. GB/s counts the fewest bytes the
+step must move (bench.py) over that device time.
+
+    python benchmarks/gpu_kernel_times.py [--json FILE]
+"""
+import argparse
+import json
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from autoenc_fast.bench import PROVIDERS, _cases, copy_gbps
+
+STEPS = 10
+
+
+def device_ms(run) -> float:
+    for _ in range(3):
+        run()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(STEPS):
+            run()
+    total_us = 0.0
+    for event in prof.key_averages():
+        total_us += getattr(event, "self_device_time_total", None) or getattr(event, "self_cuda_time_total", 0)
+    return total_us / STEPS / 1e3
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--json")
+    args = parser.parse_args()
+    device = torch.device("cuda")
+    rows = []
+    print(f"{'op':<18}{'shape':<16}" + "".join(f"{p + ' ms':>13}" for p in PROVIDERS) + f"{'ours GB/s':>11}{'copy GB/s':>11}")
+    for op, shape, make, moved in _cases(device, quick=False):
+        times = {p: device_ms(make(p, "full", shape, device)) for p in PROVIDERS}
+        row = {"op": op, "shape": list(shape), **{f"{p}_device_ms": t for p, t in times.items()}}
+        line = f"{op:<18}{'x'.join(map(str, shape)):<16}" + "".join(f"{times[p]:>13.4f}" for p in PROVIDERS)
+        if moved:
+            row["ours_gbps"] = moved / (times["ours"] * 1e-3) / 1e9
+            row["copy_gbps"] = copy_gbps(moved, device)
+            line += f"{row['ours_gbps']:>11.0f}{row['copy_gbps']:>11.0f}"
+        rows.append(row)
+        print(line, flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
