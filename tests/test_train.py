@@ -218,3 +218,16 @@ def test_gaugan_trains_on_a_paired_folder_and_skips_a_mismatched_pair(tmp_path, 
     args = json.loads((run / "args.json").read_text())
     assert args["label_nc"] == 4  # the largest class id in the label maps + 1
     assert list(run.glob("samples_epoch*.png"))
+
+
+def test_gaugan_torchrun_two_cpu_processes_synchronizes_spade_batch_norm(tmp_path):
+    # Two ranks: SPADE's "syncbatch" all-reduces its statistics over the default process group.
+    run = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         "-m", "autoenc_fast", "train", "gaugan", "--out", str(run), "--batch-size", "2", "--device", "cpu",
+         *TINY["gaugan"], "--max-steps", "2"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(losses(run)) == [1, 2]
+    assert json.loads((run / "summary.json").read_text())["processes"] == 2
