@@ -21,6 +21,9 @@ from autoenc_fast.train.families import FAMILIES  # noqa: E402
 TINY = {
     "ae": ["--image-size", "67", "--widths", "4", "8", "8", "8", "8", "--latent-dim", "8"],
     "vae": ["--image-size", "16", "--widths", "8", "16", "--latent-dim", "4"],
+    "context-encoder": ["--image-size", "16", "--widths", "4", "8", "8", "--disc-widths", "4", "--overlap", "1"],
+    "gaugan": ["--image-size", "32", "--ngf", "2", "--ndf", "4", "--z-dim", "4", "--spade-hidden", "4",
+               "--n-layers-d", "2"],
 }
 HERE = Path(__file__).parent
 
@@ -193,3 +196,38 @@ def test_bench_quick(capsys):
     assert main(["bench", "--quick", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "reparametrize_kl" in out and "x eager" in out
+
+
+def test_gaugan_trains_on_a_paired_folder_and_skips_a_mismatched_pair(tmp_path, capsys):
+    from PIL import Image
+
+    root = tmp_path / "pairs"
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    for i in range(10):
+        Image.fromarray((torch.rand(24, 24, 3) * 255).byte().numpy()).save(root / "images" / f"scene{i}.png")
+        Image.fromarray(torch.randint(0, 4, (24, 24), dtype=torch.uint8).numpy()).save(root / "labels" / f"scene{i}.png")
+    # A pair whose label map has another size than its image: skipped, counted, logged.
+    Image.fromarray((torch.rand(24, 24, 3) * 255).byte().numpy()).save(root / "images" / "odd.png")
+    Image.fromarray(torch.randint(0, 4, (20, 20), dtype=torch.uint8).numpy()).save(root / "labels" / "odd.png")
+    run = tmp_path / "run"
+    assert main(["train", "gaugan", "--out", str(run), "--batch-size", "4", "--no-speedup", "--device", "cpu",
+                 *TINY["gaugan"], "--data", str(root), "--max-steps", "2"]) == 0
+    assert "skipped odd" in capsys.readouterr().out
+    assert sorted(losses(run)) == [1, 2]
+    args = json.loads((run / "args.json").read_text())
+    assert args["label_nc"] == 4  # the largest class id in the label maps + 1
+    assert list(run.glob("samples_epoch*.png"))
+
+
+def test_gaugan_torchrun_two_cpu_processes_synchronizes_spade_batch_norm(tmp_path):
+    # Two ranks: SPADE's "syncbatch" all-reduces its statistics over the default process group.
+    run = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         "-m", "autoenc_fast", "train", "gaugan", "--out", str(run), "--batch-size", "2", "--device", "cpu",
+         *TINY["gaugan"], "--max-steps", "2"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(losses(run)) == [1, 2]
+    assert json.loads((run / "summary.json").read_text())["processes"] == 2

@@ -146,4 +146,208 @@ def args_warmup(args) -> int:
     return max(0, int(args.beta_warmup))
 
 
-FAMILIES: dict[str, Family] = {f.name: f for f in (AutoencoderFamily(), VAEFamily())}
+def _unwrap(module: nn.Module) -> nn.Module:
+    """The model inside torch.compile's and DistributedDataParallel's wrappers."""
+    module = getattr(module, "_orig_mod", module)
+    return getattr(module, "module", module)
+
+
+def _to_tanh_range(images: torch.Tensor) -> torch.Tensor:
+    """[0, 1] -> [-1, 1], the range of the GAN generators' tanh output."""
+    return images * 2 - 1
+
+
+def _to_unit_range(images: torch.Tensor) -> torch.Tensor:
+    return ((images.float() + 1) / 2).clamp(0, 1)
+
+
+class ContextEncoderFamily(Family):
+    name = "context-encoder"
+    help = ("Context Encoder inpainting (center128 network, channel-wise FC bottleneck, adversarial loss) "
+            "on crops of scikit-image's photographs")
+    image_size = 32
+    channels = 3
+    batch_size = 32
+    lr = 2e-4  # the original code's Adam: lr 2e-4, beta1 0.5
+
+    def add_arguments(self, parser):
+        parser.add_argument("--widths", type=int, nargs="+", default=[16, 32, 64, 128], metavar="C",
+                            help="encoder channels, one 4x4 stride-2 stage each (paper at 128: 64 64 128 256 512)")
+        parser.add_argument("--disc-widths", type=int, nargs="+", default=[32, 64], metavar="C",
+                            help="discriminator channels (paper: 64 128 256 512)")
+        parser.add_argument("--overlap", type=int, default=2,
+                            help="pixels of context the centre prediction overlaps, weighted 10x (paper: 4 at 128)")
+
+    def dataset(self, args, log):
+        if args.data:
+            return data.image_folder(args.data, args.image_size, self.channels, log)
+        return data.photo_crops(args.image_size)
+
+    def build(self, args):
+        from ..models import ContextDiscriminator, ContextEncoder
+
+        model = ContextEncoder("center128", backend=args.backend, image_size=args.image_size,
+                               widths=tuple(args.widths))
+        return {"model": model,
+                "discriminator": ContextDiscriminator(3, model.prediction_size, widths=tuple(args.disc_widths))}
+
+    def optimizers(self, modules, args):
+        return {name: torch.optim.Adam(modules[name].parameters(), lr=args.lr, betas=(0.5, 0.999))
+                for name in ("model", "discriminator")}
+
+    def step(self, ctx, batch):
+        from ..models import apply_mask, center_mask, context_discriminator_loss, context_generator_loss
+
+        model, disc = ctx.modules["model"], ctx.modules["discriminator"]
+        image = _to_tanh_range(batch)
+        mask = center_mask(image.shape[-1], ctx.args.overlap, device=image.device)
+        target, weights = _unwrap(model).reconstruction_target(image, mask, ctx.args.overlap)
+        with ctx.autocast():
+            pred = model(apply_mask(image, mask))
+            # Real and predicted regions in one discriminator call: one forward per backward under DDP.
+            logits = disc(torch.cat([target, pred.detach().to(target.dtype)])).float()
+        real_logits, fake_logits = logits.chunk(2)
+        d_loss = context_discriminator_loss(real_logits, fake_logits)
+        _backward_and_step(ctx, d_loss, "discriminator")
+        with ctx.autocast():
+            fake_logits = disc(pred).float()
+        loss, rec, adv = context_generator_loss(pred.float(), target, weights, fake_logits)
+        _backward_and_step(ctx, loss, "model")
+        return {"loss": loss.detach(), "rec": rec.detach(), "adv": adv.detach(), "d_loss": d_loss.detach()}
+
+    @torch.no_grad()
+    def picture(self, modules, batch, args):
+        """Rows: masked input / inpainting / original."""
+        from ..models import apply_mask, center_mask
+
+        model = modules["model"]
+        image = _to_tanh_range(batch[:8])
+        mask = center_mask(image.shape[-1], args.overlap, device=image.device)
+        masked = apply_mask(image, mask, model.fill_value())
+        return torch.cat([_to_unit_range(masked), _to_unit_range(model.inpaint(image, mask)), batch[:8]])
+
+
+class GauGANFamily(Family):
+    name = "gaugan"
+    help = ("GauGAN (SPADE generator, VAE image encoder, multiscale PatchGAN; hinge + feature matching + KL) "
+            "on procedural label-map scenes, or --data DIR with DIR/images and DIR/labels")
+    image_size = 32
+    channels = 3
+    batch_size = 8
+    lr = 2e-4  # the original's lr; two time-scale update: generator lr / 2, discriminator lr * 2
+
+    def add_arguments(self, parser):
+        parser.add_argument("--ngf", type=int, default=8, help="generator/encoder width (paper: 64)")
+        parser.add_argument("--ndf", type=int, default=16, help="discriminator width (paper: 64)")
+        parser.add_argument("--z-dim", type=int, default=32, help="size of z (paper: 256)")
+        parser.add_argument("--spade-hidden", type=int, default=32, help="SPADE's shared-MLP width (paper: 128)")
+        parser.add_argument("--n-layers-d", type=int, default=3, help="PatchGAN convolutions (paper: 4)")
+        parser.add_argument("--num-d", type=int, default=2, help="discriminator scales (paper: 2)")
+        parser.add_argument("--label-nc", type=int, default=None,
+                            help="label classes (default: the data's largest id + 1; 6 for the procedural scenes)")
+        parser.add_argument("--lambda-feat", type=float, default=10.0, help="feature-matching weight (paper: 10)")
+        parser.add_argument("--no-vae", dest="use_vae", action="store_false",
+                            help="no image encoder: the generator starts from the downsampled label map")
+
+    def dataset(self, args, log):
+        if args.data:
+            images = data.paired_folder(args.data, args.image_size, log)
+        else:
+            images = data.procedural_scenes(args.image_size)
+        present = int(images.extra["labels"].max()) + 1
+        if args.label_nc is None:
+            args.label_nc = len(data.SCENE_CLASSES) if not args.data else present
+        elif args.label_nc < present:
+            raise data.DataError(f"--label-nc {args.label_nc}: the label maps hold class ids up to {present - 1}")
+        return images
+
+    def build(self, args):
+        from ..models import ConvEncoder, MultiscaleDiscriminator, SPADEGenerator
+
+        generator = SPADEGenerator(args.label_nc, ngf=args.ngf, z_dim=args.z_dim, crop_size=args.image_size,
+                                   use_vae=args.use_vae, backend=args.backend, spade_hidden=args.spade_hidden)
+        modules = {"generator": generator,
+                   "discriminator": MultiscaleDiscriminator(args.label_nc + 3, ndf=args.ndf,
+                                                            n_layers=args.n_layers_d, num_D=args.num_d)}
+        if args.use_vae:
+            modules["encoder"] = ConvEncoder(ngf=args.ngf, z_dim=args.z_dim, input_size=args.image_size)
+        return modules
+
+    def optimizers(self, modules, args):
+        trained = [p for name in ("generator", "encoder") if name in modules for p in modules[name].parameters()]
+        return {"generator": torch.optim.Adam(trained, lr=args.lr / 2, betas=(0.0, 0.9)),
+                "discriminator": torch.optim.Adam(modules["discriminator"].parameters(), lr=args.lr * 2,
+                                                  betas=(0.0, 0.9))}
+
+    @staticmethod
+    def _discriminate(disc, seg, fake, real):
+        """Fake and real pairs in one call (as the original: one forward per backward
+        under DDP), each scale's outputs split back into (fake, real)."""
+        outputs = disc(torch.cat([torch.cat([seg, fake], 1), torch.cat([seg, real], 1)]))
+        fake_out = [[t[:fake.shape[0]].float() for t in scale] for scale in outputs]
+        real_out = [[t[fake.shape[0]:].float() for t in scale] for scale in outputs]
+        return fake_out, real_out
+
+    def _generate(self, ctx, seg, real):
+        """(fake, kl loss): z from the encoder through Reparametrize (the fused kernel for
+        --backend fused) when the VAE is on."""
+        from ..models import gaugan_kl_loss
+        from ..models._backend import block_class
+
+        if "encoder" not in ctx.modules:
+            return ctx.modules["generator"](seg), real.new_zeros(())
+        mu, logvar = ctx.modules["encoder"](real)
+        z, kl = block_class("Reparametrize", ctx.args.backend)()(mu.float(), logvar.float())
+        return ctx.modules["generator"](seg, z.to(mu.dtype)), gaugan_kl_loss(kl)
+
+    def step(self, ctx, batch):
+        from ..models import feature_matching_loss, hinge_discriminator_loss, hinge_generator_loss
+
+        image, labels = batch
+        real = _to_tanh_range(image)
+        seg = one_hot(labels, ctx.args.label_nc, real.dtype)
+        disc = ctx.modules["discriminator"]
+        with ctx.autocast():
+            fake, kld = self._generate(ctx, seg, real)
+            pred_fake, pred_real = self._discriminate(disc, seg, fake, real)
+        g_hinge = hinge_generator_loss(pred_fake)
+        g_feat = feature_matching_loss(pred_fake, pred_real, ctx.args.lambda_feat)
+        loss = g_hinge + g_feat + kld
+        _backward_and_step(ctx, loss, "generator")
+        with ctx.autocast():
+            pred_fake, pred_real = self._discriminate(disc, seg, fake.detach(), real)
+        d_loss = hinge_discriminator_loss(pred_real, pred_fake)
+        _backward_and_step(ctx, d_loss, "discriminator")
+        return {"loss": loss.detach(), "g_hinge": g_hinge.detach(), "g_feat": g_feat.detach(),
+                "kld": kld.detach(), "d_loss": d_loss.detach()}
+
+    @torch.no_grad()
+    def picture(self, modules, batch, args):
+        """Rows: label map colours / generated from z ~ N(0, I) (seeded) / real."""
+        image, labels = batch[0][:8], batch[1][:8]
+        seg = one_hot(labels, args.label_nc, image.dtype)
+        generator = modules["generator"]
+        gen = torch.Generator(device=image.device).manual_seed(args.seed)
+        z = torch.randn(image.shape[0], generator.z_dim, generator=gen, device=image.device)
+        fake = generator(seg, z if generator.use_vae else None)
+        return torch.cat([label_colours(labels, args.label_nc), _to_unit_range(fake), image])
+
+
+def one_hot(labels: torch.Tensor, label_nc: int, dtype) -> torch.Tensor:
+    """Class ids (B, H, W) -> one-hot segmap (B, label_nc, H, W)."""
+    return torch.nn.functional.one_hot(labels.long(), label_nc).permute(0, 3, 1, 2).to(dtype)
+
+
+def label_colours(labels: torch.Tensor, label_nc: int) -> torch.Tensor:
+    """Class ids (B, H, W) -> (B, 3, H, W) in [0, 1]: the procedural scenes' class colours,
+    then evenly spaced hues for further classes."""
+    import colorsys
+
+    colours = list(data.SCENE_CLASSES.values())
+    colours += [colorsys.hsv_to_rgb(k / label_nc, 0.8, 0.9) for k in range(len(colours), label_nc)]
+    palette = torch.tensor(colours[:label_nc], device=labels.device)
+    return palette[labels.long()].permute(0, 3, 1, 2)
+
+
+FAMILIES: dict[str, Family] = {f.name: f for f in (AutoencoderFamily(), VAEFamily(), ContextEncoderFamily(),
+                                                   GauGANFamily())}

@@ -229,8 +229,7 @@ def _train(args, rank: int, world: int) -> dict:
             epoch, batch_in_epoch = epoch + 1, 0
         save(step, epoch, batch_in_epoch)
         if last_batch is not None:
-            _picture(family, modules, last_batch[0] if isinstance(last_batch, (list, tuple)) else last_batch,
-                     args, run, epoch if batch_in_epoch == 0 else epoch + 1)
+            _picture(family, modules, last_batch, args, run, epoch if batch_in_epoch == 0 else epoch + 1)
         if run.enabled and history:
             images.save_loss_curve(history, run.out / "loss.png", f"{family.name} ({args.backend})")
     progress.close()
