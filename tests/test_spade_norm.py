@@ -41,6 +41,16 @@ def run(fn, x, gamma, beta, grad, **kw):
     return y, [t.grad for t in leaves]
 
 
+def assert_grads_close(grads, grads_ref, y_ref, slope, names=("x", "gamma", "beta"), **tol):
+    """Gradients against the float64 reference, away from leaky_relu's kink: where the
+    pre-activation is within float32 rounding of 0 its sign, and so the slope applied
+    to that element's gradient, may differ from float64's (seen once on an H200)."""
+    keep = y_ref.abs() > 1e-3 if slope is not None else torch.ones_like(y_ref, dtype=torch.bool)
+    assert keep.float().mean() > 0.99
+    for name, g, g_ref in zip(names, grads, grads_ref):
+        torch.testing.assert_close(g.double()[keep], g_ref[keep], msg=name, **tol)
+
+
 CASES = [  # (norm, training)
     ("batch", True), ("batch", False), ("instance", True)]
 
@@ -67,8 +77,7 @@ def test_op_matches_float64_reference(device, norm, training, slope, channels_la
     assert y.is_contiguous(memory_format=expected_format)
     # atol scaled: y and the gradients are O(10) for these inputs.
     torch.testing.assert_close(y.double(), y_ref, atol=10 * tol["atol"], rtol=tol["rtol"])
-    for name, g, g_ref in zip(("x", "gamma", "beta"), grads, grads_ref):
-        torch.testing.assert_close(g.double(), g_ref, atol=20 * tol["atol"], rtol=tol["rtol"], msg=name)
+    assert_grads_close(grads, grads_ref, y_ref, slope, atol=20 * tol["atol"], rtol=tol["rtol"])
     if rm is not None:  # running statistics: updated in training as F.batch_norm, untouched in eval
         torch.testing.assert_close(ours_rm.double(), ref_rm, **tol)
         torch.testing.assert_close(ours_rv.double(), ref_rv, **tol)
@@ -434,8 +443,7 @@ def test_cuda_dtypes_match_float64_reference(dtype, norm, training, channels_las
     tol = TOLERANCES[dtype]
     scale = 10 if dtype == torch.float32 else 1
     torch.testing.assert_close(y.double(), y_ref, atol=scale * tol["atol"] * 4, rtol=tol["rtol"])
-    for g, g_ref in zip(grads, grads_ref):
-        torch.testing.assert_close(g.double(), g_ref, atol=scale * tol["atol"] * 8, rtol=tol["rtol"] * 2)
+    assert_grads_close(grads, grads_ref, y_ref, 0.2, atol=scale * tol["atol"] * 8, rtol=tol["rtol"] * 2)
     if rm is not None:
         torch.testing.assert_close(ours[0].double(), ref[0], atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(ours[1].double(), ref[1], atol=1e-4, rtol=1e-4)
