@@ -97,6 +97,15 @@ def test_empty_batch_and_empty_rows(device):
     torch.testing.assert_close(kl.cpu(), torch.zeros(4))
 
 
+@pytest.mark.parametrize("shape", [(0,), (0, 5), (4, 0), (0, 2, 3)])
+def test_reference_and_fallback_take_empty_tensors(shape):
+    mu, logvar, eps = make_inputs(shape, torch.float64, "cpu")
+    z_ref, kl_ref = R.reparametrize_kl(mu, logvar, eps)
+    z, kl = F.reparametrize_kl(mu, logvar, eps)
+    assert z_ref.shape == z.shape == shape and kl_ref.shape == kl.shape == (shape[0],)
+    torch.testing.assert_close(kl, kl_ref)
+
+
 @pytest.mark.parametrize("device", devices())
 def test_nan_in_gives_nan_out_like_the_reference(device):
     mu, logvar, eps = make_inputs((3, 10), torch.float32, device)

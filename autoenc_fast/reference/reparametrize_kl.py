@@ -1,6 +1,8 @@
 """Plain-PyTorch reparametrization and KL divergence: ground truth and baseline."""
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -19,7 +21,8 @@ def reparametrize_kl_math(mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Ten
     mu_acc, logvar_acc = mu.to(acc), logvar.to(acc)
     z = mu.clone() if eps is None else (mu_acc + torch.exp(0.5 * logvar_acc) * eps.to(acc)).to(mu.dtype)
     terms = 1 + logvar_acc - mu_acc.pow(2) - logvar_acc.exp()
-    kl = -0.5 * terms.reshape(mu.shape[0], -1).sum(dim=1)
+    row_len = math.prod(mu.shape[1:])  # explicit: reshape(B, -1) is ambiguous for B = 0
+    kl = -0.5 * terms.reshape(mu.shape[0], row_len).sum(dim=1)
     return z, kl
 
 
