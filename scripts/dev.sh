@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One entry point for the README's commands and CI; each command sets up what it needs.
 #
-#   bash scripts/dev.sh main              info + the benchmark of every op (the main job for now)
+#   bash scripts/dev.sh main              trains the small VAE on the embedded digits (the main job)
 #   bash scripts/dev.sh test              the test suite (CI runs this)
 #   bash scripts/dev.sh bench             the pytest-benchmark suites on this machine
 #   bash scripts/dev.sh cuda-build-check  build against the CUDA torch and check the CUDA kernels register
@@ -42,11 +42,13 @@ setup_cpu() {
   VENV_PY="$venv/bin/python"
 }
 
+# The main job: train the small VAE on the embedded digits into a new run folder; it
+# prints the fused-vs-reference time of a training step at the end.
 cmd_main() {
   setup_cpu
   cd "$ROOT"
   "$VENV_PY" -m autoenc_fast info
-  "$VENV_PY" -m autoenc_fast bench "$@"
+  "$VENV_PY" -m autoenc_fast train vae --epochs 40 --out "runs/vae-$(date +%Y%m%d-%H%M%S)" "$@"
 }
 
 cmd_test() {
