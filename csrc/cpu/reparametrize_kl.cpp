@@ -41,7 +41,7 @@ constexpr int64_t kSliceElems = 64 * kChunkElems;
 constexpr int64_t kGrainElems = 16384;
 
 #if defined(CPU_CAPABILITY_AVX2)
-// 8 Philox groups per call on AVX2. vpmuludq forms the full 64-bit products of
+// AVX2: vpmuludq forms the full 64-bit products of
 // the even lanes, and of the odd lanes shifted down: one pair of multiplies gives
 // both the high words (mulhi) and the low words (mullo) a round needs.
 inline void mul_hi_lo(__m256i a, __m256i b, __m256i& hi, __m256i& lo) {
@@ -65,37 +65,41 @@ inline void box_muller8(__m256 radius_u, __m256 angle_u, __m256& cos_out, __m256
   sin_out = _mm256_mul_ps(radius, sc.x);
 }
 
-constexpr int64_t kLanes = 8;
+// Philox state of 8 groups, one 32-bit word of each group per lane.
+struct Philox8 {
+  __m256i c0, c1, c2, c3;
+};
 
-// Normals for Philox groups [counter, counter + 8) into out[0 .. 32), element 4g + j
-// being output j of group g.
-void normals_for_lanes(uint32_t k0, uint32_t k1, uint64_t counter, float* out) {
+inline Philox8 philox8_counters(uint64_t counter) {
   alignas(32) uint32_t lo[8], hi[8];
   for (int lane = 0; lane < 8; ++lane) {
     const uint64_t c = counter + static_cast<uint64_t>(lane);
     lo[lane] = static_cast<uint32_t>(c);
     hi[lane] = static_cast<uint32_t>(c >> 32);
   }
-  __m256i c0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(lo));
-  __m256i c1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(hi));
-  __m256i c2 = _mm256_setzero_si256(), c3 = _mm256_setzero_si256();
+  return {_mm256_load_si256(reinterpret_cast<const __m256i*>(lo)),
+          _mm256_load_si256(reinterpret_cast<const __m256i*>(hi)), _mm256_setzero_si256(),
+          _mm256_setzero_si256()};
+}
+
+inline void philox8_round(Philox8& s, __m256i key0, __m256i key1) {
   const __m256i round_a = _mm256_set1_epi32(static_cast<int>(kPhiloxRoundA));
   const __m256i round_b = _mm256_set1_epi32(static_cast<int>(kPhiloxRoundB));
-  for (int round = 0; round < kPhiloxRounds; ++round) {
-    const __m256i key0 = _mm256_set1_epi32(static_cast<int>(k0 + round * kPhiloxKeyA));
-    const __m256i key1 = _mm256_set1_epi32(static_cast<int>(k1 + round * kPhiloxKeyB));
-    __m256i hi_b, lo_b, hi_a, lo_a;
-    mul_hi_lo(round_b, c2, hi_b, lo_b);
-    mul_hi_lo(round_a, c0, hi_a, lo_a);
-    c0 = _mm256_xor_si256(_mm256_xor_si256(hi_b, c1), key0);
-    c2 = _mm256_xor_si256(_mm256_xor_si256(hi_a, c3), key1);
-    c1 = lo_b;
-    c3 = lo_a;
-  }
+  __m256i hi_b, lo_b, hi_a, lo_a;
+  mul_hi_lo(round_b, s.c2, hi_b, lo_b);
+  mul_hi_lo(round_a, s.c0, hi_a, lo_a);
+  s.c0 = _mm256_xor_si256(_mm256_xor_si256(hi_b, s.c1), key0);
+  s.c2 = _mm256_xor_si256(_mm256_xor_si256(hi_a, s.c3), key1);
+  s.c1 = lo_b;
+  s.c3 = lo_a;
+}
+
+// Box-Muller of 8 groups, stored so that group g's four normals are out[4g .. 4g + 4).
+inline void normals8_store(const Philox8& s, float* out) {
   __m256 n0, n1, n2, n3;
-  box_muller8(uniform8(c0), uniform8(c1), n0, n1);
-  box_muller8(uniform8(c2), uniform8(c3), n2, n3);
-  // 4x8 -> 8x4 transpose: group g's four normals become out[4g .. 4g + 4).
+  box_muller8(uniform8(s.c0), uniform8(s.c1), n0, n1);
+  box_muller8(uniform8(s.c2), uniform8(s.c3), n2, n3);
+  // 4x8 -> 8x4 transpose.
   const __m256 t0 = _mm256_unpacklo_ps(n0, n1), t1 = _mm256_unpackhi_ps(n0, n1);
   const __m256 t2 = _mm256_unpacklo_ps(n2, n3), t3 = _mm256_unpackhi_ps(n2, n3);
   const __m256 g04 = _mm256_castpd_ps(_mm256_unpacklo_pd(_mm256_castps_pd(t0), _mm256_castps_pd(t2)));
@@ -107,13 +111,31 @@ void normals_for_lanes(uint32_t k0, uint32_t k1, uint64_t counter, float* out) {
   _mm256_storeu_ps(out + 16, _mm256_permute2f128_ps(g04, g15, 0x31));
   _mm256_storeu_ps(out + 24, _mm256_permute2f128_ps(g26, g37, 0x31));
 }
+
+// Groups drawn per call: two independent sets of 8, interleaved round by round, so the
+// multiply latency of one set hides behind the other's work.
+constexpr int64_t kGroupsPerCall = 16;
+
+// Normals for Philox groups [counter, counter + 16) into out[0 .. 64).
+void normals_for_groups(uint32_t k0, uint32_t k1, uint64_t counter, float* out) {
+  Philox8 a = philox8_counters(counter), b = philox8_counters(counter + 8);
+  for (int round = 0; round < kPhiloxRounds; ++round) {
+    const __m256i key0 = _mm256_set1_epi32(static_cast<int>(k0 + round * kPhiloxKeyA));
+    const __m256i key1 = _mm256_set1_epi32(static_cast<int>(k1 + round * kPhiloxKeyB));
+    philox8_round(a, key0, key1);
+    philox8_round(b, key0, key1);
+  }
+  normals8_store(a, out);
+  normals8_store(b, out + 32);
+}
 #else
 using FloatVec = at::vec::Vectorized<float>;
 constexpr int64_t kLanes = FloatVec::size();
+constexpr int64_t kGroupsPerCall = kLanes;
 
 // Portable version: the group loop is written lane-wise for the auto-vectoriser,
-// Box-Muller runs on at::vec.
-void normals_for_lanes(uint32_t k0, uint32_t k1, uint64_t counter, float* out) {
+// Box-Muller runs on at::vec. Normals for groups [counter, counter + kLanes).
+void normals_for_groups(uint32_t k0, uint32_t k1, uint64_t counter, float* out) {
   alignas(64) float u[4][kLanes];
   for (int64_t lane = 0; lane < kLanes; ++lane) {
     const uint64_t c = counter + static_cast<uint64_t>(lane);
@@ -144,18 +166,18 @@ void normals_for_lanes(uint32_t k0, uint32_t k1, uint64_t counter, float* out) {
 template <typename scalar_t>
 void draw_row_noise(uint64_t key, uint64_t row_counter, int64_t d0, int64_t count, scalar_t* out) {
   const uint32_t k0 = static_cast<uint32_t>(key), k1 = static_cast<uint32_t>(key >> 32);
-  alignas(64) float batch[4 * kLanes];
+  alignas(64) float batch[4 * kGroupsPerCall];
   const uint64_t first_group = row_counter + static_cast<uint64_t>(d0 / 4);
-  for (int64_t done = 0; done < count; done += 4 * kLanes) {
+  for (int64_t done = 0; done < count; done += 4 * kGroupsPerCall) {
     const uint64_t counter = first_group + static_cast<uint64_t>(done / 4);
-    const int64_t n = std::min<int64_t>(4 * kLanes, count - done);
+    const int64_t n = std::min<int64_t>(4 * kGroupsPerCall, count - done);
     if constexpr (std::is_same_v<scalar_t, float>) {
-      if (n == 4 * kLanes) {  // a whole batch: no staging copy
-        normals_for_lanes(k0, k1, counter, out + done);
+      if (n == 4 * kGroupsPerCall) {  // a whole batch: no staging copy
+        normals_for_groups(k0, k1, counter, out + done);
         continue;
       }
     }
-    normals_for_lanes(k0, k1, counter, batch);
+    normals_for_groups(k0, k1, counter, batch);
     for (int64_t i = 0; i < n; ++i) out[done + i] = static_cast<scalar_t>(batch[i]);
   }
 }
