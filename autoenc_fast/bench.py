@@ -185,8 +185,93 @@ def _cases(device: torch.device, quick: bool) -> list[tuple]:
     return cases
 
 
-def run_benchmarks(device: str = "auto", quick: bool = False, ops=None, modes=("full",)) -> list[dict]:
-    """Median ms of every provider for every case, speedups, and GB/s on CUDA."""
+# ---------------------------------------------------------------- model training steps
+
+# family -> size -> (constructor kwargs, batch). "cpu" and "cuda" follow
+# benchmarks/bench_models.py (CPU-sized; the papers' sizes on CUDA), "quick" is a smoke run.
+MODEL_CONFIGS = {
+    "conv_autoencoder": {"cpu": (dict(image_size=99, latent_dim=256, widths=(32, 64, 96, 96, 64)), 8),
+                         "cuda": (dict(), 32),
+                         "quick": (dict(image_size=67, latent_dim=32, widths=(8, 16, 16, 16, 8)), 4)},
+    "vae": {"cpu": (dict(image_size=64, latent_dim=128), 16),
+            "cuda": (dict(image_size=64, latent_dim=128), 128),
+            "quick": (dict(image_size=32, latent_dim=16, widths=(16, 32)), 8)},
+    "context_encoder": {"cpu": (dict(image_size=64, widths=(32, 64, 128, 256)), 16),
+                        "cuda": (dict(), 64),
+                        "quick": (dict(image_size=32, widths=(8, 16, 32)), 4)},
+    "gaugan_generator": {"cpu": (dict(label_nc=8, ngf=8, z_dim=64, crop_size=64, spade_hidden=32), 4),
+                         "cuda": (dict(label_nc=35, ngf=64, crop_size=256), 4),
+                         "quick": (dict(label_nc=4, ngf=4, z_dim=16, crop_size=32, spade_hidden=8), 2)},
+}
+MODEL_PROVIDERS = {"ours": "fused", "eager": "reference", "compiled": "reference_compiled"}
+
+
+def _model_and_loss(family: str, backend: str, kwargs: dict, batch: int, device):
+    """The model, its inputs and a loss of its output, on a fixed random batch."""
+    from . import models as M
+
+    if family in ("conv_autoencoder", "vae"):
+        model = (M.ConvAutoencoder if family == "conv_autoencoder" else M.VAE)(**kwargs, backend=backend)
+        model = model.to(device)
+        x = torch.rand(batch, model.in_channels, model.image_size, model.image_size, device=device)
+        if family == "vae":
+            return model, (x,), lambda out: M.vae_loss(out, x).loss
+        return model, (x,), lambda out: M.mse_reconstruction_loss(out, x)
+    if family == "context_encoder":
+        model = M.ContextEncoder("center128", backend=backend, **kwargs).to(device)
+        image = torch.rand(batch, 3, model.image_size, model.image_size, device=device) * 2 - 1
+        mask = M.center_mask(model.image_size, device=device)
+        target, weights = model.reconstruction_target(image, mask)
+        return model, (M.apply_mask(image, mask),), lambda out: M.masked_reconstruction_loss(out, target, weights)
+    # The GauGAN generator: a loss on its output (the discriminator has no fused block).
+    model = M.SPADEGenerator(**kwargs, backend=backend).to(device)
+    h, w = model.output_size
+    labels = torch.randint(0, model.label_nc, (batch, h, w), device=device)
+    segmap = torch.nn.functional.one_hot(labels, model.label_nc).permute(0, 3, 1, 2).float()
+    return model, (segmap, torch.randn(batch, model.z_dim, device=device)), lambda out: out.square().mean()
+
+
+def make_model_step(family: str, provider: str, device, size: str | None = None) -> Callable[[], None]:
+    """One training step (forward, loss, backward, Adam) of `family` on a fixed batch;
+    provider is ours/eager/compiled or fused/reference/reference_compiled."""
+    provider = MODEL_PROVIDERS.get(provider, provider)
+    size = size or torch.device(device).type
+    kwargs, batch = MODEL_CONFIGS[family][size]
+    backend = "fused" if provider == "fused" else "reference"
+    model, inputs, loss_of = _model_and_loss(family, backend, kwargs, batch, device)
+    forward = torch.compile(model) if provider == "reference_compiled" else model
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        loss_of(forward(*inputs)).backward()
+        optimizer.step()
+        sync()
+    return step
+
+
+def _model_rows(dev: torch.device, quick: bool, min_run_time: float) -> list[dict]:
+    rows = []
+    size = "quick" if quick else dev.type
+    # --quick skips compiling the models (tens of seconds each on a CPU): a smoke run.
+    providers = ("ours", "eager") if quick else PROVIDERS
+    for family in MODEL_CONFIGS:
+        torch._dynamo.reset()
+        times = {p: time_median_ms(make_model_step(family, p, dev, size), min_run_time) for p in providers}
+        kwargs, batch = MODEL_CONFIGS[family][size]
+        row = {"op": f"step:{family}", "shape": [batch], "mode": "train", "device": str(dev),
+               **{f"{p}_ms": times.get(p) for p in PROVIDERS},
+               "speedup_vs_eager": times["eager"] / times["ours"],
+               "speedup_vs_compiled": times["compiled"] / times["ours"] if "compiled" in times else None}
+        rows.append(row)
+    return rows
+
+
+def run_benchmarks(device: str = "auto", quick: bool = False, ops=None, modes=("full",),
+                   models: bool = True) -> list[dict]:
+    """Median ms of every provider for every op case and model training step, speedups,
+    and GB/s on CUDA for the memory-bound ops."""
     dev = resolve_device(device)
     rows = []
     min_run_time = 0.1 if quick else 0.5
@@ -203,18 +288,50 @@ def run_benchmarks(device: str = "auto", quick: bool = False, ops=None, modes=("
                 row["ours_gbps"] = full_bytes / (times["ours"] * 1e-3) / 1e9
                 row["copy_gbps"] = copy_gbps(full_bytes, dev)
             rows.append(row)
+    if models and not ops:
+        rows += _model_rows(dev, quick, min_run_time)
     return rows
 
 
 def format_table(rows: list[dict]) -> str:
-    header = f"{'op':<18}{'shape':<14}{'mode':<10}{'ours ms':>10}{'eager ms':>10}{'compiled ms':>12}" \
+    header = f"{'op':<24}{'shape':<14}{'mode':<10}{'ours ms':>10}{'eager ms':>10}{'compiled ms':>12}" \
              f"{'x eager':>9}{'x compiled':>11}"
     lines = [header]
     for r in rows:
-        line = (f"{r['op']:<18}{'x'.join(map(str, r['shape'])):<14}{r['mode']:<10}{r['ours_ms']:>10.3f}"
-                f"{r['eager_ms']:>10.3f}{r['compiled_ms']:>12.3f}{r['speedup_vs_eager']:>9.2f}"
-                f"{r['speedup_vs_compiled']:>11.2f}")
+        shape = "x".join(map(str, r["shape"])) if not r["op"].startswith("step:") else f"batch {r['shape'][0]}"
+        line = (f"{r['op']:<24}{shape:<14}{r['mode']:<10}{_cell(r['ours_ms'], 10, 3)}"
+                f"{_cell(r['eager_ms'], 10, 3)}{_cell(r['compiled_ms'], 12, 3)}"
+                f"{_cell(r['speedup_vs_eager'], 9, 2)}{_cell(r['speedup_vs_compiled'], 11, 2)}")
         if "ours_gbps" in r:
             line += f"  {r['ours_gbps']:.0f} GB/s ({100 * r['ours_gbps'] / r['copy_gbps']:.0f}% of copy)"
         lines.append(line)
     return "\n".join(lines)
+
+
+def _cell(value, width: int, digits: int) -> str:
+    return f"{'-':>{width}}" if value is None else f"{value:>{width}.{digits}f}"
+
+
+def save_chart(rows: list[dict], path: str) -> None:
+    """A PNG bar chart of our speedup over the eager and the compiled reference per row."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{r['op']} {'x'.join(map(str, r['shape']))} {r['mode']}" for r in rows]
+    eager = [r["speedup_vs_eager"] for r in rows]
+    compiled = [r["speedup_vs_compiled"] or 0.0 for r in rows]
+    fig, ax = plt.subplots(figsize=(9, 0.45 * len(rows) + 1.5), dpi=100)
+    positions = range(len(rows))
+    ax.barh([p - 0.2 for p in positions], eager, height=0.4, label="vs eager reference")
+    ax.barh([p + 0.2 for p in positions], compiled, height=0.4, label="vs compiled reference")
+    ax.axvline(1.0, color="black", linewidth=0.8)
+    ax.set_yticks(list(positions), labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("speedup of ours (x, higher is better)")
+    ax.set_title(f"autoenc_fast, {rows[0]['device'] if rows else ''}")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -19,8 +19,14 @@ def _cmd_info(args) -> int:
 def _cmd_bench(args) -> int:
     from .bench import format_table, run_benchmarks
 
-    rows = run_benchmarks(device=args.device, quick=args.quick, ops=args.op, modes=args.mode or ("full",))
+    rows = run_benchmarks(device=args.device, quick=args.quick, ops=args.op, modes=args.mode or ("full",),
+                          models=not args.no_models)
     print(format_table(rows))
+    if args.png:
+        from .bench import save_chart
+
+        save_chart(rows, args.png)
+        print(f"wrote {args.png}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)
@@ -88,13 +94,15 @@ def build_parser() -> argparse.ArgumentParser:
     p_info = sub.add_parser("info", help="versions and which kernels run on which device")
     p_info.add_argument("--json", action="store_true", help="print JSON")
     p_info.set_defaults(func=_cmd_info)
-    p_bench = sub.add_parser("bench", help="time the fused ops against the eager and compiled references")
+    p_bench = sub.add_parser("bench", help="time the fused ops and model steps against the eager and compiled references")
     p_bench.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p_bench.add_argument("--quick", action="store_true", help="small shapes, a smoke run")
     p_bench.add_argument("--op", action="append", help="only this op (repeatable)")
     p_bench.add_argument("--mode", action="append", choices=["forward", "backward", "full"],
                          help="forward, backward or full (forward + backward) steps; repeatable (default full)")
     p_bench.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
+    p_bench.add_argument("--png", metavar="FILE", help="also draw the speedups as a PNG bar chart")
+    p_bench.add_argument("--no-models", action="store_true", help="only the ops, not the model training steps")
     p_bench.set_defaults(func=_cmd_bench)
     _add_train_parser(sub)
     return parser
