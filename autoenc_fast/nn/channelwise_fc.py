@@ -2,14 +2,12 @@
 fused autoenc_fast::channelwise_fc kernels."""
 from __future__ import annotations
 
-import torch
-from torch import nn
-
 from ..functional import channelwise_fc
-from ..reference.channelwise_fc import init_channelwise_fc_
+from ..reference.channelwise_fc import ChannelwiseFC as ReferenceChannelwiseFC
+from ..reference.channelwise_fc import ChannelwiseFCBottleneck as ReferenceChannelwiseFCBottleneck
 
 
-class ChannelwiseFC(nn.Module):
+class ChannelwiseFC(ReferenceChannelwiseFC):
     r"""Channel-wise fully connected layer (Pathak et al. 2016, Context Encoders).
 
     Each of the ``channels`` maps of ``height x width`` is fully connected to its own
@@ -28,35 +26,10 @@ class ChannelwiseFC(nn.Module):
     fan_in = H*W, no gain since the layer holds no nonlinearity).
     """
 
-    def __init__(self, channels: int, height: int, width: int, bias: bool = True,
-                 device=None, dtype=None):
-        super().__init__()
-        if min(channels, height, width) < 1:
-            raise ValueError("ChannelwiseFC: `channels`, `height` and `width` must be positive; "
-                             f"got {channels}, {height}, {width}")
-        self.channels, self.height, self.width = channels, height, width
-        positions = height * width
-        factory = dict(device=device, dtype=dtype)
-        self.weight = nn.Parameter(torch.empty(channels, positions, positions, **factory))
-        self.bias = nn.Parameter(torch.empty(channels, positions, **factory)) if bias else None
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        init_channelwise_fc_(self.weight, self.bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() == 4 and tuple(x.shape[1:]) != (self.channels, self.height, self.width):
-            raise ValueError(f"ChannelwiseFC: `x` must have shape (B, {self.channels}, {self.height}, "
-                             f"{self.width}); got {tuple(x.shape)}")
-        return channelwise_fc(x, self.weight, self.bias)
-
-    def extra_repr(self) -> str:
-        params = sum(p.numel() for p in self.parameters())
-        return (f"channels={self.channels}, height={self.height}, width={self.width}, "
-                f"bias={self.bias is not None}, params={params:,}")
+    op = staticmethod(channelwise_fc)
 
 
-class ChannelwiseFCBottleneck(nn.Module):
+class ChannelwiseFCBottleneck(ReferenceChannelwiseFCBottleneck):
     """The Context Encoder's bottleneck: channel-wise FC -> dropout -> 1x1 convolution.
 
     The channel-wise FC spreads information across positions within each map, the
@@ -65,13 +38,4 @@ class ChannelwiseFCBottleneck(nn.Module):
     ``conv.weight``, ``conv.bias`` as in :class:`autoenc_fast.reference.ChannelwiseFCBottleneck`.
     """
 
-    def __init__(self, channels: int, height: int, width: int, dropout: float = 0.5,
-                 out_channels: int | None = None, bias: bool = True, device=None, dtype=None):
-        super().__init__()
-        factory = dict(device=device, dtype=dtype)
-        self.fc = ChannelwiseFC(channels, height, width, bias=bias, **factory)
-        self.dropout = nn.Dropout(dropout)
-        self.conv = nn.Conv2d(channels, out_channels or channels, kernel_size=1, bias=bias, **factory)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(self.dropout(self.fc(x)))
+    fc_class = ChannelwiseFC

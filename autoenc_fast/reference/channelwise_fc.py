@@ -33,7 +33,10 @@ def init_channelwise_fc_(weight: torch.Tensor, bias: torch.Tensor | None) -> Non
 
 
 class ChannelwiseFC(nn.Module):
-    """Reference twin of autoenc_fast.nn.ChannelwiseFC (same parameters: weight, bias)."""
+    """Reference twin of autoenc_fast.nn.ChannelwiseFC (same parameters: weight, bias).
+    The fused module subclasses it and swaps `op` for the fused kernel."""
+
+    op = staticmethod(channelwise_fc)
 
     def __init__(self, channels: int, height: int, width: int, bias: bool = True,
                  device=None, dtype=None):
@@ -52,7 +55,10 @@ class ChannelwiseFC(nn.Module):
         init_channelwise_fc_(self.weight, self.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return channelwise_fc(x, self.weight, self.bias)
+        if x.dim() == 4 and tuple(x.shape[1:]) != (self.channels, self.height, self.width):
+            raise ValueError(f"ChannelwiseFC: `x` must have shape (B, {self.channels}, {self.height}, "
+                             f"{self.width}); got {tuple(x.shape)}")
+        return self.op(x, self.weight, self.bias)
 
     def extra_repr(self) -> str:
         params = sum(p.numel() for p in self.parameters())
@@ -64,11 +70,13 @@ class ChannelwiseFCBottleneck(nn.Module):
     """Reference twin of autoenc_fast.nn.ChannelwiseFCBottleneck: channel-wise FC ->
     dropout -> 1x1 convolution (parameters fc.weight, fc.bias, conv.weight, conv.bias)."""
 
+    fc_class = ChannelwiseFC
+
     def __init__(self, channels: int, height: int, width: int, dropout: float = 0.5,
                  out_channels: int | None = None, bias: bool = True, device=None, dtype=None):
         super().__init__()
         factory = dict(device=device, dtype=dtype)
-        self.fc = ChannelwiseFC(channels, height, width, bias=bias, **factory)
+        self.fc = self.fc_class(channels, height, width, bias=bias, **factory)
         self.dropout = nn.Dropout(dropout)
         self.conv = nn.Conv2d(channels, out_channels or channels, kernel_size=1, bias=bias, **factory)
 
