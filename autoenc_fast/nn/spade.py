@@ -5,7 +5,6 @@ import torch.nn.functional as F
 
 from ..functional import spade_norm
 from ..reference.spade_norm import SPADE as ReferenceSPADE
-from ..reference.spade_norm import batch_norm_momentum, default_sync_group
 
 
 class SPADE(ReferenceSPADE):
@@ -22,19 +21,11 @@ class SPADE(ReferenceSPADE):
     running statistics in eval).
     """
 
-    def forward(self, x: torch.Tensor, segmap: torch.Tensor) -> torch.Tensor:
-        segmap = F.interpolate(segmap, size=x.shape[2:], mode="nearest")
-        actv = self.mlp_shared(segmap)
+    op = staticmethod(spade_norm)
+
+    def modulation(self, segmap: torch.Tensor, size) -> tuple[torch.Tensor, torch.Tensor]:
+        actv = self.mlp_shared(F.interpolate(segmap, size=size, mode="nearest"))
         weight = torch.cat([self.mlp_gamma.weight, self.mlp_beta.weight])
         bias = torch.cat([self.mlp_gamma.bias, self.mlp_beta.bias])
         gamma, beta = F.conv2d(actv, weight, bias, padding=self.mlp_gamma.padding).chunk(2, dim=1)
-        bn = self.param_free_norm
-        if self.norm == "instance":
-            return spade_norm(x, gamma, beta, norm="instance", eps=bn.eps,
-                              negative_slope=self.negative_slope)
-        use_batch = bn.training or not bn.track_running_stats
-        group = default_sync_group() if self.norm == "syncbatch" and use_batch else None
-        return spade_norm(x, gamma, beta, norm="batch", running_mean=bn.running_mean,
-                          running_var=bn.running_var, training=use_batch,
-                          momentum=batch_norm_momentum(bn), eps=bn.eps,
-                          negative_slope=self.negative_slope, process_group=group)
+        return gamma, beta

@@ -147,7 +147,10 @@ def batch_norm_momentum(bn: nn.modules.batchnorm._BatchNorm) -> float:
 
 
 class SPADE(nn.Module):
-    """Reference twin of autoenc_fast.nn.SPADE: GauGAN's SPADE, same parameter names."""
+    """Reference twin of autoenc_fast.nn.SPADE: GauGAN's SPADE, same parameter names.
+    The fused module subclasses it, swapping `op` and `modulation`."""
+
+    op = staticmethod(spade_norm)
 
     def __init__(self, norm_nc: int, label_nc: int, hidden: int = 128, kernel_size: int = 3,
                  norm: str = "batch", negative_slope: float | None = None):
@@ -164,20 +167,22 @@ class SPADE(nn.Module):
         self.mlp_gamma = nn.Conv2d(hidden, norm_nc, kernel_size, padding=pad)
         self.mlp_beta = nn.Conv2d(hidden, norm_nc, kernel_size, padding=pad)
 
+    def modulation(self, segmap, size):
+        """gamma, beta of x's spatial `size` from the segmentation map (resized nearest)."""
+        actv = self.mlp_shared(F.interpolate(segmap, size=size, mode="nearest"))
+        return self.mlp_gamma(actv), self.mlp_beta(actv)
+
     def forward(self, x, segmap):
-        segmap = F.interpolate(segmap, size=x.shape[2:], mode="nearest")
-        actv = self.mlp_shared(segmap)
-        gamma, beta = self.mlp_gamma(actv), self.mlp_beta(actv)
+        gamma, beta = self.modulation(segmap, x.shape[2:])
         bn = self.param_free_norm
         if self.norm == "instance":
-            return spade_norm(x, gamma, beta, norm="instance", eps=bn.eps,
-                              negative_slope=self.negative_slope)
+            return self.op(x, gamma, beta, norm="instance", eps=bn.eps, negative_slope=self.negative_slope)
         use_batch = bn.training or not bn.track_running_stats
         group = default_sync_group() if self.norm == "syncbatch" and use_batch else None
-        return spade_norm(x, gamma, beta, norm="batch", running_mean=bn.running_mean,
-                          running_var=bn.running_var, training=use_batch,
-                          momentum=batch_norm_momentum(bn), eps=bn.eps,
-                          negative_slope=self.negative_slope, process_group=group)
+        return self.op(x, gamma, beta, norm="batch", running_mean=bn.running_mean,
+                       running_var=bn.running_var, training=use_batch,
+                       momentum=batch_norm_momentum(bn), eps=bn.eps,
+                       negative_slope=self.negative_slope, process_group=group)
 
     def extra_repr(self) -> str:
         return f"norm={self.norm!r}, negative_slope={self.negative_slope}"
