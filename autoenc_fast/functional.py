@@ -20,6 +20,16 @@ __all__ = ["channelwise_fc", "reparametrize_kl", "spade_norm"]
 _HALF_TYPES = (torch.float16, torch.bfloat16)
 
 
+def _autocast_dtype(x) -> torch.dtype | None:
+    """The autocast dtype of x's device when autocast is on there, else None. Custom ops
+    get no autocast kernel of their own, so the functions apply its policy here."""
+    if not isinstance(x, torch.Tensor) or x.device.type not in ("cpu", "cuda"):
+        return None
+    if not torch.is_autocast_enabled(x.device.type):
+        return None
+    return torch.get_autocast_dtype(x.device.type)
+
+
 def reparametrize_kl(mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor | None = None, *,
                      generator: torch.Generator | None = None, seed=None):
     r"""Reparametrized sample and KL divergence to N(0, I), fused.
@@ -84,6 +94,10 @@ def channelwise_fc(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
         y of x's shape; channels_last when x is channels_last, contiguous otherwise.
         Differentiable in x, weight and bias.
     """
+    if _autocast_dtype(x) is not None:  # a matrix product: autocast runs it in its lower precision
+        dtype = _autocast_dtype(x)
+        x, weight = x.to(dtype), weight.to(dtype)
+        bias = bias.to(dtype) if bias is not None else None
     check_channelwise_fc_inputs(x, weight, bias)
     if not _ext.LOADED:
         return _channelwise_fc_reference(x, weight, bias)
@@ -121,6 +135,9 @@ def spade_norm(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, *, norm
 
     Statistics are float32 for float32/float16/bfloat16 x and float64 for float64 x.
     """
+    if _autocast_dtype(x) is not None and isinstance(gamma, torch.Tensor) and isinstance(beta, torch.Tensor):
+        # A normalization: under autocast it runs in x's precision (statistics in float32).
+        gamma, beta = gamma.to(x.dtype), beta.to(x.dtype)
     _spade_check_inputs(x, gamma, beta, norm, running_mean, running_var, training)
     instance = norm == "instance"
     use_input_stats = training or instance

@@ -347,3 +347,14 @@ def test_info_lists_op():
     assert autoenc_fast.info()["kernels"]["channelwise_fc"]["cpu"] == "C++ CPU"
     if HAS_CUDA:
         assert autoenc_fast.info()["kernels"]["channelwise_fc"]["cuda"] == "CUDA C++"
+
+
+def test_autocast_runs_in_the_lower_precision_like_a_matmul():
+    x = torch.randn(2, 3, 4, 4)
+    weight, bias = torch.randn(3, 16, 16) / 4, torch.randn(3, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = functional.channelwise_fc(x.bfloat16(), weight, bias)  # float32 parameters, bf16 activations
+    assert y.dtype == torch.bfloat16
+    expected = reference.channelwise_fc(x.bfloat16().double(), weight.bfloat16().double(),
+                                        bias.bfloat16().double())
+    torch.testing.assert_close(y.double(), expected, atol=5e-2, rtol=2e-2)

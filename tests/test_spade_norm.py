@@ -447,3 +447,13 @@ def test_cuda_dtypes_match_float64_reference(dtype, norm, training, channels_las
     if rm is not None:
         torch.testing.assert_close(ours[0].double(), ref[0], atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(ours[1].double(), ref[1], atol=1e-4, rtol=1e-4)
+
+
+def test_autocast_takes_modulation_maps_of_another_precision():
+    x = torch.randn(2, 3, 5, 7)
+    gamma, beta = torch.randn_like(x).bfloat16(), torch.randn_like(x).bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = AF.spade_norm(x, gamma, beta, negative_slope=0.2)  # a float32 x, bfloat16 gamma and beta
+    assert y.dtype == x.dtype
+    expected = R.spade_norm(x.double(), gamma.double(), beta.double(), negative_slope=0.2)
+    torch.testing.assert_close(y.double(), expected, atol=1e-4, rtol=1e-4)

@@ -53,6 +53,12 @@ def test_family_trains_and_writes_its_files(tmp_path, family):
     assert summary["steps"] == 4 and summary["family"] == family
 
 
+@pytest.mark.parametrize("family", ["context-encoder", "gaugan"])
+def test_mixed_precision_trains(tmp_path, family):
+    assert train(tmp_path, family, "--max-steps", "2", "--amp", "bf16") == 0
+    assert sorted(losses(tmp_path)) == [1, 2]
+
+
 def test_resume_equals_uninterrupted(tmp_path):
     whole, split = tmp_path / "whole", tmp_path / "split"
     assert train(whole, "vae", "--max-steps", "8") == 0
