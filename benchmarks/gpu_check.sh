@@ -52,7 +52,10 @@ fi
 step "tests (the CUDA ones)"
 run_logged "tests" "$OUT/tests.log" "$PY" -m pytest tests -q -p no:cacheprovider -k "cuda or gpu" -rfE
 
-step "benchmarks (autoenc-fast bench, CUDA, forward + backward)"
+step "device time per step (profiler), every op"
+"$PY" benchmarks/gpu_kernel_times.py --json "$OUT/kernel_times.json" 2>&1 | grep -v -i warn | tee "$OUT/kernel_times.txt"
+
+step "benchmarks (autoenc-fast bench, CUDA: ops forward + backward, model training steps)"
 "$PY" -m autoenc_fast bench --device cuda --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.txt"
 
 printf '\n== summary (t=%ss): %s\n' "$SECONDS" "$([ ${#FAILED[@]} -eq 0 ] && echo "all passed" || echo "FAILED: ${FAILED[*]}")"
