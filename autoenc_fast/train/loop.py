@@ -148,7 +148,12 @@ def _picture(family, modules, batch, args, run: RunFolder, epoch: int) -> None:
 def train(args) -> dict:
     rank, world = _distributed(args)
     try:
-        return _train(args, rank, world)
+        summary = _train(args, rank, world)
+        if world > 1:
+            # Every rank leaves together: a rank tearing gloo down while rank 0 still writes
+            # its last files can abort the other ("terminate called without an active exception").
+            dist.barrier()
+        return summary
     finally:
         if world > 1 and dist.is_initialized():
             dist.destroy_process_group()
