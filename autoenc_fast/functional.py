@@ -11,9 +11,9 @@ from .reference.channelwise_fc import channelwise_fc as _channelwise_fc_referenc
 from .reference.philox import philox_normal
 from .reference.reparametrize_kl import draw_seed, reparametrize_kl_math, seed_tensor
 from .reference import spade_norm as _spade_norm_reference
-from .reference.spade_norm import check_inputs as _spade_check_inputs
-from .reference.spade_norm import group_count as _group_count
-from .reference.spade_norm import update_running_stats as _update_running_stats
+from .ops.spade_norm_checks import check_inputs as _spade_check_inputs
+from .ops.spade_norm_checks import group_count as _group_count
+from .ops.spade_norm_checks import update_running_stats as _update_running_stats
 
 __all__ = ["channelwise_fc", "reparametrize_kl", "spade_norm"]
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import torch
 
-from ..reference.spade_norm import (check_like_x, check_running, check_x, group_count,
-                                    memory_format_of, stats_dtype, update_running_stats)
+from .spade_norm_checks import (check_like_x, check_running, check_x, group_count, memory_format_of,
+                                stats_dtype, update_running_stats)
 
 OP = "autoenc_fast::spade_norm"
 

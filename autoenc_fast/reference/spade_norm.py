@@ -3,7 +3,7 @@
     xhat = norm(x)  (F.batch_norm / F.instance_norm, no affine)
     y    = xhat * (1 + gamma) + beta,  then leaky_relu(negative_slope) when given.
 
-Also the argument checks and small helpers the fused path shares.
+The argument checks and helpers the fused path shares are in ops/spade_norm_checks.py.
 """
 from __future__ import annotations
 
@@ -11,84 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-NORMS = ("batch", "instance")
-
-
-def memory_format_of(x: torch.Tensor) -> torch.memory_format:
-    """The layout of the outputs: the rule of csrc/spade_norm_checks.h."""
-    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
-        return torch.channels_last
-    return torch.contiguous_format
-
-
-def stats_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Statistics are float32, or float64 for float64 x."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def check_like_x(t, name: str, x: torch.Tensor, op: str = "spade_norm") -> None:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{op}: `{name}` must be a tensor; got {type(t).__name__}")
-    if t.shape != x.shape:
-        raise ValueError(f"{op}: `{name}` must have x's shape {tuple(x.shape)}; got {tuple(t.shape)}")
-    if t.dtype != x.dtype:
-        raise TypeError(f"{op}: `{name}` must have x's dtype {x.dtype}; got {t.dtype}")
-    if t.device != x.device:
-        raise ValueError(f"{op}: `{name}` must be on x's device {x.device}; got {t.device}")
-
-
-def check_x(x, op: str = "spade_norm") -> None:
-    if not isinstance(x, torch.Tensor) or x.dim() != 4:
-        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise ValueError(f"{op}: `x` must be 4-D (N, C, H, W); got {shape}")
-    if not x.dtype.is_floating_point:
-        raise TypeError(f"{op}: `x` must be a floating-point tensor; got {x.dtype}")
-
-
-def check_running(t, name: str, x: torch.Tensor) -> None:
-    if t is None:
-        raise ValueError(f"spade_norm: `{name}` is required for eval-mode batch norm "
-                         "(training=False uses the running statistics)")
-    if not isinstance(t, torch.Tensor) or t.dim() != 1 or t.shape[0] != x.shape[1]:
-        shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
-        raise ValueError(f"spade_norm: `{name}` must have shape (C,) = ({x.shape[1]},); got {shape}")
-    if not t.dtype.is_floating_point:
-        raise TypeError(f"spade_norm: `{name}` must be a floating-point tensor; got {t.dtype}")
-    if t.device != x.device:
-        raise ValueError(f"spade_norm: `{name}` must be on x's device {x.device}; got {t.device}")
-
-
-def check_inputs(x, gamma, beta, norm="batch", running_mean=None, running_var=None,
-                 training=True) -> None:
-    """The checks of csrc/spade_norm_checks.h (and of the public API), in Python."""
-    if norm not in NORMS:
-        raise ValueError(f"spade_norm: `norm` must be one of {NORMS}; got {norm!r}")
-    check_x(x)
-    check_like_x(gamma, "gamma", x)
-    check_like_x(beta, "beta", x)
-    if norm == "instance":
-        if running_mean is not None or running_var is not None:
-            raise ValueError("spade_norm: `running_mean`/`running_var` are not used by "
-                             "norm='instance'; pass None")
-        return
-    if not training or running_mean is not None or running_var is not None:
-        check_running(running_mean, "running_mean", x)
-        check_running(running_var, "running_var", x)
-
-
-def group_count(x: torch.Tensor, instance: bool):
-    """Elements per statistics group: H*W (instance) or N*H*W (batch)."""
-    hw = x.shape[2] * x.shape[3]
-    return hw if instance else x.shape[0] * hw
-
-
-def update_running_stats(running_mean, running_var, mean, var, count: int, momentum: float) -> None:
-    """In place, as F.batch_norm does: the unbiased variance var * n / (n - 1)."""
-    with torch.no_grad():
-        unbiased = var * (count / max(count - 1, 1))
-        running_mean.mul_(1 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
-        running_var.mul_(1 - momentum).add_(unbiased.to(running_var.dtype), alpha=momentum)
+from ..ops.spade_norm_checks import NORMS, check_inputs, group_count, update_running_stats  # noqa: F401
 
 
 def _sync_batch_norm(x, running_mean, running_var, momentum, eps, group):
