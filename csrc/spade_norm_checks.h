@@ -22,6 +22,17 @@ inline at::ScalarType spade_stats_dtype(const at::Tensor& x) {
   return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
 }
 
+// An output like x, in the layout the kernels write (spade_memory_format).
+inline at::Tensor spade_empty_like_x(const at::Tensor& x) {
+  return at::empty(x.sizes(), x.options().memory_format(spade_memory_format(x)));
+}
+
+// Per-group statistics: (C,) for batch norm, (N, C) for instance norm.
+inline at::Tensor spade_empty_stats(const at::Tensor& x, bool instance) {
+  const auto opts = x.options().dtype(spade_stats_dtype(x));
+  return instance ? at::empty({x.size(0), x.size(1)}, opts) : at::empty({x.size(1)}, opts);
+}
+
 inline void check_spade_x(const at::Tensor& x, const char* op) {
   TORCH_CHECK(x.dim() == 4, op, ": `x` must be 4-D (N, C, H, W); got ", x.dim(), "-D of shape ",
               x.sizes());

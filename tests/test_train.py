@@ -185,14 +185,19 @@ def _png_bytes(Image) -> bytes:
     return buffer.getvalue()
 
 
-def test_torchrun_two_cpu_processes(tmp_path):
-    run = tmp_path / "run"
+def torchrun_train(run: Path, family: str, batch_size: int, steps: int) -> None:
+    """`torchrun --nproc_per_node=2 -m autoenc_fast train FAMILY` on the CPU (gloo)."""
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         "-m", "autoenc_fast", "train", "vae", "--out", str(run), "--batch-size", "8", "--device", "cpu",
-         *TINY["vae"], "--max-steps", "3"],
+         "-m", "autoenc_fast", "train", family, "--out", str(run), "--batch-size", str(batch_size),
+         "--device", "cpu", *TINY[family], "--max-steps", str(steps)],
         capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_torchrun_two_cpu_processes(tmp_path):
+    run = tmp_path / "run"
+    torchrun_train(run, "vae", batch_size=8, steps=3)
     assert sorted(losses(run)) == [1, 2, 3]  # rank 0 alone wrote the metrics, once per step
     summary = json.loads((run / "summary.json").read_text())
     assert summary["processes"] == 2
@@ -229,11 +234,6 @@ def test_gaugan_trains_on_a_paired_folder_and_skips_a_mismatched_pair(tmp_path, 
 def test_gaugan_torchrun_two_cpu_processes_synchronizes_spade_batch_norm(tmp_path):
     # Two ranks: SPADE's "syncbatch" all-reduces its statistics over the default process group.
     run = tmp_path / "run"
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         "-m", "autoenc_fast", "train", "gaugan", "--out", str(run), "--batch-size", "2", "--device", "cpu",
-         *TINY["gaugan"], "--max-steps", "2"],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert result.returncode == 0, result.stderr[-3000:]
+    torchrun_train(run, "gaugan", batch_size=2, steps=2)
     assert sorted(losses(run)) == [1, 2]
     assert json.loads((run / "summary.json").read_text())["processes"] == 2

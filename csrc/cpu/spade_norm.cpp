@@ -412,18 +412,9 @@ void check_cpu_dtype(const at::Tensor& x, const char* op) {
               ": the CPU kernel takes float32 or float64 `x`; got ", x.scalar_type());
 }
 
-at::Tensor empty_like_x(const at::Tensor& x) {
-  return at::empty(x.sizes(), x.options().memory_format(spade_memory_format(x)));
-}
-
-at::Tensor empty_stats(const at::Tensor& x, bool instance) {
-  const auto opts = x.options().dtype(spade_stats_dtype(x));
-  return instance ? at::empty({x.size(0), x.size(1)}, opts) : at::empty({x.size(1)}, opts);
-}
-
 std::tuple<at::Tensor, at::Tensor> stats_impl(const at::Tensor& x_in, bool instance) {
   const at::Tensor x = x_in.contiguous(spade_memory_format(x_in));
-  at::Tensor mean = empty_stats(x, instance), var = empty_stats(x, instance);
+  at::Tensor mean = spade_empty_stats(x, instance), var = spade_empty_stats(x, instance);
   if (x.numel() == 0) {  // nothing to average: zeros, and the caller skips running updates
     mean.zero_();
     var.zero_();
@@ -450,7 +441,7 @@ LaidOut lay_out(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& gam
 at::Tensor apply_impl(const at::Tensor& x_in, const at::Tensor& gamma, const at::Tensor& beta,
                       const at::Tensor& mean, const at::Tensor& invstd, std::optional<double> slope) {
   const LaidOut t = lay_out(at::Tensor(), x_in, gamma, beta);
-  at::Tensor y = empty_like_x(x_in);
+  at::Tensor y = spade_empty_like_x(x_in);
   if (t.x.numel() == 0) return y;
   AT_DISPATCH_FLOATING_TYPES(t.x.scalar_type(), "spade_norm_apply_cpu", [&] {
     apply_kernel<scalar_t>(pointers<scalar_t>(t.dy, t.x, t.gamma, t.beta, slope), mean.contiguous(),
@@ -476,7 +467,7 @@ std::tuple<at::Tensor, at::Tensor> backward_reduce_impl(const LaidOut& t, const 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_elemt_impl(
     const LaidOut& t, const at::Tensor& mean, const at::Tensor& invstd, const at::Tensor& mean_dxhat,
     const at::Tensor& mean_dxhat_xhat, std::optional<double> slope) {
-  at::Tensor dx = empty_like_x(t.x), dgamma = empty_like_x(t.x), dbeta = empty_like_x(t.x);
+  at::Tensor dx = spade_empty_like_x(t.x), dgamma = spade_empty_like_x(t.x), dbeta = spade_empty_like_x(t.x);
   if (t.x.numel() == 0) return {dx, dgamma, dbeta};
   AT_DISPATCH_FLOATING_TYPES(t.x.scalar_type(), "spade_norm_backward_elemt_cpu", [&] {
     backward_elemt_kernel<scalar_t>(pointers<scalar_t>(t.dy, t.x, t.gamma, t.beta, slope),
@@ -498,7 +489,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> spade_norm_cpu(
   const Geometry geo = geometry_of(t.x, instance);
   if (use_input_stats && !geo.channels_last && geo.HW >= kMinBlockedRow && t.x.numel() > 0) {
     // cache-blocked stats + apply
-    at::Tensor y = empty_like_x(x_in), mean = empty_stats(t.x, instance), var = empty_stats(t.x, instance);
+    at::Tensor y = spade_empty_like_x(x_in), mean = spade_empty_stats(t.x, instance), var = spade_empty_stats(t.x, instance);
     AT_DISPATCH_FLOATING_TYPES(t.x.scalar_type(), "spade_norm_cpu", [&] {
       fused_forward_nchw<scalar_t>(pointers<scalar_t>(t.dy, t.x, t.gamma, t.beta, slope), geo, eps, y,
                                    mean, var);
@@ -569,7 +560,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> spade_norm_backward_cpu(
     }
     return backward_elemt_impl(t, mean, invstd, mean_dxhat, mean_dxhat_xhat, slope);
   }
-  at::Tensor dx = empty_like_x(t.x), dgamma = empty_like_x(t.x), dbeta = empty_like_x(t.x);
+  at::Tensor dx = spade_empty_like_x(t.x), dgamma = spade_empty_like_x(t.x), dbeta = spade_empty_like_x(t.x);
   AT_DISPATCH_FLOATING_TYPES(t.x.scalar_type(), "spade_norm_backward_cpu", [&] {
     fused_backward_nchw<scalar_t>(pointers<scalar_t>(t.dy, t.x, t.gamma, t.beta, slope),
                                   mean.contiguous(), invstd.contiguous(), use_input_stats, geo, dx,

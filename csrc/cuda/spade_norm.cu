@@ -401,18 +401,9 @@ void check_cuda_inputs(const at::Tensor& x, const char* op) {
   TORCH_CHECK(x.is_cuda(), op, ": `x` must be a CUDA tensor for the CUDA kernel; got ", x.device());
 }
 
-at::Tensor empty_like_x(const at::Tensor& x) {
-  return at::empty(x.sizes(), x.options().memory_format(spade_memory_format(x)));
-}
-
-at::Tensor empty_stats(const at::Tensor& x, bool instance) {
-  const auto opts = x.options().dtype(spade_stats_dtype(x));
-  return instance ? at::empty({x.size(0), x.size(1)}, opts) : at::empty({x.size(1)}, opts);
-}
-
 std::tuple<at::Tensor, at::Tensor> stats_impl(const at::Tensor& x_in, bool instance) {
   const at::Tensor x = x_in.contiguous(spade_memory_format(x_in));
-  at::Tensor mean = empty_stats(x, instance), var = empty_stats(x, instance);
+  at::Tensor mean = spade_empty_stats(x, instance), var = spade_empty_stats(x, instance);
   if (x.numel() == 0) {
     mean.zero_();
     var.zero_();
@@ -432,7 +423,7 @@ at::Tensor apply_impl(const at::Tensor& x_in, const at::Tensor& gamma_in, const 
   const auto fmt = spade_memory_format(x_in);
   const at::Tensor x = x_in.contiguous(fmt), gamma = gamma_in.contiguous(fmt), beta = beta_in.contiguous(fmt);
   const at::Tensor mean = mean_in.contiguous(), invstd = invstd_in.contiguous();
-  at::Tensor y = empty_like_x(x_in);
+  at::Tensor y = spade_empty_like_x(x_in);
   if (x.numel() == 0) return y;
   const Shape s = shape_of(x, mean.dim() == 2);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "spade_norm_apply_cuda", [&] {
@@ -529,7 +520,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> spade_norm_backward_elemt_cuda(
   const at::Tensor mean = mean_in.contiguous(), invstd = invstd_in.contiguous();
   const at::Tensor m1 = mean_dxhat.has_value() ? mean_dxhat->contiguous() : at::Tensor();
   const at::Tensor m2 = mean_dxhat_xhat.has_value() ? mean_dxhat_xhat->contiguous() : at::Tensor();
-  at::Tensor dx = empty_like_x(x_in), dgamma = empty_like_x(x_in), dbeta = empty_like_x(x_in);
+  at::Tensor dx = spade_empty_like_x(x_in), dgamma = spade_empty_like_x(x_in), dbeta = spade_empty_like_x(x_in);
   if (x.numel() == 0) return {dx, dgamma, dbeta};
   const Shape s = shape_of(x, mean.dim() == 2);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "spade_norm_backward_elemt_cuda", [&] {
