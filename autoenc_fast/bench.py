@@ -29,7 +29,15 @@ def resolve_device(device: str) -> torch.device:
 
 @functools.lru_cache(maxsize=None)
 def _compiled(fn: Callable) -> Callable:
-    return torch.compile(fn)
+    """torch.compile(fn), compiled and run with its saved tensors kept (no buffer
+    donation): the backward mode re-runs one recorded graph (retain_graph=True), which
+    a graph that donated its buffers to the backward refuses."""
+    compiled = torch.compile(fn)
+
+    def call(*args, **kwargs):
+        with _keep_saved_tensors():
+            return compiled(*args, **kwargs)
+    return call
 
 
 def reparametrize_kl_impl(provider: str) -> Callable:
@@ -52,31 +60,63 @@ def reparametrize_kl_bytes(shape, dtype: torch.dtype, mode: str) -> int:
 
 def make_reparametrize_kl(provider: str, mode: str, shape, device, dtype=torch.float32) -> Callable[[], None]:
     """A no-argument callable running one step; it synchronizes on CUDA."""
+    from .reference.reparametrize_kl import kl_accumulation_dtype
+
     fn = reparametrize_kl_impl(provider)
-    mu = torch.randn(shape, device=device, dtype=dtype, requires_grad=mode != "forward")
-    logvar = torch.randn(shape, device=device, dtype=dtype, requires_grad=mode != "forward")
-    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
+    grad = mode != "forward"
+    mu = torch.randn(shape, device=device, dtype=dtype, requires_grad=grad)
+    logvar = torch.randn(shape, device=device, dtype=dtype, requires_grad=grad)
+    grads = (torch.randn(shape, device=device, dtype=dtype),
+             torch.randn(shape[0], device=device, dtype=kl_accumulation_dtype(dtype)))
+    return _runner(lambda: fn(mu, logvar), (mu, logvar), grads, mode, device)
+
+
+def _keep_saved_tensors():
+    """torch._functorch's donated_buffer switched off, where this torch has it."""
+    import contextlib
+
+    from torch._functorch import config
+
+    if not hasattr(config, "donated_buffer"):  # older torch: no donation
+        return contextlib.nullcontext()
+    return config.patch(donated_buffer=False)
+
+
+def _sync_for(device) -> Callable[[], None]:
+    """What a timed step ends with: a synchronize on CUDA, nothing on the CPU."""
+    return torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
+
+
+def _runner(forward, leaves, grad_out, mode, device) -> Callable[[], None]:
+    """forward / backward of a recorded forward / full step. Gradients are reset as
+    optimizer.zero_grad(set_to_none=True) does, so every provider's backward writes fresh
+    .grad tensors instead of accumulating; `grad_out` matches forward()'s output(s)."""
+    sync = _sync_for(device)
+
+    def reset():
+        for leaf in leaves:
+            leaf.grad = None
+
     if mode == "forward":
         def run():
             with torch.no_grad():
-                fn(mu, logvar)
+                forward()
             sync()
         return run
-    z, kl = fn(mu, logvar)
-    grads = (torch.randn_like(z), torch.randn_like(kl))
-    # Gradients are reset as optimizer.zero_grad(set_to_none=True) does, so every
-    # provider's backward writes fresh .grad tensors instead of accumulating.
     if mode == "backward":
+        out = forward()
+
         def run():
-            mu.grad = logvar.grad = None
-            torch.autograd.backward((z, kl), grads, retain_graph=True)
+            reset()
+            # A compiled graph compiles its backward lazily, here: keep its saved tensors too.
+            with _keep_saved_tensors():
+                torch.autograd.backward(out, grad_out, retain_graph=True)
             sync()
         return run
 
     def run():
-        mu.grad = logvar.grad = None
-        out = fn(mu, logvar)
-        torch.autograd.backward(out, grads)
+        reset()
+        torch.autograd.backward(forward(), grad_out)
         sync()
     return run
 
@@ -90,7 +130,7 @@ def copy_gbps(num_bytes: int, device) -> float:
     """Bandwidth of a plain device copy moving the same bytes (read + write)."""
     src = torch.empty(max(num_bytes // 8, 1), dtype=torch.float32, device=device).normal_()
     dst = torch.empty_like(src)
-    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
+    sync = _sync_for(device)
 
     def run():
         dst.copy_(src)
@@ -127,36 +167,6 @@ def _make_spade_norm(provider: str, mode: str, shape, device, dtype=torch.float3
     return _runner(lambda: fn(x, gamma, beta, norm="batch", running_mean=running_mean,
                               running_var=running_var, negative_slope=0.2),
                    (x, gamma, beta), grad_y, mode, device)
-
-
-def _runner(forward, leaves, grad_out, mode, device) -> Callable[[], None]:
-    """forward / backward of a recorded forward / full step, .grad reset each time."""
-    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
-
-    def reset():
-        for leaf in leaves:
-            leaf.grad = None
-
-    if mode == "forward":
-        def run():
-            with torch.no_grad():
-                forward()
-            sync()
-        return run
-    if mode == "backward":
-        out = forward()
-
-        def run():
-            reset()
-            out.backward(grad_out, retain_graph=True)
-            sync()
-        return run
-
-    def run():
-        reset()
-        forward().backward(grad_out)
-        sync()
-    return run
 
 
 def _numel(shape) -> int:
@@ -241,7 +251,7 @@ def make_model_step(family: str, provider: str, device, size: str | None = None)
     model, inputs, loss_of = _model_and_loss(family, backend, kwargs, batch, device)
     forward = torch.compile(model) if provider == "reference_compiled" else model
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
+    sync = _sync_for(device)
 
     def step():
         optimizer.zero_grad(set_to_none=True)
