@@ -44,9 +44,17 @@ def run(fn, x, gamma, beta, grad, **kw):
 def assert_grads_close(grads, grads_ref, y_ref, slope, names=("x", "gamma", "beta"), **tol):
     """Gradients against the float64 reference, away from leaky_relu's kink: where the
     pre-activation is within float32 rounding of 0 its sign, and so the slope applied
-    to that element's gradient, may differ from float64's (seen once on an H200)."""
-    keep = y_ref.abs() > 1e-3 if slope is not None else torch.ones_like(y_ref, dtype=torch.bool)
-    assert keep.float().mean() > 0.99
+    to that element's gradient, may differ from float64's (seen once on an H200).
+
+    The window (|pre-activation| <= 1e-4, some 100 float32 ulps of these O(10) values)
+    holds about 0.05% of the elements of a random draw; the guard only makes sure the
+    filter never hides most of them (a 0.99 guard failed on a 210-element draw in CI)."""
+    if slope is None:
+        keep = torch.ones_like(y_ref, dtype=torch.bool)
+    else:
+        pre_activation = torch.where(y_ref > 0, y_ref, y_ref / slope)
+        keep = pre_activation.abs() > 1e-4
+    assert keep.float().mean() > 0.9
     for name, g, g_ref in zip(names, grads, grads_ref):
         torch.testing.assert_close(g.double()[keep], g_ref[keep], msg=name, **tol)
 
