@@ -123,7 +123,9 @@ def _runner(forward, leaves, grad_out, mode, device) -> Callable[[], None]:
 
 def time_median_ms(run: Callable[[], None], min_run_time: float) -> float:
     run()  # warm-up: compilation and first-call costs stay out of the numbers
-    return Timer("run()", globals={"run": run}).blocked_autorange(min_run_time=min_run_time).median * 1e3
+    # Timer runs its statement with one thread unless told otherwise: time what the user gets.
+    timer = Timer("run()", globals={"run": run}, num_threads=torch.get_num_threads())
+    return timer.blocked_autorange(min_run_time=min_run_time).median * 1e3
 
 
 def copy_gbps(num_bytes: int, device) -> float:
@@ -291,6 +293,7 @@ def run_benchmarks(device: str = "auto", quick: bool = False, ops=None, modes=("
         for mode in modes:
             times = {p: time_median_ms(make(p, mode, shape, dev), min_run_time) for p in PROVIDERS}
             row = {"op": op, "shape": list(shape), "mode": mode, "device": str(dev),
+                   "cpu_threads": torch.get_num_threads(), "torch": torch.__version__,
                    **{f"{p}_ms": times[p] for p in PROVIDERS},
                    "speedup_vs_eager": times["eager"] / times["ours"],
                    "speedup_vs_compiled": times["compiled"] / times["ours"]}
@@ -307,6 +310,8 @@ def format_table(rows: list[dict]) -> str:
     header = f"{'op':<24}{'shape':<14}{'mode':<10}{'ours ms':>10}{'eager ms':>10}{'compiled ms':>12}" \
              f"{'x eager':>9}{'x compiled':>11}"
     lines = [header]
+    if rows:
+        lines.insert(0, f"{rows[0]['device']}, torch {rows[0]['torch']}, {rows[0]['cpu_threads']} CPU threads")
     for r in rows:
         shape = "x".join(map(str, r["shape"])) if not r["op"].startswith("step:") else f"batch {r['shape'][0]}"
         line = (f"{r['op']:<24}{shape:<14}{r['mode']:<10}{_cell(r['ours_ms'], 10, 3)}"

@@ -207,6 +207,22 @@ def test_bench_quick(capsys):
     assert main(["bench", "--quick", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "reparametrize_kl" in out and "x eager" in out
+    assert f"{torch.get_num_threads()} CPU threads" in out
+
+
+def test_bench_times_with_every_thread_the_user_has():
+    """torch.utils.benchmark.Timer runs one thread unless told otherwise (seen: every CPU
+    number of the bench command was single-threaded)."""
+    from autoenc_fast.bench import time_median_ms
+
+    seen = []
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        time_median_ms(lambda: seen.append(torch.get_num_threads()), 0.01)
+    finally:
+        torch.set_num_threads(previous)
+    assert set(seen) == {2}
 
 
 def test_gaugan_trains_on_a_paired_folder_and_skips_a_mismatched_pair(tmp_path, capsys):
