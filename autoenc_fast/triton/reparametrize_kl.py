@@ -59,7 +59,7 @@ def _uint_to_uniform(x):
 
 @triton.jit
 def _box_muller(radius_u, angle_u, PRECISE: tl.constexpr):
-    """PRECISE: libdevice's log/sin/cos/sqrt (about 1 ulp, like the C++ kernel's SLEEF)
+    """PRECISE: libdevice's log/sin/cos/sqrt (about 1 ulp, like the C++ kernel's inline polynomials)
     instead of the approximate PTX instructions tl.log/tl.sin/tl.cos compile to, whose
     absolute error would make CPU and GPU noise differ by more than float rounding.
     The interpreter has no libdevice; there the tl functions are numpy's exact ones."""
