@@ -39,7 +39,27 @@ def want_cuda():
         return False, f"torch {torch.__version__} is not a CUDA build"
     if CUDA_HOME is None:
         return False, "no CUDA toolkit found (set CUDA_HOME)"
+    toolkit = toolkit_cuda_version(CUDA_HOME)
+    if toolkit is not None and toolkit.split(".")[0] != torch.version.cuda.split(".")[0]:
+        # torch's BuildExtension refuses a toolkit of another major version; say so up front.
+        return False, (f"the CUDA toolkit at {CUDA_HOME} is {toolkit} but torch {torch.__version__} was built "
+                       f"with CUDA {torch.version.cuda}: point CUDA_HOME at a CUDA "
+                       f"{torch.version.cuda.split('.')[0]}.x toolkit for the CUDA kernels")
     return True, f"torch {torch.__version__} is a CUDA {torch.version.cuda} build and CUDA_HOME={CUDA_HOME}"
+
+
+def toolkit_cuda_version(cuda_home):
+    """'13.0' from `nvcc --version` ("... release 13.0, V13.0.48"), or None."""
+    import re
+    import subprocess
+
+    try:
+        out = subprocess.run([os.path.join(cuda_home, "bin", "nvcc"), "--version"], capture_output=True,
+                             text=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    match = re.search(r"release (\d+\.\d+)", out)
+    return match.group(1) if match else None
 
 
 def cpu_supports_avx2():
