@@ -113,6 +113,27 @@ def test_float64_matches_reference_tightly(norm, training, channels_last):
 
 
 @needs_ext
+@pytest.mark.parametrize("norm", ["batch", "instance"])
+def test_cpu_cache_blocked_path_matches_the_separate_passes(norm):
+    """32x32 maps take the CPU's cache-blocked path (one group's reduction, then its
+    elementwise pass): against the reference, and statistics equal to the separate
+    stats op's bit for bit (same summation order, whatever the path)."""
+    x, gamma, beta = make_inputs((2, 7, 32, 32), torch.float64, "cpu")
+    grad = torch.randn_like(x)
+    instance = norm == "instance"
+    kw = dict(norm=norm, training=True, negative_slope=0.2)
+    rm, rv = (torch.zeros(7, dtype=torch.float64), torch.ones(7, dtype=torch.float64)) if not instance else (None, None)
+    y, grads = run(AF.spade_norm, x, gamma, beta, grad, running_mean=rm, running_var=rv, **kw)
+    y_ref, grads_ref = run(R.spade_norm, x, gamma, beta, grad, **kw)
+    torch.testing.assert_close(y, y_ref, **TOLERANCES[torch.float64])
+    for name, g, g_ref in zip(("x", "gamma", "beta"), grads, grads_ref):
+        torch.testing.assert_close(g, g_ref, msg=name, **TOLERANCES[torch.float64])
+    _, mean, var = torch.ops.autoenc_fast.spade_norm(x, gamma, beta, None, None, True, instance, 1e-5, 0.2)
+    mean_sep, var_sep = torch.ops.autoenc_fast.spade_norm_stats(x, instance)
+    assert torch.equal(mean, mean_sep) and torch.equal(var, var_sep)
+
+
+@needs_ext
 @pytest.mark.parametrize("device", devices())
 @pytest.mark.parametrize("instance", [False, True])
 @pytest.mark.parametrize("channels_last", [False, True])
