@@ -40,14 +40,15 @@ constexpr int64_t kSliceElems = 64 * kChunkElems;
 constexpr int64_t kGrainElems = 16384;
 
 #if defined(CPU_CAPABILITY_AVX2)
-// AVX2: vpmuludq forms the full 64-bit products of
-// the even lanes, and of the odd lanes shifted down: one pair of multiplies gives
-// both the high words (mulhi) and the low words (mullo) a round needs.
+// AVX2 has no 32-bit high multiply: vpmuludq forms the full 64-bit products of the even
+// lanes, and of the odd lanes shifted down, whose high words make mulhi; vpmulld gives
+// the low words directly (one instruction where masking them out of the products
+// took two).
 inline void mul_hi_lo(__m256i a, __m256i b, __m256i& hi, __m256i& lo) {
   const __m256i even = _mm256_mul_epu32(a, b);
   const __m256i odd = _mm256_mul_epu32(a, _mm256_srli_epi64(b, 32));
   hi = _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
-  lo = _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
+  lo = _mm256_mullo_epi32(a, b);
 }
 
 inline __m256 uniform8(__m256i x) {
@@ -146,6 +147,17 @@ inline void philox8_round(Philox8& s, __m256i key0, __m256i key1) {
   s.c3 = lo_a;
 }
 
+// The ten round keys of one seed, broadcast once per draw instead of once per round.
+struct RoundKeys {
+  __m256i k0[kPhiloxRounds], k1[kPhiloxRounds];
+  RoundKeys(uint32_t key0, uint32_t key1) {
+    for (int round = 0; round < kPhiloxRounds; ++round) {
+      k0[round] = _mm256_set1_epi32(static_cast<int>(key0 + round * kPhiloxKeyA));
+      k1[round] = _mm256_set1_epi32(static_cast<int>(key1 + round * kPhiloxKeyB));
+    }
+  }
+};
+
 // Box-Muller of 8 groups, stored so that group g's four normals are out[4g .. 4g + 4).
 inline void normals8_store(const Philox8& s, float* out) {
   __m256 n0, n1, n2, n3;
@@ -169,13 +181,11 @@ inline void normals8_store(const Philox8& s, float* out) {
 constexpr int64_t kGroupsPerCall = 16;
 
 // Normals for Philox groups [counter, counter + 16) into out[0 .. 64).
-void normals_for_groups(uint32_t k0, uint32_t k1, uint64_t counter, float* out) {
+void normals_for_groups(const RoundKeys& keys, uint64_t counter, float* out) {
   Philox8 a = philox8_counters(counter), b = philox8_counters(counter + 8);
   for (int round = 0; round < kPhiloxRounds; ++round) {
-    const __m256i key0 = _mm256_set1_epi32(static_cast<int>(k0 + round * kPhiloxKeyA));
-    const __m256i key1 = _mm256_set1_epi32(static_cast<int>(k1 + round * kPhiloxKeyB));
-    philox8_round(a, key0, key1);
-    philox8_round(b, key0, key1);
+    philox8_round(a, keys.k0[round], keys.k1[round]);
+    philox8_round(b, keys.k0[round], keys.k1[round]);
   }
   normals8_store(a, out);
   normals8_store(b, out + 32);
@@ -185,9 +195,14 @@ using FloatVec = at::vec::Vectorized<float>;
 constexpr int64_t kLanes = FloatVec::size();
 constexpr int64_t kGroupsPerCall = kLanes;
 
+struct RoundKeys {
+  uint32_t k0, k1;
+};
+
 // Portable version: the group loop is written lane-wise for the auto-vectoriser,
 // Box-Muller runs on at::vec. Normals for groups [counter, counter + kLanes).
-void normals_for_groups(uint32_t k0, uint32_t k1, uint64_t counter, float* out) {
+void normals_for_groups(const RoundKeys& keys, uint64_t counter, float* out) {
+  const uint32_t k0 = keys.k0, k1 = keys.k1;
   alignas(64) float u[4][kLanes];
   for (int64_t lane = 0; lane < kLanes; ++lane) {
     const uint64_t c = counter + static_cast<uint64_t>(lane);
@@ -217,7 +232,7 @@ void normals_for_groups(uint32_t k0, uint32_t k1, uint64_t counter, float* out) 
 // row's first group counter is row_counter.
 template <typename scalar_t>
 void draw_row_noise(uint64_t key, uint64_t row_counter, int64_t d0, int64_t count, scalar_t* out) {
-  const uint32_t k0 = static_cast<uint32_t>(key), k1 = static_cast<uint32_t>(key >> 32);
+  const RoundKeys keys{static_cast<uint32_t>(key), static_cast<uint32_t>(key >> 32)};
   alignas(64) float batch[4 * kGroupsPerCall];
   const uint64_t first_group = row_counter + static_cast<uint64_t>(d0 / 4);
   for (int64_t done = 0; done < count; done += 4 * kGroupsPerCall) {
@@ -225,11 +240,11 @@ void draw_row_noise(uint64_t key, uint64_t row_counter, int64_t d0, int64_t coun
     const int64_t n = std::min<int64_t>(4 * kGroupsPerCall, count - done);
     if constexpr (std::is_same_v<scalar_t, float>) {
       if (n == 4 * kGroupsPerCall) {  // a whole batch: no staging copy
-        normals_for_groups(k0, k1, counter, out + done);
+        normals_for_groups(keys, counter, out + done);
         continue;
       }
     }
-    normals_for_groups(k0, k1, counter, batch);
+    normals_for_groups(keys, counter, batch);
     for (int64_t i = 0; i < n; ++i) out[done + i] = static_cast<scalar_t>(batch[i]);
   }
 }
