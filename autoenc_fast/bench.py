@@ -19,6 +19,28 @@ REPARAMETRIZE_KL_SHAPES = [(64, 256), (512, 2304), (4096, 4096)]
 REPARAMETRIZE_KL_QUICK_SHAPES = [(64, 256), (512, 2304)]
 
 
+def keep_freed_memory() -> bool:
+    """Make glibc keep freed memory in the process instead of giving big blocks back
+    to the OS; returns whether it could (glibc's mallopt found).
+
+    By default a freed block of a few MB is unmapped or trimmed away, so the next step's
+    fresh outputs page-fault again and the kernel zeroes every page: on this project's
+    2-vCPU VM that swung one CPU step by 2-6x from run to run, for every provider.
+    Keeping the memory, as jemalloc and tcmalloc do (PyTorch's CPU performance guide
+    recommends them), times the kernels rather than the page faults.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3
+    return all(mallopt(option, value) == 1 for option, value in (
+        (m_mmap_threshold, 1 << 30), (m_trim_threshold, (1 << 31) - 1), (m_top_pad, 64 << 20)))
+
+
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -311,7 +333,9 @@ def format_table(rows: list[dict]) -> str:
              f"{'x eager':>9}{'x compiled':>11}"
     lines = [header]
     if rows:
-        lines.insert(0, f"{rows[0]['device']}, torch {rows[0]['torch']}, {rows[0]['cpu_threads']} CPU threads")
+        first = rows[0]
+        lines.insert(0, f"{first['device']}, torch {first['torch']}, {first['cpu_threads']} CPU threads"
+                        + (f", malloc: {first['malloc']}" if "malloc" in first else ""))
     for r in rows:
         shape = "x".join(map(str, r["shape"])) if not r["op"].startswith("step:") else f"batch {r['shape'][0]}"
         line = (f"{r['op']:<24}{shape:<14}{r['mode']:<10}{_cell(r['ours_ms'], 10, 3)}"

@@ -17,10 +17,13 @@ def _cmd_info(args) -> int:
 
 
 def _cmd_bench(args) -> int:
-    from .bench import format_table, run_benchmarks
+    from .bench import format_table, keep_freed_memory, run_benchmarks
 
+    malloc = "system default" if args.system_malloc or not keep_freed_memory() else "freed memory kept"
     rows = run_benchmarks(device=args.device, quick=args.quick, ops=args.op, modes=args.mode or ("full",),
                           models=not args.no_models)
+    for row in rows:
+        row["malloc"] = malloc
     print(format_table(rows))
     if args.png:
         from .bench import save_chart
@@ -103,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_bench.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
     p_bench.add_argument("--png", metavar="FILE", help="also draw the speedups as a PNG bar chart")
     p_bench.add_argument("--no-models", action="store_true", help="only the ops, not the model training steps")
+    p_bench.add_argument("--system-malloc", action="store_true",
+                         help="leave glibc's malloc as it is (by default the bench keeps freed memory, so CPU "
+                              "steps are not timed re-faulting their outputs' pages)")
     p_bench.set_defaults(func=_cmd_bench)
     _add_train_parser(sub)
     return parser
