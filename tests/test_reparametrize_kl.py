@@ -161,6 +161,28 @@ def test_kernel_noise_equals_reference_philox(shape, device):
     torch.testing.assert_close(noise.cpu(), expected, atol=2e-5, rtol=2e-5)
 
 
+def test_cpu_avx512_and_avx2_noise_code_agree_bit_for_bit(tmp_path):
+    """The C++ kernel picks its AVX-512 noise code at run time where the CPU has it;
+    AUTOENC_FAST_CPU_NO_AVX512=1 forces the AVX2 code. Both must draw the same bits and
+    the reference's noise (on a CPU without AVX-512 both runs take the AVX2 code)."""
+    from autoenc_fast import _ext
+
+    if not _ext.LOADED:
+        pytest.skip(f"extension not loaded: {_ext.STATUS}")
+    key, offset = int(torch.randint(0, 2**62, ())), 2**32 - 9  # counters cross 2**32
+    script = ("import sys, torch, autoenc_fast; "
+              "z, _ = torch.ops.autoenc_fast.reparametrize_kl(torch.zeros(3, 1001), torch.zeros(3, 1001), None, "
+              f"torch.tensor([{key}, {offset}])); torch.save(z, sys.argv[1])")
+    draws = {}
+    for name, extra in (("default", {}), ("avx2", {"AUTOENC_FAST_CPU_NO_AVX512": "1"})):
+        env = {k: v for k, v in os.environ.items() if k != "AUTOENC_FAST_CPU_NO_AVX512"}
+        subprocess.run([sys.executable, "-c", script, str(tmp_path / name)], check=True, env={**env, **extra},
+                       timeout=120)
+        draws[name] = torch.load(tmp_path / name)
+    assert torch.equal(draws["default"], draws["avx2"])
+    torch.testing.assert_close(draws["avx2"], philox_normal((3, 1001), key, offset), atol=2e-5, rtol=2e-5)
+
+
 def test_float64_noise_is_the_float32_noise_widened():
     a = noise_of("cpu", (5, 21), (99, 3), torch.float64)
     b = noise_of("cpu", (5, 21), (99, 3), torch.float32)

@@ -19,6 +19,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cstdlib>
 #include <cstring>
 #include <type_traits>
 
@@ -40,18 +41,11 @@ constexpr int64_t kSliceElems = 64 * kChunkElems;
 constexpr int64_t kGrainElems = 16384;
 
 #if defined(CPU_CAPABILITY_AVX2)
-// AVX2 has no 32-bit high multiply: vpmuludq forms the full 64-bit products of the even
-// lanes, and of the odd lanes shifted down, whose high words make mulhi; vpmulld gives
-// the low words directly (one instruction where masking them out of the products
-// took two).
-inline void mul_hi_lo(__m256i a, __m256i b, __m256i& hi, __m256i& lo) {
-  const __m256i even = _mm256_mul_epu32(a, b);
-  const __m256i odd = _mm256_mul_epu32(a, _mm256_srli_epi64(b, 32));
-  hi = _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
-  lo = _mm256_mullo_epi32(a, b);
-}
+// Helpers inlined into both the AVX2 and the AVX-512 noise functions, so each is
+// compiled with the registers and instructions of the function it ends up in.
+#define AEF_INLINE inline __attribute__((always_inline))
 
-inline __m256 uniform8(__m256i x) {
+AEF_INLINE __m256 uniform8(__m256i x) {
   // (i < 0 ? ~i : i) == i ^ (i >> 31), then scale, as uint_to_uniform().
   const __m256i folded = _mm256_xor_si256(x, _mm256_srai_epi32(x, 31));
   return _mm256_mul_ps(_mm256_cvtepi32_ps(folded), _mm256_set1_ps(kUintToUniform));
@@ -61,7 +55,7 @@ inline __m256 uniform8(__m256i x) {
 // [sqrt(1/2), sqrt(2)), log(m) = x - x^2/2 + x^3 P(x) at x = m - 1 (Cephes' logf
 // polynomial), e * ln 2 added in two parts. Within 1 ulp; inline, where a SLEEF call
 // (u3.5) cost 1.6x as much in this loop.
-inline __m256 log8(__m256 u) {
+AEF_INLINE __m256 log8(__m256 u) {
   const __m256i bits = _mm256_castps_si256(u);
   __m256i e = _mm256_sub_epi32(_mm256_srli_epi32(bits, 23), _mm256_set1_epi32(127));
   __m256 m = _mm256_castsi256_ps(
@@ -88,7 +82,7 @@ inline __m256 log8(__m256 u) {
 // cosf polynomials of r, then quadrant q's swap and signs:
 //   sin(q pi/2 + r) = (sin r, cos r, -sin r, -cos r)[q % 4], cos likewise shifted by one.
 // Within 2 ulp; a general sincos must also reduce huge arguments, which t never is.
-inline void sincos8(__m256 t, __m256& sin_out, __m256& cos_out) {
+AEF_INLINE void sincos8(__m256 t, __m256& sin_out, __m256& cos_out) {
   const __m256 q = _mm256_round_ps(_mm256_mul_ps(t, _mm256_set1_ps(0.636619772f)),
                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   __m256 r = _mm256_fnmadd_ps(q, _mm256_set1_ps(1.57079637f), t);
@@ -109,7 +103,7 @@ inline void sincos8(__m256 t, __m256& sin_out, __m256& cos_out) {
   cos_out = _mm256_xor_ps(_mm256_blendv_ps(c, s, odd), cos_sign);
 }
 
-inline void box_muller8(__m256 radius_u, __m256 angle_u, __m256& cos_out, __m256& sin_out) {
+AEF_INLINE void box_muller8(__m256 radius_u, __m256 angle_u, __m256& cos_out, __m256& sin_out) {
   const __m256 log_u = log8(_mm256_max_ps(radius_u, _mm256_set1_ps(kMinUniform)));
   const __m256 radius = _mm256_sqrt_ps(_mm256_mul_ps(_mm256_set1_ps(-2.0f), log_u));
   __m256 sin_t, cos_t;
@@ -118,12 +112,23 @@ inline void box_muller8(__m256 radius_u, __m256 angle_u, __m256& cos_out, __m256
   sin_out = _mm256_mul_ps(radius, sin_t);
 }
 
-// Philox state of 8 groups, one 32-bit word of each group per lane.
+// Philox state of 8 groups, one 32-bit word of each group per lane, groups in lane order.
 struct Philox8 {
   __m256i c0, c1, c2, c3;
 };
 
-inline Philox8 philox8_counters(uint64_t counter) {
+// AVX2 has no 32-bit high multiply: vpmuludq forms the full 64-bit products of the even
+// lanes, and of the odd lanes shifted down, whose high words make mulhi; vpmulld gives
+// the low words directly (one instruction where masking them out of the products
+// took two).
+AEF_INLINE void mul_hi_lo(__m256i a, __m256i b, __m256i& hi, __m256i& lo) {
+  const __m256i even = _mm256_mul_epu32(a, b);
+  const __m256i odd = _mm256_mul_epu32(a, _mm256_srli_epi64(b, 32));
+  hi = _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
+  lo = _mm256_mullo_epi32(a, b);
+}
+
+AEF_INLINE Philox8 philox8_counters(uint64_t counter) {
   alignas(32) uint32_t lo[8], hi[8];
   for (int lane = 0; lane < 8; ++lane) {
     const uint64_t c = counter + static_cast<uint64_t>(lane);
@@ -135,7 +140,7 @@ inline Philox8 philox8_counters(uint64_t counter) {
           _mm256_setzero_si256()};
 }
 
-inline void philox8_round(Philox8& s, __m256i key0, __m256i key1) {
+AEF_INLINE void philox8_round(Philox8& s, __m256i key0, __m256i key1) {
   const __m256i round_a = _mm256_set1_epi32(static_cast<int>(kPhiloxRoundA));
   const __m256i round_b = _mm256_set1_epi32(static_cast<int>(kPhiloxRoundB));
   __m256i hi_b, lo_b, hi_a, lo_a;
@@ -159,7 +164,7 @@ struct RoundKeys {
 };
 
 // Box-Muller of 8 groups, stored so that group g's four normals are out[4g .. 4g + 4).
-inline void normals8_store(const Philox8& s, float* out) {
+AEF_INLINE void normals8_store(const Philox8& s, float* out) {
   __m256 n0, n1, n2, n3;
   box_muller8(uniform8(s.c0), uniform8(s.c1), n0, n1);
   box_muller8(uniform8(s.c2), uniform8(s.c3), n2, n3);
@@ -176,12 +181,12 @@ inline void normals8_store(const Philox8& s, float* out) {
   _mm256_storeu_ps(out + 24, _mm256_permute2f128_ps(g26, g37, 0x31));
 }
 
-// Groups drawn per call: two independent sets of 8, interleaved round by round, so the
-// multiply latency of one set hides behind the other's work.
 constexpr int64_t kGroupsPerCall = 16;
 
 // Normals for Philox groups [counter, counter + 16) into out[0 .. 64).
-void normals_for_groups(const RoundKeys& keys, uint64_t counter, float* out) {
+// Two independent sets of 8 interleaved round by round, so the multiply latency of one
+// set hides behind the other's work.
+AEF_INLINE void normals_for_16_groups(const RoundKeys& keys, uint64_t counter, float* out) {
   Philox8 a = philox8_counters(counter), b = philox8_counters(counter + 8);
   for (int round = 0; round < kPhiloxRounds; ++round) {
     philox8_round(a, keys.k0[round], keys.k1[round]);
@@ -190,6 +195,61 @@ void normals_for_groups(const RoundKeys& keys, uint64_t counter, float* out) {
   normals8_store(a, out);
   normals8_store(b, out + 32);
 }
+
+void normals_for_groups_avx2(const RoundKeys& keys, uint64_t counter, float* out) {
+  normals_for_16_groups(keys, counter, out);
+}
+
+// The same with AVX-512 (F, VL, DQ), chosen at run time where the CPU has it. A zmm holds
+// 8 groups, one per 64-bit lane: the word is the lane's low 32 bits and the high bits are
+// left-over product bits nobody reads, since vpmuludq multiplies low halves only. The
+// full 64-bit product is then mulhi (high half, one shift) and mullo (the product itself)
+// with no blends, vpternlogq does a round's two xors in one, and the words are narrowed
+// to 32-bit lanes once, after the tenth round. Measured: the rounds alone 1.5 ns per
+// group against 2.9 for the AVX2 code; the whole single-threaded 512x2304 forward with
+// drawn noise 6 % faster (2.45 against 2.60 ms, min of 7x50 calls).
+#define AEF_AVX512 __attribute__((target("avx512f,avx512vl,avx512dq")))
+
+AEF_AVX512 AEF_INLINE void philox8x64_round(__m512i& c0, __m512i& c1, __m512i& c2, __m512i& c3, __m512i key0,
+                                           __m512i key1) {
+  const __m512i prod_b = _mm512_mul_epu32(_mm512_set1_epi32(static_cast<int>(kPhiloxRoundB)), c2);
+  const __m512i prod_a = _mm512_mul_epu32(_mm512_set1_epi32(static_cast<int>(kPhiloxRoundA)), c0);
+  c0 = _mm512_ternarylogic_epi64(_mm512_srli_epi64(prod_b, 32), c1, key0, 0x96);  // a ^ b ^ c
+  c2 = _mm512_ternarylogic_epi64(_mm512_srli_epi64(prod_a, 32), c3, key1, 0x96);
+  c1 = prod_b;
+  c3 = prod_a;
+}
+
+AEF_AVX512 void normals_for_groups_avx512(const RoundKeys& keys, uint64_t counter, float* out) {
+  const __m512i lanes = _mm512_setr_epi64(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m512i first = _mm512_add_epi64(_mm512_set1_epi64(static_cast<int64_t>(counter)), lanes);
+  const __m512i second = _mm512_add_epi64(first, _mm512_set1_epi64(8));
+  __m512i a0 = first, a1 = _mm512_srli_epi64(first, 32), a2 = _mm512_setzero_si512(), a3 = a2;
+  __m512i b0 = second, b1 = _mm512_srli_epi64(second, 32), b2 = a2, b3 = a2;
+  for (int round = 0; round < kPhiloxRounds; ++round) {
+    const __m512i key0 = _mm512_broadcast_i64x4(keys.k0[round]), key1 = _mm512_broadcast_i64x4(keys.k1[round]);
+    philox8x64_round(a0, a1, a2, a3, key0, key1);
+    philox8x64_round(b0, b1, b2, b3, key0, key1);
+  }
+  normals8_store({_mm512_cvtepi64_epi32(a0), _mm512_cvtepi64_epi32(a1), _mm512_cvtepi64_epi32(a2),
+                  _mm512_cvtepi64_epi32(a3)}, out);
+  normals8_store({_mm512_cvtepi64_epi32(b0), _mm512_cvtepi64_epi32(b1), _mm512_cvtepi64_epi32(b2),
+                  _mm512_cvtepi64_epi32(b3)}, out + 32);
+}
+
+// AVX-512 when this CPU has it, unless AUTOENC_FAST_CPU_NO_AVX512 is set (tests use it to
+// run the AVX2 path on an AVX-512 machine).
+using NormalsFn = void (*)(const RoundKeys&, uint64_t, float*);
+NormalsFn pick_normals_fn() {
+  static const NormalsFn fn = [] {
+    const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+                        __builtin_cpu_supports("avx512dq") && std::getenv("AUTOENC_FAST_CPU_NO_AVX512") == nullptr;
+    return avx512 ? &normals_for_groups_avx512 : &normals_for_groups_avx2;
+  }();
+  return fn;
+}
+
+void normals_for_groups(const RoundKeys& keys, uint64_t counter, float* out) { pick_normals_fn()(keys, counter, out); }
 #else
 using FloatVec = at::vec::Vectorized<float>;
 constexpr int64_t kLanes = FloatVec::size();
