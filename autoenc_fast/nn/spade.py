@@ -27,5 +27,11 @@ class SPADE(ReferenceSPADE):
         actv = self.mlp_shared(F.interpolate(segmap, size=size, mode="nearest"))
         weight = torch.cat([self.mlp_gamma.weight, self.mlp_beta.weight])
         bias = torch.cat([self.mlp_gamma.bias, self.mlp_beta.bias])
-        gamma, beta = F.conv2d(actv, weight, bias, padding=self.mlp_gamma.padding).chunk(2, dim=1)
-        return gamma, beta
+        both = F.conv2d(actv, weight, bias, padding=self.mlp_gamma.padding)
+        # The kernels read gamma and beta densely, in the network's layout: copy the two
+        # channel halves once here, so that the tensors saved for backward are the dense
+        # ones and the backward copies nothing again.
+        layout = torch.channels_last if both.is_contiguous(memory_format=torch.channels_last) \
+            and not both.is_contiguous() else torch.contiguous_format
+        gamma, beta = both.chunk(2, dim=1)
+        return gamma.contiguous(memory_format=layout), beta.contiguous(memory_format=layout)

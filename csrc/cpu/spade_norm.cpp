@@ -20,7 +20,7 @@
 // the combination order is fixed, so results do not depend on the thread count.
 //
 // The single-process ops (spade_norm with batch statistics, spade_norm_backward) run, in
-// NCHW with rows of >= kMinBlockedRow elements, one statistics group at a time: the
+// NCHW with rows of >= kMinBlockedRow elements or small tensors, one statistics group at a time: the
 // group's reduction pass and then its elementwise pass, so the second pass reads the
 // group from cache instead of memory. The separate ops (stats, apply, backward_reduce,
 // backward_elemt) serve the synchronized path, which must all_reduce between passes.
@@ -42,8 +42,12 @@ constexpr int64_t kChunk = 1024;      // elements per vector partial sum (NCHW)
 constexpr int64_t kRowsPerTask = 64;  // channels_last rows per reduction task
 constexpr int64_t kGrainElems = 32768;
 // NCHW rows at least this long run the cache-blocked passes; shorter rows (16x16 maps)
-// are scattered 1 KiB pieces where the linear two-pass sweep prefetches better.
+// are scattered 1 KiB pieces where the linear two-pass sweep prefetches better, unless
+// the whole tensor is small enough to stay in cache anyway: then the blocked passes are
+// used for what they save in calls (no separate statistics tensors and ATen ops between
+// the passes), which is most of the time of a small op.
 constexpr int64_t kMinBlockedRow = 1024;
+constexpr int64_t kSmallTensorBytes = 512 * 1024;
 
 template <typename T>
 using Vec = at::vec::Vectorized<T>;
@@ -63,6 +67,11 @@ struct Geometry {
 Geometry geometry_of(const at::Tensor& x, bool instance) {
   return {x.size(0), x.size(1), x.size(2) * x.size(3), instance,
           spade_memory_format(x) == at::MemoryFormat::ChannelsLast};
+}
+
+bool use_blocked_passes(const Geometry& geo, const at::Tensor& x) {
+  return !geo.channels_last && x.numel() > 0 &&
+         (geo.HW >= kMinBlockedRow || x.numel() * static_cast<int64_t>(x.element_size()) <= kSmallTensorBytes);
 }
 
 template <typename T>
@@ -487,7 +496,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> spade_norm_cpu(
   check_cpu_dtype(x_in, "spade_norm");
   const LaidOut t = lay_out(at::Tensor(), x_in, gamma, beta);
   const Geometry geo = geometry_of(t.x, instance);
-  if (use_input_stats && !geo.channels_last && geo.HW >= kMinBlockedRow && t.x.numel() > 0) {
+  if (use_input_stats && use_blocked_passes(geo, t.x)) {
     // cache-blocked stats + apply
     at::Tensor y = spade_empty_like_x(x_in), mean = spade_empty_stats(t.x, instance), var = spade_empty_stats(t.x, instance);
     AT_DISPATCH_FLOATING_TYPES(t.x.scalar_type(), "spade_norm_cpu", [&] {
@@ -550,7 +559,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> spade_norm_backward_cpu(
   check_cpu_dtype(x, "spade_norm_backward");
   const LaidOut t = lay_out(grad_y, x, gamma, beta);
   const Geometry geo = geometry_of(t.x, mean.dim() == 2);
-  if (geo.channels_last || geo.HW < kMinBlockedRow || t.x.numel() == 0) {
+  if (!use_blocked_passes(geo, t.x)) {
     at::Tensor mean_dxhat, mean_dxhat_xhat;
     if (use_input_stats) {
       auto [sum1, sum2] = backward_reduce_impl(t, mean, invstd, slope);
