@@ -20,7 +20,7 @@ OPS = torch.ops.autoenc_fast
 # one 64-position CUDA tile (9x9).
 SHAPES = [(2, 3, 4, 5), (1, 3, 4, 4), (3, 1, 2, 3), (4, 5, 1, 1), (5, 4, 6, 6), (3, 7, 4, 4),
           (2, 2, 3, 7), (9, 2, 5, 3), (130, 2, 3, 3), (2, 2, 9, 9)]
-LAYOUTS = ["contiguous", "channels_last", "strided"]
+LAYOUTS = ["contiguous", "channels_last", "strided", "channel_slice"]
 
 
 def make_x(shape, layout, dtype=torch.float32, device="cpu"):
@@ -33,6 +33,10 @@ def make_x(shape, layout, dtype=torch.float32, device="cpu"):
         x = big[:, ::2, 1:, ::2]
         assert not x.is_contiguous() and not x.is_contiguous(memory_format=torch.channels_last) or C * H * W == 1
         return x
+    if layout == "channel_slice":
+        # The first C channels of a 2C-channel tensor (as chunk() gives): rows of a sample
+        # adjacent, samples 2*C*H*W apart; the CPU kernel reads and writes these in place.
+        return torch.randn(B, 2 * C, H, W, dtype=dtype, device=device)[:, :C]
     x = torch.randn(shape, dtype=dtype, device=device)
     return x.contiguous(memory_format=torch.channels_last) if layout == "channels_last" else x
 
