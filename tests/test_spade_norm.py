@@ -115,6 +115,22 @@ def test_float64_matches_reference_tightly(norm, training, channels_last):
 
 
 @needs_ext
+@pytest.mark.parametrize("shape,channels_last", [((2, 16, 192, 192), False), ((8, 640, 16, 16), False),
+                                                 ((8, 640, 16, 16), True)])
+def test_cpu_outputs_over_4mib_are_written_by_streaming_stores(shape, channels_last):
+    """Outputs over 4 MiB take non-temporal stores on the CPU (blocked passes, the two
+    linear passes, channels_last): every element written, values and gradients right."""
+    x, gamma, beta = make_inputs(shape, torch.float32, "cpu", channels_last)
+    grad = torch.randn(shape)
+    kw = dict(norm="batch", training=True, negative_slope=0.2)
+    y, grads = run(AF.spade_norm, x, gamma, beta, grad, **kw)
+    y_ref, grads_ref = run(R.spade_norm, x.double(), gamma.double(), beta.double(), grad.double(), **kw)
+    tol = TOLERANCES[torch.float32]
+    torch.testing.assert_close(y.double(), y_ref, atol=10 * tol["atol"], rtol=tol["rtol"])
+    assert_grads_close(grads, grads_ref, y_ref, 0.2, atol=20 * tol["atol"], rtol=tol["rtol"])
+
+
+@needs_ext
 @pytest.mark.parametrize("norm", ["batch", "instance"])
 def test_cpu_cache_blocked_path_matches_the_separate_passes(norm):
     """32x32 maps take the CPU's cache-blocked path (one group's reduction, then its

@@ -31,7 +31,13 @@
 
 #include <algorithm>
 #include <array>
+#include <cstdint>
+#include <type_traits>
 #include <vector>
+
+#if defined(CPU_CAPABILITY_AVX2)
+#include <immintrin.h>
+#endif
 
 #include "../spade_norm_checks.h"
 
@@ -56,6 +62,34 @@ template <typename T>
 using Params = std::array<Vec<T>, 4>;
 template <typename T>
 using ParamPtrs = std::array<const T*, 4>;
+
+// Outputs bigger than this are written with non-temporal (streaming) stores: they do not
+// fit in a core's cache anyway, and a normal store would first read each line it writes.
+constexpr int64_t kStreamOutputBytes = 4 << 20;
+
+// v into p[0 .. count): a streaming store where allowed and the address is aligned.
+template <typename T>
+inline void store_out(const Vec<T>& v, T* p, int64_t count, bool stream) {
+#if defined(CPU_CAPABILITY_AVX2)
+  if (stream && count == Vec<T>::size() && (reinterpret_cast<uintptr_t>(p) & 31) == 0) {
+    if constexpr (std::is_same_v<T, float>) {
+      _mm256_stream_ps(p, v);
+      return;
+    } else if constexpr (std::is_same_v<T, double>) {
+      _mm256_stream_pd(p, v);
+      return;
+    }
+  }
+#endif
+  v.store(p, count);
+}
+
+// Streaming stores are weakly ordered: each task orders its own before it ends.
+inline void end_of_streaming_task() {
+#if defined(CPU_CAPABILITY_AVX2)
+  _mm_sfence();
+#endif
+}
 
 struct Geometry {
   int64_t N, C, HW;
@@ -102,6 +136,7 @@ void for_each_step(const Geometry& geo, const ParamPtrs<T>& p, const Fn& fn) {
         const Params<T> v = broadcast_params(p, geo.instance ? r : r % geo.C);
         for (int64_t i = 0; i < geo.HW; i += L) fn(r * geo.HW + i, std::min(L, geo.HW - i), v);
       }
+      end_of_streaming_task();
     });
     return;
   }
@@ -114,6 +149,7 @@ void for_each_step(const Geometry& geo, const ParamPtrs<T>& p, const Fn& fn) {
         fn(r * geo.C + c, count, load_params(p, g0 + c, count));
       }
     }
+    end_of_streaming_task();
   });
 }
 
@@ -223,6 +259,7 @@ struct Pointers {
   T *out0, *out1, *out2;  // y, or dx, dgamma, dbeta
   bool has_slope;
   T slope;
+  bool stream;  // streaming stores for the outputs (set with them, from their size)
 };
 
 template <typename T>
@@ -231,7 +268,8 @@ Pointers<T> pointers(const at::Tensor& dy, const at::Tensor& x, const at::Tensor
   return {dy.defined() ? dy.const_data_ptr<T>() : nullptr, x.const_data_ptr<T>(),
           gamma.defined() ? gamma.const_data_ptr<T>() : nullptr,
           beta.defined() ? beta.const_data_ptr<T>() : nullptr, nullptr, nullptr, nullptr,
-          slope.has_value(), static_cast<T>(slope.value_or(0.0))};
+          slope.has_value(), static_cast<T>(slope.value_or(0.0)),
+          x.numel() * static_cast<int64_t>(sizeof(T)) > kStreamOutputBytes};
 }
 
 // Statistics terms (x - k, (x - k)^2), params[0] = k; lanes past `count` masked to 0.
@@ -250,7 +288,7 @@ auto apply_step(const Pointers<T>& p) {
   return [p](int64_t i, int64_t count, const Params<T>& v) {
     Vec<T> one_g, xhat;
     const Vec<T> z = affine_step(p.x, p.gamma, p.beta, i, count, v, one_g, xhat);
-    leaky_select(z, z, p.has_slope, p.slope).store(p.out0 + i, count);
+    store_out(leaky_select(z, z, p.has_slope, p.slope), p.out0 + i, count, p.stream);
   };
 }
 
@@ -276,9 +314,9 @@ auto backward_step(const Pointers<T>& p) {
     const Vec<T> z = affine_step(p.x, p.gamma, p.beta, i, count, v, one_g, xhat);
     const Vec<T> dz = leaky_select(z, Vec<T>::loadu(p.dy + i, count), p.has_slope, p.slope);
     const Vec<T> dxhat = dz * one_g;
-    ((dxhat - v[2] - xhat * v[3]) * v[1]).store(p.out0 + i, count);
-    (dz * xhat).store(p.out1 + i, count);
-    dz.store(p.out2 + i, count);
+    store_out<T>((dxhat - v[2] - xhat * v[3]) * v[1], p.out0 + i, count, p.stream);
+    store_out<T>(dz * xhat, p.out1 + i, count, p.stream);
+    store_out<T>(dz, p.out2 + i, count, p.stream);
   };
 }
 
@@ -350,6 +388,7 @@ void for_each_group_nchw(const Geometry& geo, const Fn& fn) {
   const int64_t grain = std::max<int64_t>(1, kGrainElems / std::max<int64_t>(1, geo.group_elems()));
   at::parallel_for(0, geo.groups(), grain, [&](int64_t begin, int64_t end) {
     for (int64_t g = begin; g < end; ++g) fn(g);
+    end_of_streaming_task();
   });
 }
 
