@@ -35,11 +35,9 @@
 #include <type_traits>
 #include <vector>
 
-#if defined(CPU_CAPABILITY_AVX2)
-#include <immintrin.h>
-#endif
 
 #include "../spade_norm_checks.h"
+#include "streaming_store.h"
 
 namespace autoenc_fast {
 namespace {
@@ -62,34 +60,6 @@ template <typename T>
 using Params = std::array<Vec<T>, 4>;
 template <typename T>
 using ParamPtrs = std::array<const T*, 4>;
-
-// Outputs bigger than this are written with non-temporal (streaming) stores: they do not
-// fit in a core's cache anyway, and a normal store would first read each line it writes.
-constexpr int64_t kStreamOutputBytes = 4 << 20;
-
-// v into p[0 .. count): a streaming store where allowed and the address is aligned.
-template <typename T>
-inline void store_out(const Vec<T>& v, T* p, int64_t count, bool stream) {
-#if defined(CPU_CAPABILITY_AVX2)
-  if (stream && count == Vec<T>::size() && (reinterpret_cast<uintptr_t>(p) & 31) == 0) {
-    if constexpr (std::is_same_v<T, float>) {
-      _mm256_stream_ps(p, v);
-      return;
-    } else if constexpr (std::is_same_v<T, double>) {
-      _mm256_stream_pd(p, v);
-      return;
-    }
-  }
-#endif
-  v.store(p, count);
-}
-
-// Streaming stores are weakly ordered: each task orders its own before it ends.
-inline void end_of_streaming_task() {
-#if defined(CPU_CAPABILITY_AVX2)
-  _mm_sfence();
-#endif
-}
 
 struct Geometry {
   int64_t N, C, HW;
@@ -269,7 +239,7 @@ Pointers<T> pointers(const at::Tensor& dy, const at::Tensor& x, const at::Tensor
           gamma.defined() ? gamma.const_data_ptr<T>() : nullptr,
           beta.defined() ? beta.const_data_ptr<T>() : nullptr, nullptr, nullptr, nullptr,
           slope.has_value(), static_cast<T>(slope.value_or(0.0)),
-          x.numel() * static_cast<int64_t>(sizeof(T)) > kStreamOutputBytes};
+          stream_output(x.numel(), sizeof(T))};
 }
 
 // Statistics terms (x - k, (x - k)^2), params[0] = k; lanes past `count` masked to 0.
@@ -288,7 +258,7 @@ auto apply_step(const Pointers<T>& p) {
   return [p](int64_t i, int64_t count, const Params<T>& v) {
     Vec<T> one_g, xhat;
     const Vec<T> z = affine_step(p.x, p.gamma, p.beta, i, count, v, one_g, xhat);
-    store_out(leaky_select(z, z, p.has_slope, p.slope), p.out0 + i, count, p.stream);
+    store_out<T>(leaky_select(z, z, p.has_slope, p.slope), p.out0 + i, count, p.stream);
   };
 }
 
