@@ -7,6 +7,7 @@ in one of three modes: forward, backward (of a recorded forward) or full.
 from __future__ import annotations
 
 import functools
+import statistics
 from typing import Callable
 
 import torch
@@ -143,11 +144,30 @@ def _runner(forward, leaves, grad_out, mode, device) -> Callable[[], None]:
     return run
 
 
+def _timer(run: Callable[[], None]) -> Timer:
+    # Timer runs its statement with one thread unless told otherwise: time what the user gets.
+    return Timer("run()", globals={"run": run}, num_threads=torch.get_num_threads())
+
+
 def time_median_ms(run: Callable[[], None], min_run_time: float) -> float:
     run()  # warm-up: compilation and first-call costs stay out of the numbers
-    # Timer runs its statement with one thread unless told otherwise: time what the user gets.
-    timer = Timer("run()", globals={"run": run}, num_threads=torch.get_num_threads())
-    return timer.blocked_autorange(min_run_time=min_run_time).median * 1e3
+    return _timer(run).blocked_autorange(min_run_time=min_run_time).median * 1e3
+
+
+def time_side_by_side_ms(runs: dict[str, Callable[[], None]], min_run_time: float,
+                         rounds: int = 5) -> dict[str, float]:
+    """Median ms per call of each of `runs`, timed side by side: `rounds` rounds, each
+    timing every run in turn for min_run_time / rounds, and the median over the rounds.
+    A change in the machine's speed during the measurement (frequent on a shared VM)
+    then falls on every provider alike instead of on whichever was timed at the time."""
+    for run in runs.values():
+        run()  # warm-up: compilation and first-call costs stay out of the numbers
+    timers = {name: _timer(run) for name, run in runs.items()}
+    per_round = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, timer in timers.items():
+            per_round[name].append(timer.blocked_autorange(min_run_time=min_run_time / rounds).median * 1e3)
+    return {name: statistics.median(times) for name, times in per_round.items()}
 
 
 def copy_gbps(num_bytes: int, device) -> float:
@@ -292,7 +312,7 @@ def _model_rows(dev: torch.device, quick: bool, min_run_time: float) -> list[dic
     providers = ("ours", "eager") if quick else PROVIDERS
     for family in MODEL_CONFIGS:
         torch._dynamo.reset()
-        times = {p: time_median_ms(make_model_step(family, p, dev, size), min_run_time) for p in providers}
+        times = time_side_by_side_ms({p: make_model_step(family, p, dev, size) for p in providers}, min_run_time)
         kwargs, batch = MODEL_CONFIGS[family][size]
         row = {"op": f"step:{family}", "shape": [batch], "mode": "train", "device": str(dev),
                **{f"{p}_ms": times.get(p) for p in PROVIDERS},
@@ -313,7 +333,7 @@ def run_benchmarks(device: str = "auto", quick: bool = False, ops=None, modes=("
         if ops and op not in ops:
             continue
         for mode in modes:
-            times = {p: time_median_ms(make(p, mode, shape, dev), min_run_time) for p in PROVIDERS}
+            times = time_side_by_side_ms({p: make(p, mode, shape, dev) for p in PROVIDERS}, min_run_time)
             row = {"op": op, "shape": list(shape), "mode": mode, "device": str(dev),
                    "cpu_threads": torch.get_num_threads(), "torch": torch.__version__,
                    **{f"{p}_ms": times[p] for p in PROVIDERS},

@@ -213,6 +213,20 @@ def test_bench_quick(capsys):
         assert "malloc: freed memory kept" in out
 
 
+def test_bench_times_providers_side_by_side():
+    """Providers are timed in alternating rounds (after one warm-up call each), not one
+    after the other, so a drift in the machine's speed does not skew their ratios."""
+    import itertools
+
+    from autoenc_fast.bench import time_side_by_side_ms
+
+    calls = []
+    times = time_side_by_side_ms({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, 0.03,
+                                 rounds=3)
+    assert [name for name, _ in itertools.groupby(calls)] == ["a", "b"] * 4
+    assert set(times) == {"a", "b"} and all(t > 0 for t in times.values())
+
+
 def test_bench_times_with_every_thread_the_user_has():
     """torch.utils.benchmark.Timer runs one thread unless told otherwise (seen: every CPU
     number of the bench command was single-threaded)."""
