@@ -4,6 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from ..functional import spade_norm
+from ..ops.spade_norm_checks import memory_format_of
 from ..reference.spade_norm import SPADE as ReferenceSPADE
 
 
@@ -31,7 +32,6 @@ class SPADE(ReferenceSPADE):
         # The kernels read gamma and beta densely, in the network's layout: copy the two
         # channel halves once here, so that the tensors saved for backward are the dense
         # ones and the backward copies nothing again.
-        layout = torch.channels_last if both.is_contiguous(memory_format=torch.channels_last) \
-            and not both.is_contiguous() else torch.contiguous_format
+        layout = memory_format_of(both)
         gamma, beta = both.chunk(2, dim=1)
         return gamma.contiguous(memory_format=layout), beta.contiguous(memory_format=layout)
