@@ -74,6 +74,27 @@ struct Shape {
   bool instance, channels_last;
 };
 
+// One element's xhat = (x - mean) * invstd, 1 + gamma and z = xhat * (1 + gamma) + beta.
+template <typename acc_t>
+struct Affine {
+  acc_t xhat, one_g, z;
+};
+
+template <typename acc_t, typename scalar_t>
+__device__ __forceinline__ Affine<acc_t> affine(scalar_t x, scalar_t gamma, scalar_t beta, acc_t mean,
+                                                acc_t invstd) {
+  const acc_t xhat = (static_cast<acc_t>(x) - mean) * invstd;
+  const acc_t one_g = acc_t(1) + static_cast<acc_t>(gamma);
+  return {xhat, one_g, xhat * one_g + static_cast<acc_t>(beta)};
+}
+
+// leaky_relu(z)'s factor applied to v: v, or slope * v where z is not positive (v = z
+// gives the activation, v = dy its gradient).
+template <typename acc_t, typename scalar_t>
+__device__ __forceinline__ acc_t leaky_select(acc_t z, acc_t v, const Inputs<scalar_t, acc_t>& in) {
+  return in.has_slope && !(z > acc_t(0)) ? v * in.slope : v;
+}
+
 // Adds the two reduction terms of VEC elements at `off` (params p0/p1 per element):
 // stats (x - k, (x - k)^2) with p0 = k, or backward (dxhat, dxhat * xhat).
 template <bool kBackward, int VEC, typename scalar_t, typename acc_t>
@@ -94,14 +115,10 @@ __device__ __forceinline__ void accumulate(const Inputs<scalar_t, acc_t>& in, in
     const Pack<scalar_t, VEC> bv = load_pack<VEC>(in.beta + off);
 #pragma unroll
     for (int j = 0; j < VEC; ++j) {
-      const acc_t xhat = (static_cast<acc_t>(xv.v[j]) - p0[j]) * p1[j];
-      const acc_t one_g = acc_t(1) + static_cast<acc_t>(gv.v[j]);
-      const acc_t z = xhat * one_g + static_cast<acc_t>(bv.v[j]);
-      acc_t dz = static_cast<acc_t>(dyv.v[j]);
-      if (in.has_slope && !(z > acc_t(0))) dz *= in.slope;
-      const acc_t dxhat = dz * one_g;
+      const Affine<acc_t> a = affine(xv.v[j], gv.v[j], bv.v[j], p0[j], p1[j]);
+      const acc_t dxhat = leaky_select(a.z, static_cast<acc_t>(dyv.v[j]), in) * a.one_g;
       s1[j] += dxhat;
-      s2[j] += dxhat * xhat;
+      s2[j] += dxhat * a.xhat;
     }
   }
 }
@@ -247,10 +264,8 @@ __global__ void apply_kernel(Inputs<scalar_t, acc_t> in, index_t numel, index_t 
 #pragma unroll
     for (int j = 0; j < VEC; ++j) {
       const index_t gj = cl ? g + j : g;
-      const acc_t xhat = (static_cast<acc_t>(xv.v[j]) - in.mean[gj]) * in.invstd[gj];
-      acc_t z = xhat * (acc_t(1) + static_cast<acc_t>(gv.v[j])) + static_cast<acc_t>(bv.v[j]);
-      if (in.has_slope && !(z > acc_t(0))) z *= in.slope;
-      out.v[j] = static_cast<scalar_t>(z);
+      const Affine<acc_t> a = affine(xv.v[j], gv.v[j], bv.v[j], in.mean[gj], in.invstd[gj]);
+      out.v[j] = static_cast<scalar_t>(leaky_select(a.z, a.z, in));
     }
     *reinterpret_cast<Pack<scalar_t, VEC>*>(y + off) = out;
   }
@@ -275,12 +290,10 @@ __global__ void backward_elemt_kernel(Inputs<scalar_t, acc_t> in, const acc_t* _
     for (int j = 0; j < VEC; ++j) {
       const index_t gj = cl ? g + j : g;
       const acc_t invstd = in.invstd[gj];
-      const acc_t xhat = (static_cast<acc_t>(xv.v[j]) - in.mean[gj]) * invstd;
-      const acc_t one_g = acc_t(1) + static_cast<acc_t>(gv.v[j]);
-      const acc_t z = xhat * one_g + static_cast<acc_t>(bv.v[j]);
-      acc_t dz = static_cast<acc_t>(dyv.v[j]);
-      if (in.has_slope && !(z > acc_t(0))) dz *= in.slope;
-      acc_t dxhat = dz * one_g;
+      const Affine<acc_t> a = affine(xv.v[j], gv.v[j], bv.v[j], in.mean[gj], invstd);
+      const acc_t xhat = a.xhat;
+      const acc_t dz = leaky_select(a.z, static_cast<acc_t>(dyv.v[j]), in);
+      acc_t dxhat = dz * a.one_g;
       if (mean_dxhat != nullptr) dxhat -= mean_dxhat[gj] + xhat * mean_dxhat_xhat[gj];
       dxv.v[j] = static_cast<scalar_t>(dxhat * invstd);
       dgv.v[j] = static_cast<scalar_t>(dz * xhat);
