@@ -305,6 +305,11 @@ def make_model_step(family: str, provider: str, device, size: str | None = None)
     return step
 
 
+def _machine_fields(dev: torch.device) -> dict:
+    """What every row records of where it was measured (format_table prints it once)."""
+    return {"device": str(dev), "cpu_threads": torch.get_num_threads(), "torch": torch.__version__}
+
+
 def _model_rows(dev: torch.device, quick: bool, min_run_time: float) -> list[dict]:
     rows = []
     size = "quick" if quick else dev.type
@@ -314,7 +319,7 @@ def _model_rows(dev: torch.device, quick: bool, min_run_time: float) -> list[dic
         torch._dynamo.reset()
         times = time_side_by_side_ms({p: make_model_step(family, p, dev, size) for p in providers}, min_run_time)
         kwargs, batch = MODEL_CONFIGS[family][size]
-        row = {"op": f"step:{family}", "shape": [batch], "mode": "train", "device": str(dev),
+        row = {"op": f"step:{family}", "shape": [batch], "mode": "train", **_machine_fields(dev),
                **{f"{p}_ms": times.get(p) for p in PROVIDERS},
                "speedup_vs_eager": times["eager"] / times["ours"],
                "speedup_vs_compiled": times["compiled"] / times["ours"] if "compiled" in times else None}
@@ -334,8 +339,7 @@ def run_benchmarks(device: str = "auto", quick: bool = False, ops=None, modes=("
             continue
         for mode in modes:
             times = time_side_by_side_ms({p: make(p, mode, shape, dev) for p in PROVIDERS}, min_run_time)
-            row = {"op": op, "shape": list(shape), "mode": mode, "device": str(dev),
-                   "cpu_threads": torch.get_num_threads(), "torch": torch.__version__,
+            row = {"op": op, "shape": list(shape), "mode": mode, **_machine_fields(dev),
                    **{f"{p}_ms": times[p] for p in PROVIDERS},
                    "speedup_vs_eager": times["eager"] / times["ours"],
                    "speedup_vs_compiled": times["compiled"] / times["ours"]}
