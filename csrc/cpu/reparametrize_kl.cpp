@@ -186,7 +186,7 @@ constexpr int64_t kGroupsPerCall = 16;
 // Normals for Philox groups [counter, counter + 16) into out[0 .. 64).
 // Two independent sets of 8 interleaved round by round, so the multiply latency of one
 // set hides behind the other's work.
-AEF_INLINE void normals_for_16_groups(const RoundKeys& keys, uint64_t counter, float* out) {
+void normals_for_groups_avx2(const RoundKeys& keys, uint64_t counter, float* out) {
   Philox8 a = philox8_counters(counter), b = philox8_counters(counter + 8);
   for (int round = 0; round < kPhiloxRounds; ++round) {
     philox8_round(a, keys.k0[round], keys.k1[round]);
@@ -194,10 +194,6 @@ AEF_INLINE void normals_for_16_groups(const RoundKeys& keys, uint64_t counter, f
   }
   normals8_store(a, out);
   normals8_store(b, out + 32);
-}
-
-void normals_for_groups_avx2(const RoundKeys& keys, uint64_t counter, float* out) {
-  normals_for_16_groups(keys, counter, out);
 }
 
 // The same with AVX-512 (F, VL, DQ), chosen at run time where the CPU has it. A zmm holds
