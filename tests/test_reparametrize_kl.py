@@ -118,6 +118,37 @@ def test_nan_in_gives_nan_out_like_the_reference(device):
     assert torch.isnan(kl).tolist() == torch.isnan(kl_ref).tolist() == [True, False, True]
 
 
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("direction", ["forward", "backward"])
+def test_exp_of_logvar_over_the_whole_float_range(device, direction):
+    """z = exp(logvar / 2) and the KL gradient's exp(logvar) (the CPU kernel's own
+    inline exp for float32) hold to float64's exp within 2 ulp (3 through the gradient's
+    extra roundings) from overflow to inf down through the denormals to zero; inf, -inf and NaN come out as torch.exp's."""
+    specials = torch.tensor([float("inf"), float("-inf"), float("nan"), 0.0, -0.0, 88.72, 88.73, -87.3, -103.0, -104.5])
+    logvar = torch.cat([torch.empty(20_000).uniform_(-220.0, 190.0), specials]).reshape(2, -1).to(device)
+    mu, eps = torch.zeros_like(logvar), torch.ones_like(logvar)
+    if direction == "forward":
+        got, exact = F.reparametrize_kl(mu, logvar, eps)[0], torch.exp(0.5 * logvar.double())
+    else:
+        logvar.requires_grad_(True)
+        _, kl = F.reparametrize_kl(mu, logvar, eps)
+        # dkl/dlogvar = (e^logvar - 1) / 2: with a KL gradient of 2, adding 1 gives e^logvar.
+        (grad_logvar,) = torch.autograd.grad(kl, logvar, torch.full_like(kl, 2.0))
+        got, exact = grad_logvar + 1.0, torch.exp(logvar.detach().double())
+    exact32 = exact.float()
+    torch.testing.assert_close(got.isnan(), exact32.isnan())
+    torch.testing.assert_close(got.isinf(), exact32.isinf())
+    normal = exact32.isfinite() & (exact32.abs() >= torch.finfo(torch.float32).tiny)
+    ulps = 2.0
+    if direction == "backward":  # (e^lv - 1) + 1 rounds twice more, and loses digits below 1
+        normal &= exact32 >= 1.0
+        ulps = 3.0
+    ulp = torch.finfo(torch.float32).eps * exact[normal].abs()
+    assert ((got[normal].double() - exact[normal]).abs() <= ulps * ulp).all()
+    denormal = exact32.isfinite() & ~normal & (exact32.abs() < torch.finfo(torch.float32).tiny)
+    if direction == "forward":
+        assert ((got[denormal].double() - exact[denormal]).abs() <= 2 * 2.0**-149).all()
+
 def test_half_types_on_cpu_go_through_float32():
     for dtype in (torch.float16, torch.bfloat16):
         mu, logvar, eps = make_inputs((6, 40), dtype, "cpu")

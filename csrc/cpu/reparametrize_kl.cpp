@@ -77,6 +77,31 @@ AEF_INLINE __m256 log8(__m256 u) {
   return _mm256_fmadd_ps(ef, _mm256_set1_ps(0.693359375f), _mm256_add_ps(x, y));
 }
 
+// exp(x) = 2^n * exp(r) with n = round(x / ln 2) and r = x - n ln 2 in [-ln2/2, ln2/2]
+// (ln 2 in two parts), exp(r) = 1 + r + r^2 P(r) (Cephes' expf polynomial), 2^n applied
+// as two exact powers of two so that n from -150 to 128 gives denormals, zero and inf as
+// expf does; x is clamped to [-104, 89] first, a NaN stays NaN. Within 1 ulp; inline,
+// where at::vec's SLEEF call cost about as much as drawing the noise.
+AEF_INLINE __m256 exp8(__m256 x) {
+  x = _mm256_min_ps(_mm256_set1_ps(89.0f), _mm256_max_ps(_mm256_set1_ps(-104.0f), x));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_fmadd_ps(_mm256_set1_ps(1.9875691500e-4f), r, _mm256_set1_ps(1.3981999507e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+  p = _mm256_fmadd_ps(_mm256_mul_ps(p, r), r, _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+  const __m256i ni = _mm256_cvtps_epi32(n);
+  const __m256i half_n = _mm256_srai_epi32(ni, 1);
+  const auto pow2 = [](__m256i e) {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(e, _mm256_set1_epi32(127)), 23));
+  };
+  return _mm256_mul_ps(_mm256_mul_ps(p, pow2(half_n)), pow2(_mm256_sub_epi32(ni, half_n)));
+}
+
 // (sin t, cos t) for t in [0, 2 pi]: q = round(t * 2 / pi), r = t - q * pi / 2 in
 // [-pi/4, pi/4] (pi/2 in two parts with FMA, exact enough for q <= 4), Cephes' sinf and
 // cosf polynomials of r, then quadrant q's swap and signs:
@@ -321,6 +346,15 @@ void for_each_row_slice(int64_t rows, int64_t row_len, const Fn& fn) {
   });
 }
 
+// exp of a vector: the inline exp8 above for float with AVX2, at::vec's otherwise.
+template <typename scalar_t>
+inline at::vec::Vectorized<scalar_t> vec_exp(const at::vec::Vectorized<scalar_t>& x) {
+#if defined(CPU_CAPABILITY_AVX2)
+  if constexpr (std::is_same_v<scalar_t, float>) return exp8(x);
+#endif
+  return x.exp();
+}
+
 template <typename scalar_t>
 scalar_t forward_chunk(const scalar_t* mu, const scalar_t* logvar, const scalar_t* noise,
                        scalar_t* z, int64_t n) {
@@ -331,7 +365,7 @@ scalar_t forward_chunk(const scalar_t* mu, const scalar_t* logvar, const scalar_
     const int64_t m = std::min<int64_t>(Vec::size(), n - i);
     // Lanes past the end load as zero and add 1 + 0 - 0 - exp(0) = 0 to the KL.
     const Vec mu_v = Vec::loadu(mu + i, m), lv_v = Vec::loadu(logvar + i, m);
-    const Vec std_v = (lv_v * half).exp();
+    const Vec std_v = vec_exp(lv_v * half);
     if (noise != nullptr) {
       at::vec::fmadd(std_v, Vec::loadu(noise + i, m), mu_v).store(z + i, m);
     } else {
@@ -396,7 +430,7 @@ void backward_chunk(const scalar_t* grad_z, scalar_t grad_kl, const scalar_t* mu
     }
     if constexpr (kHasGradKl) {
       gmu = at::vec::fmadd(gkl, mu_v, gmu);
-      glv = at::vec::fmadd(half_gkl, Vec::loadu(logvar + i, m).exp() - one, glv);
+      glv = at::vec::fmadd(half_gkl, vec_exp(Vec::loadu(logvar + i, m)) - one, glv);
     }
     gmu.store(grad_mu + i, m);
     glv.store(grad_logvar + i, m);
