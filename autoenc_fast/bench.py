@@ -14,6 +14,7 @@ import torch
 from torch.utils.benchmark import Timer
 
 PROVIDERS = ("ours", "eager", "compiled")
+OPS = ("reparametrize_kl", "channelwise_fc", "spade_norm")
 MODES = ("forward", "backward", "full")
 
 REPARAMETRIZE_KL_SHAPES = [(64, 256), (512, 2304), (4096, 4096)]
@@ -310,12 +311,12 @@ def _machine_fields(dev: torch.device) -> dict:
     return {"device": str(dev), "cpu_threads": torch.get_num_threads(), "torch": torch.__version__}
 
 
-def _model_rows(dev: torch.device, quick: bool, min_run_time: float) -> list[dict]:
+def _model_rows(dev: torch.device, quick: bool, min_run_time: float, families=None) -> list[dict]:
     rows = []
     size = "quick" if quick else dev.type
     # --quick skips compiling the models (tens of seconds each on a CPU): a smoke run.
     providers = ("ours", "eager") if quick else PROVIDERS
-    for family in MODEL_CONFIGS:
+    for family in families or MODEL_CONFIGS:
         torch._dynamo.reset()
         times = time_side_by_side_ms({p: make_model_step(family, p, dev, size) for p in providers}, min_run_time)
         kwargs, batch = MODEL_CONFIGS[family][size]
@@ -328,14 +329,22 @@ def _model_rows(dev: torch.device, quick: bool, min_run_time: float) -> list[dic
 
 
 def run_benchmarks(device: str = "auto", quick: bool = False, ops=None, modes=("full",),
-                   models: bool = True) -> list[dict]:
+                   models: bool = True, families=None) -> list[dict]:
     """Median ms of every provider for every op case and model training step, speedups,
-    and GB/s on CUDA for the memory-bound ops."""
+    and GB/s on CUDA for the memory-bound ops. `ops` / `families` keep only those op
+    cases / model steps (naming only one kind leaves the other out)."""
+    for name, given, known in (("ops", ops, OPS), ("families", families, tuple(MODEL_CONFIGS))):
+        unknown = sorted(set(given or ()) - set(known))
+        if unknown:
+            raise ValueError(f"run_benchmarks: unknown {name} {unknown}; expected some of {list(known)}")
+    named = bool(ops) or bool(families)
+    run_ops = tuple(ops or ()) if named else OPS
+    run_families = tuple(families or ()) if named else (tuple(MODEL_CONFIGS) if models else ())
     dev = resolve_device(device)
     rows = []
     min_run_time = 0.1 if quick else 0.5
     for op, shape, make, full_bytes in _cases(dev, quick):
-        if ops and op not in ops:
+        if op not in run_ops:
             continue
         for mode in modes:
             times = time_side_by_side_ms({p: make(p, mode, shape, dev) for p in PROVIDERS}, min_run_time)
@@ -347,8 +356,8 @@ def run_benchmarks(device: str = "auto", quick: bool = False, ops=None, modes=("
                 row["ours_gbps"] = full_bytes / (times["ours"] * 1e-3) / 1e9
                 row["copy_gbps"] = copy_gbps(full_bytes, dev)
             rows.append(row)
-    if models and not ops:
-        rows += _model_rows(dev, quick, min_run_time)
+    if run_families:
+        rows += _model_rows(dev, quick, min_run_time, run_families)
     return rows
 
 

@@ -21,7 +21,7 @@ def _cmd_bench(args) -> int:
 
     malloc = "system default" if args.system_malloc or not keep_freed_memory() else "freed memory kept"
     rows = run_benchmarks(device=args.device, quick=args.quick, ops=args.op, modes=args.mode or ("full",),
-                          models=not args.no_models)
+                          models=not args.no_models, families=args.model)
     for row in rows:
         row["malloc"] = malloc
     print(format_table(rows))
@@ -97,10 +97,16 @@ def build_parser() -> argparse.ArgumentParser:
     p_info = sub.add_parser("info", help="versions and which kernels run on which device")
     p_info.add_argument("--json", action="store_true", help="print JSON")
     p_info.set_defaults(func=_cmd_info)
+    from .bench import MODEL_CONFIGS, OPS as bench_ops
+
+    bench_families = list(MODEL_CONFIGS)
     p_bench = sub.add_parser("bench", help="time the fused ops and model steps against the eager and compiled references")
     p_bench.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p_bench.add_argument("--quick", action="store_true", help="small shapes, a smoke run")
-    p_bench.add_argument("--op", action="append", help="only this op (repeatable)")
+    p_bench.add_argument("--op", action="append", choices=bench_ops,
+                         help="only this op (repeatable; with --model, also those model steps)")
+    p_bench.add_argument("--model", action="append", choices=bench_families,
+                         help="only this model family's training step (repeatable)")
     p_bench.add_argument("--mode", action="append", choices=["forward", "backward", "full"],
                          help="forward, backward or full (forward + backward) steps; repeatable (default full)")
     p_bench.add_argument("--json", metavar="FILE", help="also write the rows as JSON")

@@ -213,6 +213,28 @@ def test_bench_quick(capsys):
         assert "malloc: freed memory kept" in out
 
 
+def test_bench_runs_only_what_is_named(capsys):
+    assert main(["bench", "--quick", "--device", "cpu", "--model", "vae"]) == 0
+    rows = [line.split()[0] for line in capsys.readouterr().out.splitlines()[2:] if line.strip()]
+    assert rows == ["step:vae"]
+    assert main(["bench", "--quick", "--device", "cpu", "--op", "channelwise_fc", "--model", "vae"]) == 0
+    rows = [line.split()[0] for line in capsys.readouterr().out.splitlines()[2:] if line.strip()]
+    assert rows == ["channelwise_fc", "step:vae"]
+
+
+def test_bench_refuses_an_unknown_op_or_model(capsys):
+    """A misspelt name used to print an empty table and exit 0."""
+    for flag, name in (("--op", "reparametrise_kl"), ("--model", "gaugan")):
+        with pytest.raises(SystemExit) as exc:
+            main(["bench", "--quick", "--device", "cpu", flag, name])
+        assert exc.value.code == 2
+        assert f"invalid choice: '{name}'" in capsys.readouterr().err
+    from autoenc_fast.bench import run_benchmarks
+
+    with pytest.raises(ValueError, match=r"unknown ops \['spade'\]"):
+        run_benchmarks(device="cpu", quick=True, ops=["spade"])
+
+
 def test_bench_times_providers_side_by_side():
     """Providers are timed in alternating rounds (after one warm-up call each), not one
     after the other, so a drift in the machine's speed does not skew their ratios."""
