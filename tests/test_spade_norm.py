@@ -345,6 +345,35 @@ def test_module_matches_gaugan_spade(module_cls, norm, slope):
             torch.testing.assert_close(dict(ours.named_buffers())[name], buf, msg=name)
 
 
+@pytest.mark.parametrize("x_layout", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("seg_layout", [torch.contiguous_format, torch.channels_last])
+def test_module_modulates_in_x_layout_whatever_the_segmap_layout(x_layout, seg_layout):
+    """A one-hot segmap made with permute(0, 3, 1, 2) is channels_last; gamma and beta
+    still come out dense in x's layout (the kernels' own), so neither the op nor the
+    merged convolution's backward transposes them (seen: a third of the CPU GauGAN
+    step's copies), and the module still equals GauGAN's."""
+    plain = GauGANSPADE(6, 4, 8, 3, "batch", 0.2).double()
+    ours = SPADE(6, 4, hidden=8, negative_slope=0.2).double()
+    ours.load_state_dict(plain.state_dict(), strict=True)
+    labels = torch.randint(0, 4, (2, 5, 7))
+    seg = F.one_hot(labels, 4).permute(0, 3, 1, 2).double().contiguous(memory_format=seg_layout)
+    x = (torch.randn(2, 6, 10, 14, dtype=torch.float64) + 1).contiguous(memory_format=x_layout)
+    gamma, beta = ours.modulation(seg, x)
+    for t in (gamma, beta):
+        assert t.is_contiguous(memory_format=x_layout) and t.shape == x.shape
+    grad = torch.randn_like(x)
+    results = []
+    for m in (plain, ours):
+        xl = x.clone().requires_grad_()
+        y = m(xl, seg)
+        y.backward(grad)
+        results.append((y, xl.grad, {n: p.grad for n, p in m.named_parameters()}))
+    torch.testing.assert_close(results[1][0], results[0][0])
+    torch.testing.assert_close(results[1][1], results[0][1])
+    for name, g in results[0][2].items():
+        torch.testing.assert_close(results[1][2][name], g, msg=name)
+
+
 @pytest.mark.parametrize("momentum", [None, 0.3])
 def test_module_momentum_and_num_batches_tracked_as_batchnorm(momentum):
     plain = GauGANSPADE(4, 2, 6, 3, "batch", None)

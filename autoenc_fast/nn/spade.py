@@ -24,14 +24,21 @@ class SPADE(ReferenceSPADE):
 
     op = staticmethod(spade_norm)
 
-    def modulation(self, segmap: torch.Tensor, size) -> tuple[torch.Tensor, torch.Tensor]:
-        actv = self.mlp_shared(F.interpolate(segmap, size=size, mode="nearest"))
+    def modulation(self, segmap: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # The kernels read gamma and beta densely in x's layout, so the modulation
+        # convolutions run in that layout too. A one-hot segmap made the usual way,
+        # one_hot(labels).permute(0, 3, 1, 2), is channels_last: its convolutions gave
+        # channels_last gamma/beta for an NCHW x, which the op then transposed forward and
+        # backward, and the merged convolution's backward transposed its gradient back (a
+        # third of the CPU GauGAN step's copies). The resized segmap, label_nc channels,
+        # is the cheapest tensor here to convert.
+        layout = memory_format_of(x)
+        seg = F.interpolate(segmap, size=x.shape[2:], mode="nearest").contiguous(memory_format=layout)
+        actv = self.mlp_shared(seg)
         weight = torch.cat([self.mlp_gamma.weight, self.mlp_beta.weight])
         bias = torch.cat([self.mlp_gamma.bias, self.mlp_beta.bias])
         both = F.conv2d(actv, weight, bias, padding=self.mlp_gamma.padding)
-        # The kernels read gamma and beta densely, in the network's layout: copy the two
-        # channel halves once here, so that the tensors saved for backward are the dense
-        # ones and the backward copies nothing again.
-        layout = memory_format_of(both)
+        # Copy the two channel halves once here, so that the tensors saved for backward
+        # are the dense ones and the backward copies nothing again.
         gamma, beta = both.chunk(2, dim=1)
         return gamma.contiguous(memory_format=layout), beta.contiguous(memory_format=layout)

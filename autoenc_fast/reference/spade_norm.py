@@ -90,13 +90,13 @@ class SPADE(nn.Module):
         self.mlp_gamma = nn.Conv2d(hidden, norm_nc, kernel_size, padding=pad)
         self.mlp_beta = nn.Conv2d(hidden, norm_nc, kernel_size, padding=pad)
 
-    def modulation(self, segmap, size):
-        """gamma, beta of x's spatial `size` from the segmentation map (resized nearest)."""
-        actv = self.mlp_shared(F.interpolate(segmap, size=size, mode="nearest"))
+    def modulation(self, segmap, x):
+        """gamma, beta of x's spatial size from the segmentation map (resized nearest)."""
+        actv = self.mlp_shared(F.interpolate(segmap, size=x.shape[2:], mode="nearest"))
         return self.mlp_gamma(actv), self.mlp_beta(actv)
 
     def forward(self, x, segmap):
-        gamma, beta = self.modulation(segmap, x.shape[2:])
+        gamma, beta = self.modulation(segmap, x)
         bn = self.param_free_norm
         if self.norm == "instance":
             return self.op(x, gamma, beta, norm="instance", eps=bn.eps, negative_slope=self.negative_slope)
