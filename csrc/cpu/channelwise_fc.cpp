@@ -152,27 +152,33 @@ struct RowView {
 // c[r, :] (+)= sum_k a[r * lda + k * ak] * b[k * ldb + :] for kRows rows and kVecs vectors;
 // ak != 1 reads the left operand transposed in place (X^T for the weight gradient).
 // The accumulators start at c (accumulate), at the row `init` (bias), or at zero.
+//
+// Every loop over the tile's rows and vectors is unrolled by pragma: GCC keeps the
+// accumulator array in registers only when it sees those loops unrolled early; otherwise
+// it kept them on the stack around the k loop, and a tile spent about a fifth of its time
+// there (an isolated tile reached 40 % of the FMA peak without the pragmas, 98 % with).
+#define AEF_UNROLLED _Pragma("GCC unroll 16")
 template <typename scalar_t, int kRows, int kVecs>
 void gemm_tile(const scalar_t* a, int64_t lda, int64_t ak, const scalar_t* b, int64_t ldb, int64_t K,
                const scalar_t* init, bool accumulate, scalar_t* c, int64_t ldc, int64_t valid) {
   using Vec = at::vec::Vectorized<scalar_t>;
   constexpr int64_t L = Vec::size();
   Vec acc[kRows][kVecs];
-  for (int r = 0; r < kRows; ++r)
-    for (int v = 0; v < kVecs; ++v)
+  AEF_UNROLLED for (int r = 0; r < kRows; ++r)
+    AEF_UNROLLED for (int v = 0; v < kVecs; ++v)
       acc[r][v] = accumulate ? Vec::loadu(c + r * ldc + v * L)
                              : (init != nullptr ? Vec::loadu(init + v * L) : Vec(scalar_t(0)));
   for (int64_t k = 0; k < K; ++k) {
     Vec bv[kVecs];
-    for (int v = 0; v < kVecs; ++v) bv[v] = Vec::loadu(b + k * ldb + v * L);
-    for (int r = 0; r < kRows; ++r) {
+    AEF_UNROLLED for (int v = 0; v < kVecs; ++v) bv[v] = Vec::loadu(b + k * ldb + v * L);
+    AEF_UNROLLED for (int r = 0; r < kRows; ++r) {
       const Vec av(a[r * lda + k * ak]);
-      for (int v = 0; v < kVecs; ++v) acc[r][v] = at::vec::fmadd(av, bv[v], acc[r][v]);
+      AEF_UNROLLED for (int v = 0; v < kVecs; ++v) acc[r][v] = at::vec::fmadd(av, bv[v], acc[r][v]);
     }
   }
   // Columns from `valid` on are padding: not written (c may be a row of y itself).
-  for (int r = 0; r < kRows; ++r) {
-    for (int v = 0; v < kVecs; ++v) {
+  AEF_UNROLLED for (int r = 0; r < kRows; ++r) {
+    AEF_UNROLLED for (int v = 0; v < kVecs; ++v) {
       const int64_t left = valid - v * L;
       if (left >= L) {
         acc[r][v].store(c + r * ldc + v * L);
