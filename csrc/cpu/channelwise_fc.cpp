@@ -242,6 +242,23 @@ void small_gemm(const scalar_t* a, int64_t lda, int64_t ak, const scalar_t* b, i
   }
 }
 
+// sums[0 .. Np) += the column sums of `rows` rows of Np (the bias gradient). Four partial
+// sums per vector of columns, so the adds do not wait on one another: one running sum
+// (64 dependent adds per vector at the Context Encoder's batch) was 12 % of the backward.
+template <typename scalar_t>
+void add_column_sums(const scalar_t* rows_p, int64_t rows, int64_t Np, scalar_t* sums) {
+  using Vec = at::vec::Vectorized<scalar_t>;
+  constexpr int kParts = 4;
+  for (int64_t n = 0; n < Np; n += Vec::size()) {
+    Vec part[kParts] = {Vec::loadu(sums + n), Vec(scalar_t(0)), Vec(scalar_t(0)), Vec(scalar_t(0))};
+    int64_t r = 0;
+    for (; r + kParts <= rows; r += kParts)
+      AEF_UNROLLED for (int j = 0; j < kParts; ++j) part[j] = part[j] + Vec::loadu(rows_p + (r + j) * Np + n);
+    for (; r < rows; ++r) part[0] = part[0] + Vec::loadu(rows_p + r * Np + n);
+    ((part[0] + part[1]) + (part[2] + part[3])).store(sums + n);
+  }
+}
+
 template <typename scalar_t>
 int64_t padded(int64_t n) {
   constexpr int64_t L = at::vec::Vectorized<scalar_t>::size();
@@ -315,7 +332,6 @@ struct BackwardScratch {
 template <typename scalar_t>
 void backward_kernel(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& weight,
                      at::Tensor& grad_x, at::Tensor& grad_weight, at::Tensor& grad_bias) {
-  using Vec = at::vec::Vectorized<scalar_t>;
   const int64_t B = x.size(0), C = x.size(1), P = x.size(2) * x.size(3), Np = padded<scalar_t>(P);
   const int64_t Cb = channel_block(P, Np), blocks = (C + Cb - 1) / Cb;
   const scalar_t* w_p = weight.const_data_ptr<scalar_t>();
@@ -360,12 +376,7 @@ void backward_kernel(const at::Tensor& grad_y, const at::Tensor& x, const at::Te
           } else {
             small_gemm<scalar_t>(s.x_blk.data(), 1, P, s.gy_blk.data(), P, rows, Np, nullptr, true, s.gw_acc.data());
           }
-          // Column sums in a register per vector of columns, not through gb_acc per row.
-          for (int64_t n = 0; n < Np; n += Vec::size()) {
-            Vec sum = Vec::loadu(s.gb_acc.data() + n);
-            for (int64_t r = 0; r < rows; ++r) sum = sum + Vec::loadu(s.gy_blk.data() + r * Np + n);
-            sum.store(s.gb_acc.data() + n);
-          }
+          add_column_sums(s.gy_blk.data(), rows, Np, s.gb_acc.data());
         }
         if (!direct) {
           for (int64_t r = 0; r < rows; ++r)
