@@ -132,6 +132,33 @@ def test_cpu_outputs_over_4mib_are_written_by_streaming_stores(shape, channels_l
 
 @needs_ext
 @pytest.mark.parametrize("norm", ["batch", "instance"])
+@pytest.mark.parametrize("slope", [None, 0.2])
+def test_cpu_two_sweep_backward_matches_reference_in_float64(norm, slope):
+    """NCHW over 512 KiB with maps under 1024 elements: the CPU backward's first sweep
+    writes dgamma and dbeta, and the second forms dx from dbeta, x and gamma (beta not read
+    again). Tight in float64, and equal to the separate reduce + elementwise ops."""
+    x, gamma, beta = make_inputs((8, 64, 16, 16), torch.float64, "cpu")
+    assert x.numel() * x.element_size() > 512 * 1024
+    grad = torch.randn_like(x)
+    kw = dict(norm=norm, training=True, negative_slope=slope)
+    y, grads = run(AF.spade_norm, x, gamma, beta, grad, **kw)
+    y_ref, grads_ref = run(R.spade_norm, x, gamma, beta, grad, **kw)
+    torch.testing.assert_close(y, y_ref, **TOLERANCES[torch.float64])
+    for name, g, g_ref in zip(("x", "gamma", "beta"), grads, grads_ref):
+        torch.testing.assert_close(g, g_ref, msg=name, **TOLERANCES[torch.float64])
+    ops = torch.ops.autoenc_fast
+    _, mean, var = ops.spade_norm(x, gamma, beta, None, None, True, norm == "instance", 1e-5, slope)
+    invstd = torch.rsqrt(var + 1e-5)
+    fused = ops.spade_norm_backward(grad, x, gamma, beta, mean, invstd, True, slope)
+    sum1, sum2 = ops.spade_norm_backward_reduce(grad, x, gamma, beta, mean, invstd, slope)
+    count = x.shape[2] * x.shape[3] * (1 if norm == "instance" else x.shape[0])
+    pieces = ops.spade_norm_backward_elemt(grad, x, gamma, beta, mean, invstd, sum1 / count, sum2 / count, slope)
+    for name, a, b in zip(("x", "gamma", "beta"), fused, pieces):
+        torch.testing.assert_close(a, b, msg=name, rtol=1e-12, atol=1e-12)
+
+
+@needs_ext
+@pytest.mark.parametrize("norm", ["batch", "instance"])
 def test_cpu_cache_blocked_path_matches_the_separate_passes(norm):
     """32x32 maps take the CPU's cache-blocked path (one group's reduction, then its
     elementwise pass): against the reference, and statistics equal to the separate

@@ -22,8 +22,10 @@
 // The single-process ops (spade_norm with batch statistics, spade_norm_backward) run, in
 // NCHW with rows of >= kMinBlockedRow elements or small tensors, one statistics group at a time: the
 // group's reduction pass and then its elementwise pass, so the second pass reads the
-// group from cache instead of memory. The separate ops (stats, apply, backward_reduce,
-// backward_elemt) serve the synchronized path, which must all_reduce between passes.
+// group from cache instead of memory. Other NCHW tensors take their backward in two
+// sweeps, the first of which already writes dgamma and dbeta (backward_two_sweeps). The
+// separate ops (stats, apply, backward_reduce, backward_elemt) serve the synchronized path,
+// which must all_reduce between passes, and channels_last.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
@@ -164,6 +166,7 @@ void reduce_groups(const Geometry& geo, const ParamPtrs<T>& p, const Fn& fn,
         part1[r] = sums.first;
         part2[r] = sums.second;
       }
+      end_of_streaming_task();  // a term may write outputs (backward_term_writing)
     });
     for (int64_t r = 0; r < rows; ++r) {  // fixed order: n ascending within each group
       const int64_t g = geo.instance ? r : r % geo.C;
@@ -196,6 +199,7 @@ void reduce_groups(const Geometry& geo, const ParamPtrs<T>& p, const Fn& fn,
         }
       }
     }
+    end_of_streaming_task();
   });
   for (int64_t t = 0; t < tasks; ++t) {
     const int64_t g0 = geo.instance ? (t / per_sample) * geo.C : 0;
@@ -272,6 +276,33 @@ auto backward_term(const Pointers<T>& p) {
     const Vec<T> dxhat = leaky_select(z, Vec<T>::loadu(p.dy + i, count), p.has_slope, p.slope) * one_g;
     a1 = a1 + dxhat;
     a2 = at::vec::fmadd(dxhat, xhat, a2);
+  };
+}
+
+// backward_term, also writing the two outputs that need no reduced sums:
+// dgamma = dz * xhat (out1) and dbeta = dz (out2).
+template <typename T>
+auto backward_term_writing(const Pointers<T>& p) {
+  return [p](int64_t i, int64_t count, const Params<T>& v, Vec<T>& a1, Vec<T>& a2) {
+    Vec<T> one_g, xhat;
+    const Vec<T> z = affine_step(p.x, p.gamma, p.beta, i, count, v, one_g, xhat);
+    const Vec<T> dz = leaky_select(z, Vec<T>::loadu(p.dy + i, count), p.has_slope, p.slope);
+    const Vec<T> dxhat = dz * one_g;
+    store_out<T>(dz * xhat, p.out1 + i, count, p.stream);
+    store_out<T>(dz, p.out2 + i, count, p.stream);
+    a1 = a1 + dxhat;
+    a2 = at::vec::fmadd(dxhat, xhat, a2);
+  };
+}
+
+// dx from dz = dbeta (in p.dy), x and gamma: beta is not read again; params as
+// backward_step's.
+template <typename T>
+auto backward_dx_step(const Pointers<T>& p) {
+  return [p](int64_t i, int64_t count, const Params<T>& v) {
+    const Vec<T> xhat = (Vec<T>::loadu(p.x + i, count) - v[0]) * v[1];
+    const Vec<T> dxhat = Vec<T>::loadu(p.dy + i, count) * (Vec<T>(T(1)) + Vec<T>::loadu(p.gamma + i, count));
+    store_out<T>((dxhat - v[2] - xhat * v[3]) * v[1], p.out0 + i, count, p.stream);
   };
 }
 
@@ -558,6 +589,41 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> spade_norm_backward_elemt_cpu(
                              slope);
 }
 
+// Single-process backward with batch statistics in NCHW, when the group-blocked passes do
+// not apply (short rows of a large tensor): two sweeps, the first reading dy, x, gamma and
+// beta, summing, and writing dgamma and dbeta; the second reading dbeta (= dz), x and gamma
+// and writing dx. Ten tensor passes instead of the separate ops' eleven, and no second
+// recomputation of z: 16-17 % faster at 8x1024x16x16. Not for channels_last, where the
+// reduction walks a task's rows with a stride of C and the extra streamed writes made it
+// slower (6.4 -> 8.0 ms).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_two_sweeps(const LaidOut& t, const at::Tensor& mean,
+                                                                   const at::Tensor& invstd, const Geometry& geo,
+                                                                   std::optional<double> slope) {
+  at::Tensor dx = spade_empty_like_x(t.x), dgamma = spade_empty_like_x(t.x), dbeta = spade_empty_like_x(t.x);
+  AT_DISPATCH_FLOATING_TYPES(t.x.scalar_type(), "spade_norm_backward_cpu", [&] {
+    Pointers<scalar_t> p = pointers<scalar_t>(t.dy, t.x, t.gamma, t.beta, slope);
+    p.out1 = dgamma.mutable_data_ptr<scalar_t>();
+    p.out2 = dbeta.mutable_data_ptr<scalar_t>();
+    const at::Tensor mean_c = mean.contiguous(), invstd_c = invstd.contiguous();
+    const ParamPtrs<scalar_t> stats = {mean_c.const_data_ptr<scalar_t>(), invstd_c.const_data_ptr<scalar_t>(),
+                                       nullptr, nullptr};
+    std::vector<double> s1, s2;
+    reduce_groups<scalar_t>(geo, stats, backward_term_writing(p), s1, s2);
+    const double m = static_cast<double>(std::max<int64_t>(1, geo.group_elems()));
+    std::vector<scalar_t> mean_dxhat(geo.groups()), mean_dxhat_xhat(geo.groups());
+    for (int64_t g = 0; g < geo.groups(); ++g) {  // as backward_reduce_impl + sum / m round it
+      mean_dxhat[g] = static_cast<scalar_t>(static_cast<scalar_t>(s1[g]) / m);
+      mean_dxhat_xhat[g] = static_cast<scalar_t>(static_cast<scalar_t>(s2[g]) / m);
+    }
+    Pointers<scalar_t> q = p;
+    q.dy = p.out2;
+    q.out0 = dx.mutable_data_ptr<scalar_t>();
+    for_each_step<scalar_t>(geo, {stats[0], stats[1], mean_dxhat.data(), mean_dxhat_xhat.data()},
+                            backward_dx_step(q));
+  });
+  return {dx, dgamma, dbeta};
+}
+
 // Single-process backward: cache-blocked reduce + elementwise per group in NCHW with long
 // rows; else the two passes one after the other.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> spade_norm_backward_cpu(
@@ -568,6 +634,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> spade_norm_backward_cpu(
   check_cpu_dtype(x, "spade_norm_backward");
   const LaidOut t = lay_out(grad_y, x, gamma, beta);
   const Geometry geo = geometry_of(t.x, mean.dim() == 2);
+  if (use_input_stats && !geo.channels_last && !use_blocked_passes(geo, t.x)) {
+    return backward_two_sweeps(t, mean, invstd, geo, slope);
+  }
   if (!use_blocked_passes(geo, t.x)) {
     at::Tensor mean_dxhat, mean_dxhat_xhat;
     if (use_input_stats) {
