@@ -159,19 +159,26 @@ struct RowView {
 // 6x6-shape tile ran at 92 % of the FMA peak instead of 99 %; a raw-intrinsics variant of
 // the same loops even spilled inside the k loop, at 40 %).
 #define AEF_UNROLLED _Pragma("GCC unroll 16")
-template <typename scalar_t, int kRows, int kVecs>
-void gemm_tile(const scalar_t* a, int64_t lda, int64_t ak, const scalar_t* b, int64_t ldb, int64_t K,
-               const scalar_t* init, bool accumulate, scalar_t* c, int64_t ldc, int64_t valid) {
+//
+// kMaskLast: B's rows (and init) hold only `b_last` lanes of the last vector (B read in
+// place from a tensor whose rows are not padded); the rest load as zero, without touching
+// memory past the row.
+template <typename scalar_t, int kRows, int kVecs, bool kMaskLast>
+void gemm_tile(const scalar_t* a, int64_t lda, int64_t ak, const scalar_t* b, int64_t ldb, int64_t b_last,
+               int64_t K, const scalar_t* init, bool accumulate, scalar_t* c, int64_t ldc, int64_t valid) {
   using Vec = at::vec::Vectorized<scalar_t>;
   constexpr int64_t L = Vec::size();
+  const auto load_b = [b_last](const scalar_t* p, int v) {
+    return kMaskLast && v == kVecs - 1 ? load_first(p, b_last) : Vec::loadu(p);
+  };
   Vec acc[kRows][kVecs];
   AEF_UNROLLED for (int r = 0; r < kRows; ++r)
     AEF_UNROLLED for (int v = 0; v < kVecs; ++v)
       acc[r][v] = accumulate ? Vec::loadu(c + r * ldc + v * L)
-                             : (init != nullptr ? Vec::loadu(init + v * L) : Vec(scalar_t(0)));
+                             : (init != nullptr ? load_b(init + v * L, v) : Vec(scalar_t(0)));
   for (int64_t k = 0; k < K; ++k) {
     Vec bv[kVecs];
-    AEF_UNROLLED for (int v = 0; v < kVecs; ++v) bv[v] = Vec::loadu(b + k * ldb + v * L);
+    AEF_UNROLLED for (int v = 0; v < kVecs; ++v) bv[v] = load_b(b + k * ldb + v * L, v);
     AEF_UNROLLED for (int r = 0; r < kRows; ++r) {
       const Vec av(a[r * lda + k * ak]);
       AEF_UNROLLED for (int v = 0; v < kVecs; ++v) acc[r][v] = at::vec::fmadd(av, bv[v], acc[r][v]);
@@ -190,18 +197,20 @@ void gemm_tile(const scalar_t* a, int64_t lda, int64_t ak, const scalar_t* b, in
   }
 }
 
-template <typename scalar_t, int kVecs>
-void gemm_column_block(const scalar_t* a, int64_t lda, int64_t ak, const scalar_t* b, int64_t ldb, int64_t M,
-                       int64_t K, const scalar_t* init, bool accumulate, scalar_t* c, int64_t ldc, int64_t valid) {
+template <typename scalar_t, int kVecs, bool kMaskLast>
+void gemm_column_block(const scalar_t* a, int64_t lda, int64_t ak, const scalar_t* b, int64_t ldb, int64_t b_last,
+                       int64_t M, int64_t K, const scalar_t* init, bool accumulate, scalar_t* c, int64_t ldc,
+                       int64_t valid) {
   constexpr int kTileRows = tile_rows<kVecs>();
   int64_t m = 0;
   for (; m + kTileRows <= M; m += kTileRows) {
-    gemm_tile<scalar_t, kTileRows, kVecs>(a + m * lda, lda, ak, b, ldb, K, init, accumulate, c + m * ldc, ldc,
-                                          valid);
+    gemm_tile<scalar_t, kTileRows, kVecs, kMaskLast>(a + m * lda, lda, ak, b, ldb, b_last, K, init, accumulate,
+                                                     c + m * ldc, ldc, valid);
   }
-#define AEF_TAIL_TILE(rows)                                                                                  \
-  case rows:                                                                                                 \
-    gemm_tile<scalar_t, rows, kVecs>(a + m * lda, lda, ak, b, ldb, K, init, accumulate, c + m * ldc, ldc, valid); \
+#define AEF_TAIL_TILE(rows)                                                                                     \
+  case rows:                                                                                                    \
+    gemm_tile<scalar_t, rows, kVecs, kMaskLast>(a + m * lda, lda, ak, b, ldb, b_last, K, init, accumulate,       \
+                                                c + m * ldc, ldc, valid);                                       \
     break;
   switch (M - m) {
     AEF_TAIL_TILE(5)
@@ -214,13 +223,39 @@ void gemm_column_block(const scalar_t* a, int64_t lda, int64_t ak, const scalar_
 #undef AEF_TAIL_TILE
 }
 
-// C (M, Np) (+)= A (M, K) @ B (K, Np) with A[m, k] = a[m * lda + k * ak]; Np is a
-// multiple of the vector width and B's leading dimension; C's is ldc (default Np), and
-// only its first `valid` columns (default Np) are written.
-// init: a row of Np broadcast as C's start, or null.
+// The right-hand operand of small_gemm: rows of `cols` values `ld` apart. Padded
+// buffers have cols == Np (a multiple of the vector width); a tensor read in place has
+// its own row length (cols < Np: the last vector of a row is loaded masked).
 template <typename scalar_t>
-void small_gemm(const scalar_t* a, int64_t lda, int64_t ak, const scalar_t* b, int64_t M, int64_t K, int64_t Np,
-                const scalar_t* init, bool accumulate, scalar_t* c, int64_t ldc = -1, int64_t valid = -1) {
+struct RightOperand {
+  const scalar_t* data;
+  int64_t ld, cols;
+};
+
+template <typename scalar_t, int kVecs>
+void column_block(const scalar_t* a, int64_t lda, int64_t ak, const RightOperand<scalar_t>& b, int64_t n,
+                  int64_t M, int64_t K, const scalar_t* init, bool accumulate, scalar_t* c, int64_t ldc,
+                  int64_t valid) {
+  constexpr int64_t L = at::vec::Vectorized<scalar_t>::size();
+  const int64_t b_last = b.cols - n - (kVecs - 1) * L;  // lanes of the block's last vector in B
+  const scalar_t* init_n = init ? init + n : nullptr;
+  if (b_last < L) {
+    gemm_column_block<scalar_t, kVecs, true>(a, lda, ak, b.data + n, b.ld, b_last, M, K, init_n, accumulate, c + n,
+                                             ldc, valid - n);
+  } else {
+    gemm_column_block<scalar_t, kVecs, false>(a, lda, ak, b.data + n, b.ld, L, M, K, init_n, accumulate, c + n,
+                                              ldc, valid - n);
+  }
+}
+
+// C (M, Np) (+)= A (M, K) @ B (K, Np) with A[m, k] = a[m * lda + k * ak] and B as above
+// (columns past b.cols are zero); Np is a multiple of the vector width. C's leading
+// dimension is ldc (default Np), and only its first `valid` columns (default Np) are
+// written. init: a row of b.cols values broadcast as C's start, or null.
+template <typename scalar_t>
+void small_gemm(const scalar_t* a, int64_t lda, int64_t ak, const RightOperand<scalar_t>& b, int64_t M, int64_t K,
+                int64_t Np, const scalar_t* init, bool accumulate, scalar_t* c, int64_t ldc = -1,
+                int64_t valid = -1) {
   ldc = ldc < 0 ? Np : ldc;
   valid = valid < 0 ? Np : valid;
   constexpr int64_t L = at::vec::Vectorized<scalar_t>::size();
@@ -228,33 +263,38 @@ void small_gemm(const scalar_t* a, int64_t lda, int64_t ak, const scalar_t* b, i
   // fewer broadcasts per multiply-add. 36 positions in float32 (5 vectors) are 3 + 2.
   for (int64_t n = 0; n < Np;) {
     const int64_t left = (Np - n) / L;
-    const scalar_t* init_n = init ? init + n : nullptr;
     if (left >= 3 && left != 4) {
-      gemm_column_block<scalar_t, 3>(a, lda, ak, b + n, Np, M, K, init_n, accumulate, c + n, ldc, valid - n);
+      column_block<scalar_t, 3>(a, lda, ak, b, n, M, K, init, accumulate, c, ldc, valid);
       n += 3 * L;
     } else if (left >= 2) {
-      gemm_column_block<scalar_t, 2>(a, lda, ak, b + n, Np, M, K, init_n, accumulate, c + n, ldc, valid - n);
+      column_block<scalar_t, 2>(a, lda, ak, b, n, M, K, init, accumulate, c, ldc, valid);
       n += 2 * L;
     } else {
-      gemm_column_block<scalar_t, 1>(a, lda, ak, b + n, Np, M, K, init_n, accumulate, c + n, ldc, valid - n);
+      column_block<scalar_t, 1>(a, lda, ak, b, n, M, K, init, accumulate, c, ldc, valid);
       n += L;
     }
   }
 }
 
-// sums[0 .. Np) += the column sums of `rows` rows of Np (the bias gradient). Four partial
-// sums per vector of columns, so the adds do not wait on one another: one running sum
-// (64 dependent adds per vector at the Context Encoder's batch) was 12 % of the backward.
+// sums[0 .. Np) += the column sums of `rows` rows of m (the bias gradient; columns past
+// m.cols add zero). Four partial sums per vector of columns, so the adds do not wait on
+// one another: one running sum (64 dependent adds per vector at the Context Encoder's
+// batch) was 12 % of the backward.
 template <typename scalar_t>
-void add_column_sums(const scalar_t* rows_p, int64_t rows, int64_t Np, scalar_t* sums) {
+void add_column_sums(const RightOperand<scalar_t>& m, int64_t rows, int64_t Np, scalar_t* sums) {
   using Vec = at::vec::Vectorized<scalar_t>;
   constexpr int kParts = 4;
   for (int64_t n = 0; n < Np; n += Vec::size()) {
+    const int64_t lanes = std::min<int64_t>(Vec::size(), m.cols - n);
+    const auto load = [&](int64_t r) {
+      const scalar_t* p = m.data + r * m.ld + n;
+      return lanes == Vec::size() ? Vec::loadu(p) : load_first(p, lanes);
+    };
     Vec part[kParts] = {Vec::loadu(sums + n), Vec(scalar_t(0)), Vec(scalar_t(0)), Vec(scalar_t(0))};
     int64_t r = 0;
     for (; r + kParts <= rows; r += kParts)
-      AEF_UNROLLED for (int j = 0; j < kParts; ++j) part[j] = part[j] + Vec::loadu(rows_p + (r + j) * Np + n);
-    for (; r < rows; ++r) part[0] = part[0] + Vec::loadu(rows_p + r * Np + n);
+      AEF_UNROLLED for (int j = 0; j < kParts; ++j) part[j] = part[j] + load(r + j);
+    for (; r < rows; ++r) part[0] = part[0] + load(r);
     ((part[0] + part[1]) + (part[2] + part[3])).store(sums + n);
   }
 }
@@ -265,7 +305,7 @@ int64_t padded(int64_t n) {
   return (n + L - 1) / L * L;
 }
 
-// Channels per task block: as many as fit kBlockWeightElems of padded weights.
+// Channels per task block: as many as fit kBlockWeightElems of (padded) weights.
 int64_t channel_block(int64_t P, int64_t Np) {
   return std::clamp<int64_t>(kBlockWeightElems / std::max<int64_t>(1, P * Np), 1, kMaxChannelBlock);
 }
@@ -281,27 +321,23 @@ void forward_kernel(const at::Tensor& x, const at::Tensor& weight, const at::Ten
   // NCHW x (and so y): the micro-kernel reads x's rows and writes y's in place; other
   // layouts gather each row into a dense block first and scatter the result.
   const bool direct = xs.channels_adjacent() && ys.channels_adjacent();
+  // W_c (P rows of P) and the bias row are read in place, the last vector of each row masked.
+  const auto weight_of = [&](int64_t c) { return RightOperand<scalar_t>{w_p + c * P * P, P, P}; };
+  const auto bias_of = [&](int64_t c) { return b_p != nullptr ? b_p + c * P : nullptr; };
   at::parallel_for(0, blocks, 1, [&](int64_t blk_begin, int64_t blk_end) {
-    // Per channel of the block: padded W_c (P, Np), padded bias (Np), x rows (kBatchChunk, P),
-    // y rows (kBatchChunk, Np). Padding columns stay zero: they only feed discarded outputs.
-    std::vector<scalar_t> w_pad(Cb * P * Np, scalar_t(0)), bias_pad(Cb * Np, scalar_t(0));
-    std::vector<scalar_t> x_blk(Cb * kBatchChunk * P), y_blk(Cb * kBatchChunk * Np);
+    // Per channel of the block, for layouts other than NCHW: x rows (kBatchChunk, P), y rows
+    // (kBatchChunk, Np).
+    std::vector<scalar_t> x_blk(direct ? 0 : Cb * kBatchChunk * P), y_blk(direct ? 0 : Cb * kBatchChunk * Np);
     for (int64_t blk = blk_begin; blk < blk_end; ++blk) {
       const int64_t c0 = blk * Cb, cn = std::min(Cb, C - c0);
-      for (int64_t ci = 0; ci < cn; ++ci) {
-        for (int64_t i = 0; i < P; ++i)
-          copy_row(w_p + ((c0 + ci) * P + i) * P, P, w_pad.data() + (ci * P + i) * Np);
-        if (b_p != nullptr) copy_row(b_p + (c0 + ci) * P, P, bias_pad.data() + ci * Np);
-      }
       if (direct) {
         // Straight from x into y: strips of kStripRows batch rows, the block's channels
         // inner, so each strip reads and writes runs of cn * P adjacent elements.
         for (int64_t r0 = 0; r0 < B; r0 += kStripRows) {
           const int64_t rows = std::min(kStripRows, B - r0);
           for (int64_t ci = 0; ci < cn; ++ci)
-            small_gemm<scalar_t>(xs.row(r0, c0 + ci), xs.sb, 1, w_pad.data() + ci * P * Np, rows, P, Np,
-                                 b_p != nullptr ? bias_pad.data() + ci * Np : nullptr, false, ys.row(r0, c0 + ci),
-                                 ys.sb, P);
+            small_gemm<scalar_t>(xs.row(r0, c0 + ci), xs.sb, 1, weight_of(c0 + ci), rows, P, Np, bias_of(c0 + ci),
+                                 false, ys.row(r0, c0 + ci), ys.sb, P);
         }
         continue;
       }
@@ -310,9 +346,8 @@ void forward_kernel(const at::Tensor& x, const at::Tensor& weight, const at::Ten
         for (int64_t r = 0; r < rows; ++r)
           for (int64_t ci = 0; ci < cn; ++ci) xs.gather(b0 + r, c0 + ci, x_blk.data() + (ci * kBatchChunk + r) * P, 1);
         for (int64_t ci = 0; ci < cn; ++ci)
-          small_gemm<scalar_t>(x_blk.data() + ci * kBatchChunk * P, P, 1, w_pad.data() + ci * P * Np, rows, P, Np,
-                               b_p != nullptr ? bias_pad.data() + ci * Np : nullptr, false,
-                               y_blk.data() + ci * kBatchChunk * Np);
+          small_gemm<scalar_t>(x_blk.data() + ci * kBatchChunk * P, P, 1, weight_of(c0 + ci), rows, P, Np,
+                               bias_of(c0 + ci), false, y_blk.data() + ci * kBatchChunk * Np);
         for (int64_t r = 0; r < rows; ++r)
           for (int64_t ci = 0; ci < cn; ++ci) ys.scatter(b0 + r, c0 + ci, y_blk.data() + (ci * kBatchChunk + r) * Np);
       }
@@ -339,8 +374,10 @@ void backward_kernel(const at::Tensor& grad_y, const at::Tensor& x, const at::Te
   scalar_t* gb_p = grad_bias.mutable_data_ptr<scalar_t>();
   const RowView<const scalar_t> gys(grad_y.const_data_ptr<scalar_t>(), grad_y), xs(x.const_data_ptr<scalar_t>(), x);
   const RowView<scalar_t> gxs(grad_x.mutable_data_ptr<scalar_t>(), grad_x);
-  // NCHW x (and so dx): X^T is read from x in place and dX written straight into dx; dY
-  // is always gathered, into rows padded to Np, as the right-hand operand of dW.
+  // NCHW x (and so dx): X^T is read from x in place and dX written straight into dx. dY is
+  // always gathered, into rows padded to Np: as dW's right-hand operand, read in place, its
+  // rows lie C * H * W apart, fall into the same cache sets and are re-read by every tile
+  // (the backward took 1.65x as long).
   const bool direct = xs.channels_adjacent() && gxs.channels_adjacent();
   at::parallel_for(0, blocks, 1, [&](int64_t blk_begin, int64_t blk_end) {
     std::vector<BackwardScratch<scalar_t>> scratch(Cb, BackwardScratch<scalar_t>(P, Np));
@@ -362,21 +399,21 @@ void backward_kernel(const at::Tensor& grad_y, const at::Tensor& x, const at::Te
           }
         for (int64_t ci = 0; ci < cn; ++ci) {
           BackwardScratch<scalar_t>& s = scratch[ci];
+          const RightOperand<scalar_t> dy{s.gy_blk.data(), Np, Np};
+          const RightOperand<scalar_t> wt{s.wt_pad.data(), Np, Np};
           // dX rows of this chunk: dY (rows, P) @ W^T (P, Np).
           if (direct) {
-            small_gemm<scalar_t>(s.gy_blk.data(), Np, 1, s.wt_pad.data(), rows, P, Np, nullptr, false,
-                                 gxs.row(b0, c0 + ci), gxs.sb, P);
+            small_gemm<scalar_t>(dy.data, dy.ld, 1, wt, rows, P, Np, nullptr, false, gxs.row(b0, c0 + ci), gxs.sb, P);
           } else {
-            small_gemm<scalar_t>(s.gy_blk.data(), Np, 1, s.wt_pad.data(), rows, P, Np, nullptr, false, s.gx_blk.data());
+            small_gemm<scalar_t>(dy.data, dy.ld, 1, wt, rows, P, Np, nullptr, false, s.gx_blk.data());
           }
           // dW += X^T (P, rows) @ dY (rows, Np), X^T read in place; db += column sums of dY.
           if (direct) {
-            small_gemm<scalar_t>(xs.row(b0, c0 + ci), 1, xs.sb, s.gy_blk.data(), P, rows, Np, nullptr, true,
-                                 s.gw_acc.data());
+            small_gemm<scalar_t>(xs.row(b0, c0 + ci), 1, xs.sb, dy, P, rows, Np, nullptr, true, s.gw_acc.data());
           } else {
-            small_gemm<scalar_t>(s.x_blk.data(), 1, P, s.gy_blk.data(), P, rows, Np, nullptr, true, s.gw_acc.data());
+            small_gemm<scalar_t>(s.x_blk.data(), 1, P, dy, P, rows, Np, nullptr, true, s.gw_acc.data());
           }
-          add_column_sums(s.gy_blk.data(), rows, Np, s.gb_acc.data());
+          add_column_sums(dy, rows, Np, s.gb_acc.data());
         }
         if (!direct) {
           for (int64_t r = 0; r < rows; ++r)
