@@ -118,12 +118,14 @@ def test_nan_in_gives_nan_out_like_the_reference(device):
     assert torch.isnan(kl).tolist() == torch.isnan(kl_ref).tolist() == [True, False, True]
 
 
-@pytest.mark.parametrize("device", devices())
 @pytest.mark.parametrize("direction", ["forward", "backward"])
-def test_exp_of_logvar_over_the_whole_float_range(device, direction):
+def test_cpu_exp_of_logvar_over_the_whole_float_range(direction):
     """z = exp(logvar / 2) and the KL gradient's exp(logvar) (the CPU kernel's own
     inline exp for float32) hold to float64's exp within 2 ulp (3 through the gradient's
-    extra roundings) from overflow to inf down through the denormals to zero; inf, -inf and NaN come out as torch.exp's."""
+    extra roundings) from overflow to inf down through the denormals to zero; inf, -inf
+    and NaN come out as torch.exp's. CPU only: the Triton kernel uses tl.exp, a faster
+    approximation not meant to hold 2 ulp, and the float32 tolerances elsewhere hold it."""
+    device = "cpu"
     specials = torch.tensor([float("inf"), float("-inf"), float("nan"), 0.0, -0.0, 88.72, 88.73, -87.3, -103.0, -104.5])
     logvar = torch.cat([torch.empty(20_000).uniform_(-220.0, 190.0), specials]).reshape(2, -1).to(device)
     mu, eps = torch.zeros_like(logvar), torch.ones_like(logvar)
