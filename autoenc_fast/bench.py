@@ -286,9 +286,17 @@ def _model_and_loss(family: str, backend: str, kwargs: dict, batch: int, device)
     return model, (segmap, torch.randn(batch, model.z_dim, device=device)), lambda out: out.square().mean()
 
 
-def make_model_step(family: str, provider: str, device, size: str | None = None) -> Callable[[], None]:
+AMP_DTYPES = {"bf16": torch.bfloat16}
+
+
+def make_model_step(family: str, provider: str, device, size: str | None = None,
+                    amp: str | None = None) -> Callable[[], None]:
     """One training step (forward, loss, backward, Adam) of `family` on a fixed batch;
-    provider is ours/eager/compiled or fused/reference/reference_compiled."""
+    provider is ours/eager/compiled or fused/reference/reference_compiled. amp="bf16"
+    runs the forward and the loss under torch.autocast in bfloat16 (no grad scaler is
+    needed for bfloat16)."""
+    if amp is not None and amp not in AMP_DTYPES:
+        raise ValueError(f"make_model_step: amp must be None or one of {list(AMP_DTYPES)}; got {amp!r}")
     provider = MODEL_PROVIDERS.get(provider, provider)
     size = size or torch.device(device).type
     kwargs, batch = MODEL_CONFIGS[family][size]
@@ -297,13 +305,31 @@ def make_model_step(family: str, provider: str, device, size: str | None = None)
     forward = torch.compile(model) if provider == "reference_compiled" else model
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     sync = _sync_for(device)
+    device_type = torch.device(device).type
 
     def step():
         optimizer.zero_grad(set_to_none=True)
-        loss_of(forward(*inputs)).backward()
+        with torch.autocast(device_type, dtype=AMP_DTYPES.get(amp, torch.float32), enabled=amp is not None):
+            loss = loss_of(forward(*inputs))
+        loss.backward()
         optimizer.step()
         sync()
+    step.model = model  # for tests and for callers that look at what was trained
     return step
+
+
+def step_peak_mib(run: Callable[[], None], device) -> float | None:
+    """CUDA memory a step allocates on top of what is allocated when it starts (the
+    activations, gradients and temporaries it holds at its peak), in MiB; None off CUDA,
+    where torch keeps no such statistics."""
+    if torch.device(device).type != "cuda":
+        return None
+    torch.cuda.synchronize()
+    start = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    run()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - start) / 2**20
 
 
 def _machine_fields(dev: torch.device) -> dict:
@@ -311,29 +337,36 @@ def _machine_fields(dev: torch.device) -> dict:
     return {"device": str(dev), "cpu_threads": torch.get_num_threads(), "torch": torch.__version__}
 
 
-def _model_rows(dev: torch.device, quick: bool, min_run_time: float, families=None) -> list[dict]:
+def _model_rows(dev: torch.device, quick: bool, min_run_time: float, families=None, amps=(None,)) -> list[dict]:
     rows = []
     size = "quick" if quick else dev.type
     # --quick skips compiling the models (tens of seconds each on a CPU): a smoke run.
     providers = ("ours", "eager") if quick else PROVIDERS
     for family in families or MODEL_CONFIGS:
-        torch._dynamo.reset()
-        times = time_side_by_side_ms({p: make_model_step(family, p, dev, size) for p in providers}, min_run_time)
-        kwargs, batch = MODEL_CONFIGS[family][size]
-        row = {"op": f"step:{family}", "shape": [batch], "mode": "train", **_machine_fields(dev),
-               **{f"{p}_ms": times.get(p) for p in PROVIDERS},
-               "speedup_vs_eager": times["eager"] / times["ours"],
-               "speedup_vs_compiled": times["compiled"] / times["ours"] if "compiled" in times else None}
-        rows.append(row)
+        for amp in amps:
+            torch._dynamo.reset()
+            steps = {p: make_model_step(family, p, dev, size, amp) for p in providers}
+            times = time_side_by_side_ms(steps, min_run_time)
+            kwargs, batch = MODEL_CONFIGS[family][size]
+            row = {"op": f"step:{family}", "shape": [batch], "mode": "train" if amp is None else f"train {amp}",
+                   **_machine_fields(dev), **{f"{p}_ms": times.get(p) for p in PROVIDERS},
+                   "speedup_vs_eager": times["eager"] / times["ours"],
+                   "speedup_vs_compiled": times["compiled"] / times["ours"] if "compiled" in times else None}
+            if dev.type == "cuda":
+                row.update({f"{p}_peak_mib": step_peak_mib(steps[p], dev) for p in providers})
+            rows.append(row)
     return rows
 
 
 def run_benchmarks(device: str = "auto", quick: bool = False, ops=None, modes=("full",),
-                   models: bool = True, families=None) -> list[dict]:
+                   models: bool = True, families=None, amps=(None,)) -> list[dict]:
     """Median ms of every provider for every op case and model training step, speedups,
-    and GB/s on CUDA for the memory-bound ops. `ops` / `families` keep only those op
-    cases / model steps (naming only one kind leaves the other out)."""
-    for name, given, known in (("ops", ops, OPS), ("families", families, tuple(MODEL_CONFIGS))):
+    GB/s on CUDA for the memory-bound ops and each step's peak memory on CUDA. `ops` /
+    `families` keep only those op cases / model steps (naming only one kind leaves the
+    other out); `amps` lists the model steps' precisions (None: float32, "bf16":
+    bfloat16 autocast)."""
+    for name, given, known in (("ops", ops, OPS), ("families", families, tuple(MODEL_CONFIGS)),
+                               ("amps", [a for a in amps if a is not None], tuple(AMP_DTYPES))):
         unknown = sorted(set(given or ()) - set(known))
         if unknown:
             raise ValueError(f"run_benchmarks: unknown {name} {unknown}; expected some of {list(known)}")
@@ -357,7 +390,7 @@ def run_benchmarks(device: str = "auto", quick: bool = False, ops=None, modes=("
                 row["copy_gbps"] = copy_gbps(full_bytes, dev)
             rows.append(row)
     if run_families:
-        rows += _model_rows(dev, quick, min_run_time, run_families)
+        rows += _model_rows(dev, quick, min_run_time, run_families, amps)
     return rows
 
 
@@ -376,6 +409,9 @@ def format_table(rows: list[dict]) -> str:
                 f"{_cell(r['speedup_vs_eager'], 9, 2)}{_cell(r['speedup_vs_compiled'], 11, 2)}")
         if "ours_gbps" in r:
             line += f"  {r['ours_gbps']:.0f} GB/s ({100 * r['ours_gbps'] / r['copy_gbps']:.0f}% of copy)"
+        if r.get("ours_peak_mib") is not None:
+            peaks = " / ".join(f"{r[f'{p}_peak_mib']:.0f}" for p in PROVIDERS if r.get(f"{p}_peak_mib") is not None)
+            line += f"  step peak MiB {peaks}"
         lines.append(line)
     return "\n".join(lines)
 

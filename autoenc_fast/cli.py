@@ -20,8 +20,9 @@ def _cmd_bench(args) -> int:
     from .bench import format_table, keep_freed_memory, run_benchmarks
 
     malloc = "system default" if args.system_malloc or not keep_freed_memory() else "freed memory kept"
+    amps = tuple(None if a == "fp32" else a for a in dict.fromkeys(args.amp or ["fp32"]))
     rows = run_benchmarks(device=args.device, quick=args.quick, ops=args.op, modes=args.mode or ("full",),
-                          models=not args.no_models, families=args.model)
+                          models=not args.no_models, families=args.model, amps=amps)
     for row in rows:
         row["malloc"] = malloc
     print(format_table(rows))
@@ -107,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="only this op (repeatable; with --model, also those model steps)")
     p_bench.add_argument("--model", action="append", choices=bench_families,
                          help="only this model family's training step (repeatable)")
+    p_bench.add_argument("--amp", action="append", choices=["fp32", "bf16"],
+                         help="model steps in float32 and/or under bfloat16 autocast (repeatable; default fp32)")
     p_bench.add_argument("--mode", action="append", choices=["forward", "backward", "full"],
                          help="forward, backward or full (forward + backward) steps; repeatable (default full)")
     p_bench.add_argument("--json", metavar="FILE", help="also write the rows as JSON")

@@ -220,6 +220,42 @@ def test_bench_runs_only_what_is_named(capsys):
     assert main(["bench", "--quick", "--device", "cpu", "--op", "channelwise_fc", "--model", "vae"]) == 0
     rows = [line.split()[0] for line in capsys.readouterr().out.splitlines()[2:] if line.strip()]
     assert rows == ["channelwise_fc", "step:vae"]
+    assert main(["bench", "--quick", "--device", "cpu", "--model", "vae", "--amp", "fp32", "--amp", "bf16"]) == 0
+    rows = [line.split()[:5] for line in capsys.readouterr().out.splitlines()[2:] if line.strip()]
+    assert [r[:4] for r in rows] == [["step:vae", "batch", "8", "train"]] * 2
+    assert [r[4] == "bf16" for r in rows] == [False, True]
+
+
+@pytest.mark.parametrize("family", ["conv_autoencoder", "vae", "context_encoder", "gaugan_generator"])
+def test_bench_model_step_under_bf16_autocast(family):
+    """The CUDA bench also times each model step under bfloat16 autocast: the step runs
+    (here on the CPU, small sizes) for both backends, changes the parameters and keeps
+    them float32 (autocast, not a cast of the model)."""
+    from autoenc_fast.bench import make_model_step, step_peak_mib
+
+    for provider in ("ours", "eager"):
+        torch.manual_seed(0)
+        step = make_model_step(family, provider, "cpu", "quick", amp="bf16")
+        model_params = list(step.model.parameters())
+        before = [p.detach().clone() for p in model_params]
+        step()
+        assert model_params and all(p.dtype == torch.float32 for p in model_params)
+        assert any(not torch.equal(b, p) for b, p in zip(before, model_params))
+        assert all(torch.isfinite(p).all() for p in model_params)
+    assert step_peak_mib(step, "cpu") is None
+    with pytest.raises(ValueError, match="amp"):
+        make_model_step(family, "ours", "cpu", "quick", amp="fp8")
+
+
+def test_bench_table_shows_cuda_step_peak_memory():
+    """CUDA model rows carry each provider's step peak memory; the table prints them
+    (no CPU run produces them, so a row is made up here)."""
+    from autoenc_fast.bench import format_table
+
+    row = {"op": "step:vae", "shape": [128], "mode": "train bf16", "device": "cuda", "torch": "x",
+           "cpu_threads": 16, "ours_ms": 2.0, "eager_ms": 3.0, "compiled_ms": 2.5, "speedup_vs_eager": 1.5,
+           "speedup_vs_compiled": 1.25, "ours_peak_mib": 101.4, "eager_peak_mib": 230.0, "compiled_peak_mib": 180.6}
+    assert format_table([row]).splitlines()[-1].endswith("step peak MiB 101 / 230 / 181")
 
 
 def test_bench_refuses_an_unknown_op_or_model(capsys):
