@@ -1,7 +1,8 @@
 """Device time of one forward + backward step of every op, per provider, from the
 profiler's kernel records: what the GPU spends, without the CPU's launch overhead
 that dominates wall-clock medians at these sizes. GB/s counts the fewest bytes the
-step must move (bench.py) over that device time.
+step must move (bench.py) over that device time. spade_norm rows also time the Triton
+candidate kernels (autoenc_fast/triton/spade_norm.py) against the CUDA C++ ones.
 
     python benchmarks/gpu_kernel_times.py [--json FILE]
 """
@@ -28,6 +29,22 @@ def device_ms(run) -> float:
     return total_us / STEPS / 1e3
 
 
+def triton_spade_norm_full(shape, device):
+    """A full step of the Triton candidate SPADE kernels (autoenc_fast.triton.spade_norm),
+    batch statistics and slope 0.2 as the bench's spade_norm case (which also updates the
+    running statistics, a few C-element ops), to choose between them and the CUDA C++ ones."""
+    from autoenc_fast.triton.spade_norm import SpadeNormTriton
+
+    x, gamma, beta = (torch.randn(shape, device=device, requires_grad=True) for _ in range(3))
+    grad_y = torch.randn(shape, device=device)
+
+    def run():
+        for t in (x, gamma, beta):
+            t.grad = None
+        torch.autograd.backward(SpadeNormTriton.apply(x, gamma, beta, False, 1e-5, 0.2), grad_y)
+    return run
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--json")
@@ -43,6 +60,9 @@ def main() -> None:
             row["ours_gbps"] = moved / (times["ours"] * 1e-3) / 1e9
             row["copy_gbps"] = copy_gbps(moved, device)
             line += f"{row['ours_gbps']:>11.0f}{row['copy_gbps']:>11.0f}"
+        if op == "spade_norm":  # the GPU kernels' choice: CUDA C++ (ours) against the Triton candidate
+            row["triton_device_ms"] = device_ms(triton_spade_norm_full(shape, device))
+            line += f"  triton {row['triton_device_ms']:.4f} ms ({row['triton_device_ms'] / times['ours']:.2f}x ours)"
         rows.append(row)
         print(line, flush=True)
     if args.json:

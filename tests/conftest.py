@@ -9,6 +9,31 @@ import autoenc_fast  # noqa: F401  (registers the ops)
 HAS_CUDA = torch.cuda.is_available()
 requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU; this machine has none")
 
+def _version(text: str) -> tuple[int, int]:
+    major, minor = text.split(".")[:2]
+    return int(major), int("".join(ch for ch in minor if ch.isdigit()) or 0)
+
+
+def run_under_triton_interpreter(script: str, out_path, timeout: int = 300) -> None:
+    """Runs tests/<script> in a subprocess with TRITON_INTERPRET=1 (it must be set before
+    triton is imported) and argv[1] = out_path; skips, saying why, where the interpreter
+    cannot run."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import numpy as np
+
+    triton = pytest.importorskip("triton")
+    if _version(triton.__version__) < (3, 3) and _version(np.__version__) >= (2, 4):
+        pytest.skip(f"Triton {triton.__version__}'s interpreter calls int() on 1-element arrays, which "
+                    f"numpy {np.__version__} rejects: install numpy<2.4 to run this test")
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    subprocess.run([sys.executable, str(Path(__file__).with_name(script)), str(out_path)], check=True, env=env,
+                   timeout=timeout)
+
+
 # Tolerances against a float64 reference (DESIGN.md).
 TOLERANCES = {
     torch.float64: dict(atol=1e-10, rtol=1e-8),

@@ -4,12 +4,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from conftest import TOLERANCES, devices, requires_cuda
+from conftest import TOLERANCES, devices, requires_cuda, run_under_triton_interpreter
 
 from autoenc_fast import functional as F
 from autoenc_fast import nn as afnn
@@ -270,17 +268,8 @@ def test_explicit_seed_forms_agree(device):
     assert not torch.equal(by_int, shifted)
 
 
-def _version(text: str) -> tuple[int, int]:
-    major, minor = text.split(".")[:2]
-    return int(major), int("".join(ch for ch in minor if ch.isdigit()) or 0)
-
-
 def test_triton_kernels_under_the_interpreter_match_cpu(tmp_path):
     """The Triton kernels, interpreted on the CPU, against the C++ kernel and the reference."""
-    triton = pytest.importorskip("triton")
-    if _version(triton.__version__) < (3, 3) and _version(np.__version__) >= (2, 4):
-        pytest.skip(f"Triton {triton.__version__}'s interpreter calls int() on 1-element arrays, which "
-                    f"numpy {np.__version__} rejects: install numpy<2.4 to run this test")
     cases = {}
     for name, shape, dtype in [("f32", (3, 37), torch.float32), ("f64", (2, 3, 5), torch.float64),
                                ("row1", (5, 1), torch.float32)]:
@@ -294,10 +283,7 @@ def test_triton_kernels_under_the_interpreter_match_cpu(tmp_path):
     cases["split_drawn"] = dict(mu=mu, logvar=logvar, seed=torch.tensor([77, 5]), slices=3,
                                 grad_z=torch.randn_like(mu), grad_kl=torch.randn(2))
     torch.save(cases, tmp_path / "cases.in")
-    script = Path(__file__).with_name("triton_interpret_run.py")
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    subprocess.run([sys.executable, str(script), str(tmp_path / "cases.out")], check=True, env=env,
-                   timeout=300)
+    run_under_triton_interpreter("triton_interpret_run.py", tmp_path / "cases.out")
     results = torch.load(tmp_path / "cases.out")
     for name, case in cases.items():
         got = results[name]

@@ -13,7 +13,7 @@ import autoenc_fast.reference as R
 from autoenc_fast import _ext
 from autoenc_fast.nn import SPADE
 
-from conftest import HAS_CUDA, TOLERANCES, devices
+from conftest import HAS_CUDA, TOLERANCES, devices, run_under_triton_interpreter
 
 OPS = ["spade_norm", "spade_norm_stats", "spade_norm_apply", "spade_norm_backward",
        "spade_norm_backward_reduce", "spade_norm_backward_elemt"]
@@ -155,6 +155,80 @@ def test_cpu_two_sweep_backward_matches_reference_in_float64(norm, slope):
     pieces = ops.spade_norm_backward_elemt(grad, x, gamma, beta, mean, invstd, sum1 / count, sum2 / count, slope)
     for name, a, b in zip(("x", "gamma", "beta"), fused, pieces):
         torch.testing.assert_close(a, b, msg=name, rtol=1e-12, atol=1e-12)
+
+
+def test_triton_candidate_kernels_under_the_interpreter_match_reference(tmp_path):
+    """The Triton SPADE kernels (autoenc_fast.triton.spade_norm, timed against the CUDA C++
+    ones on a GPU), interpreted on the CPU: statistics, output and gradients against the
+    float64 reference, batch and instance norm, with and without slope, a map wider than
+    one tile, and a mean far from zero (the shifted sums)."""
+    cases = {}
+    for name, shape, instance, slope, offset in [("batch", (3, 4, 5, 7), False, 0.2, 0.0),
+                                                 ("instance", (2, 3, 6, 5), True, None, 0.0),
+                                                 ("wide_batch", (2, 3, 33, 40), False, None, 0.0),
+                                                 ("offset", (2, 3, 4, 4), False, 0.1, 1000.0)]:
+        x, gamma, beta = make_inputs(shape, torch.float32, "cpu")
+        cases[name] = dict(x=x + offset, gamma=gamma, beta=beta, grad=torch.randn(shape), instance=instance,
+                           slope=slope)
+    torch.save(cases, tmp_path / "cases.in")
+    run_under_triton_interpreter("triton_interpret_spade.py", tmp_path / "cases.out")
+    results = torch.load(tmp_path / "cases.out")
+    tol = TOLERANCES[torch.float32]
+    for name, case in cases.items():
+        norm = "instance" if case["instance"] else "batch"
+        x64, g64, b64, grad64 = (case[k].double() for k in ("x", "gamma", "beta", "grad"))
+        y_ref, grads_ref = run(R.spade_norm, x64, g64, b64, grad64, norm=norm, negative_slope=case["slope"])
+        dims = (2, 3) if case["instance"] else (0, 2, 3)
+        got = results[name]
+        torch.testing.assert_close(got["mean"].double().flatten(), x64.mean(dims).flatten(), msg=f"{name}: mean",
+                                   atol=1e-5 * max(1.0, x64.abs().max().item()), rtol=1e-5)
+        torch.testing.assert_close(got["var"].double().flatten(), x64.var(dims, unbiased=False).flatten(),
+                                   msg=f"{name}: var", atol=1e-4, rtol=1e-3)
+        torch.testing.assert_close(got["y"].double(), y_ref, msg=f"{name}: y", atol=10 * tol["atol"], rtol=tol["rtol"])
+        assert_grads_close(got["grads"], grads_ref, y_ref, case["slope"], atol=20 * tol["atol"], rtol=tol["rtol"])
+        assert torch.equal(got["y_fn"], got["y"])
+        assert all(torch.equal(a, b) for a, b in zip(got["grads_fn"], got["grads"]))
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+@pytest.mark.parametrize("instance", [False, True])
+def test_triton_candidate_kernels_compile_for_sm90_without_a_gpu(dtype, instance):
+    """Triton compiles these kernels to sm_90 machine code here, with no GPU: a kernel that
+    would not build on the H100/H200 fails in CI, not in the GPU check's few minutes."""
+    triton = pytest.importorskip("triton")
+    from conftest import _version
+
+    if _version(triton.__version__) < (3, 3):
+        pytest.skip(f"Triton {triton.__version__}'s ASTSource takes another signature format (3.3+ needed)")
+    import triton.language as tl
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from autoenc_fast.triton import spade_norm as kernels
+
+    ptrs = dict.fromkeys  # (names, type): every named argument a pointer of that type
+    data, stats = f"*{dtype}", "*fp32"
+    flags = {"INSTANCE": instance, "HAS_SLOPE": True, "ACC": tl.float32, "BLOCK": kernels.BLOCK}
+    cases = [
+        (kernels._stats_kernel, {**ptrs(["x_ptr"], data), **ptrs(["mean_ptr", "var_ptr"], stats),
+                                 "N": "i32", "C": "i32", "HW": "i32"}, ["INSTANCE", "ACC", "BLOCK"]),
+        (kernels._apply_kernel, {**ptrs(["x_ptr", "gamma_ptr", "beta_ptr"], data),
+                                 **ptrs(["mean_ptr", "invstd_ptr"], stats), "y_ptr": data, "C": "i32", "HW": "i32",
+                                 "slope": "fp32"}, list(flags)),
+        (kernels._backward_reduce_kernel, {**ptrs(["dy_ptr", "x_ptr", "gamma_ptr", "beta_ptr"], data),
+                                           **ptrs(["mean_ptr", "invstd_ptr", "sum1_ptr", "sum2_ptr"], stats),
+                                           "N": "i32", "C": "i32", "HW": "i32", "slope": "fp32"}, list(flags)),
+        (kernels._backward_elemt_kernel, {**ptrs(["dy_ptr", "x_ptr", "gamma_ptr", "beta_ptr"], data),
+                                          **ptrs(["mean_ptr", "invstd_ptr", "sum1_ptr", "sum2_ptr"], stats),
+                                          **ptrs(["dx_ptr", "dgamma_ptr", "dbeta_ptr"], data), "C": "i32",
+                                          "HW": "i32", "inv_m": "fp32", "slope": "fp32"}, list(flags)),
+    ]
+    for fn, signature, constexpr_names in cases:
+        constexprs = {name: flags[name] for name in constexpr_names}
+        source = ASTSource(fn=fn, signature={**signature, **{n: "constexpr" for n in constexpr_names}},
+                           constexprs=constexprs)
+        compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32))
+        assert compiled.asm.get("cubin"), fn.__name__
 
 
 @needs_ext

@@ -1,0 +1,205 @@
+r"""Triton kernels of the SPADE normalization: the candidate GPU implementation that the CUDA
+C++ kernels (csrc/cuda/spade_norm.cu, the op's CUDA implementation) are measured against,
+as issue 4 asks ("CUDA C++ or Triton, chosen by measurement"). Not registered as the op:
+``benchmarks/gpu_kernel_times.py`` times it beside the CUDA kernels on a GPU.
+
+NCHW, training statistics (batch: per channel over N, H, W; instance: per (n, c) over
+H, W), statistics and math in float32 (float64 for float64 x). With k the group's first
+element (a shift, so the one-pass variance does not cancel when |mean| >> std)::
+
+    mean = k + S1 / M,  var = S2 / M - (S1 / M)^2,   S1 = sum(x - k), S2 = sum((x - k)^2)
+    xhat = (x - mean) * invstd,  z = xhat * (1 + gamma) + beta,  y = z or leaky_relu(z)
+
+Backward, z recomputed from x (never stored)::
+
+    dz = dy * (z > 0 ? 1 : slope),  dxhat = dz * (1 + gamma)
+    A = sum dxhat,  B = sum dxhat * xhat   (per group)
+    dx = invstd * (dxhat - A / M - xhat * B / M),  dgamma = dz * xhat,  dbeta = dz
+
+One program per statistics group for the two reductions (its rows walked in BLOCK-wide
+tiles), and a (row, tile) grid for the two elementwise passes.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+BLOCK = 1024
+NUM_WARPS = 4
+
+
+@triton.jit
+def _group_row(g, n, C, INSTANCE: tl.constexpr):
+    """Row (of H * W elements) n of statistics group g: rows n * C + g for batch norm, the
+    single row g = n * C + c for instance norm."""
+    if INSTANCE:
+        return g
+    return n * C + g
+
+
+@triton.jit
+def _stats_kernel(x_ptr, mean_ptr, var_ptr, N, C, HW, INSTANCE: tl.constexpr, ACC: tl.constexpr,
+                  BLOCK: tl.constexpr):
+    g = tl.program_id(0)
+    rows = 1 if INSTANCE else N
+    shift = tl.load(x_ptr + _group_row(g, 0, C, INSTANCE).to(tl.int64) * HW).to(ACC)
+    acc1 = tl.zeros([BLOCK], dtype=ACC)
+    acc2 = tl.zeros([BLOCK], dtype=ACC)
+    for n in range(0, rows):
+        base = _group_row(g, n, C, INSTANCE).to(tl.int64) * HW
+        for start in range(0, HW, BLOCK):
+            offs = start + tl.arange(0, BLOCK)
+            mask = offs < HW
+            d = tl.where(mask, tl.load(x_ptr + base + offs, mask=mask, other=0.0).to(ACC) - shift, 0.0)
+            acc1 += d
+            acc2 += d * d
+    m = (rows * HW).to(ACC)
+    d_mean = tl.sum(acc1, axis=0) / m
+    tl.store(mean_ptr + g, shift + d_mean)
+    tl.store(var_ptr + g, tl.maximum(tl.sum(acc2, axis=0) / m - d_mean * d_mean, 0.0))
+
+
+@triton.jit
+def _affine(x_ptr, gamma_ptr, beta_ptr, at, mask, mean, invstd, ACC: tl.constexpr):
+    xhat = (tl.load(x_ptr + at, mask=mask, other=0.0).to(ACC) - mean) * invstd
+    one_g = 1.0 + tl.load(gamma_ptr + at, mask=mask, other=0.0).to(ACC)
+    z = xhat * one_g + tl.load(beta_ptr + at, mask=mask, other=0.0).to(ACC)
+    return xhat, one_g, z
+
+
+@triton.jit
+def _apply_kernel(x_ptr, gamma_ptr, beta_ptr, mean_ptr, invstd_ptr, y_ptr, C, HW, slope,
+                  INSTANCE: tl.constexpr, HAS_SLOPE: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+    row = tl.program_id(0)
+    g = row if INSTANCE else row % C
+    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < HW
+    at = row.to(tl.int64) * HW + offs
+    _, _, z = _affine(x_ptr, gamma_ptr, beta_ptr, at, mask, tl.load(mean_ptr + g), tl.load(invstd_ptr + g), ACC)
+    if HAS_SLOPE:
+        z = tl.where(z > 0, z, z * slope)
+    tl.store(y_ptr + at, z.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _dz(dy_ptr, at, mask, z, slope, HAS_SLOPE: tl.constexpr, ACC: tl.constexpr):
+    dy = tl.load(dy_ptr + at, mask=mask, other=0.0).to(ACC)
+    if HAS_SLOPE:
+        dy = tl.where(z > 0, dy, dy * slope)
+    return dy
+
+
+@triton.jit
+def _backward_reduce_kernel(dy_ptr, x_ptr, gamma_ptr, beta_ptr, mean_ptr, invstd_ptr, sum1_ptr, sum2_ptr,
+                            N, C, HW, slope, INSTANCE: tl.constexpr, HAS_SLOPE: tl.constexpr,
+                            ACC: tl.constexpr, BLOCK: tl.constexpr):
+    g = tl.program_id(0)
+    rows = 1 if INSTANCE else N
+    mean = tl.load(mean_ptr + g)
+    invstd = tl.load(invstd_ptr + g)
+    acc1 = tl.zeros([BLOCK], dtype=ACC)
+    acc2 = tl.zeros([BLOCK], dtype=ACC)
+    for n in range(0, rows):
+        base = _group_row(g, n, C, INSTANCE).to(tl.int64) * HW
+        for start in range(0, HW, BLOCK):
+            offs = start + tl.arange(0, BLOCK)
+            mask = offs < HW
+            at = base + offs
+            xhat, one_g, z = _affine(x_ptr, gamma_ptr, beta_ptr, at, mask, mean, invstd, ACC)
+            dxhat = _dz(dy_ptr, at, mask, z, slope, HAS_SLOPE, ACC) * one_g  # masked lanes: dy = 0
+            acc1 += dxhat
+            acc2 += dxhat * xhat
+    tl.store(sum1_ptr + g, tl.sum(acc1, axis=0))
+    tl.store(sum2_ptr + g, tl.sum(acc2, axis=0))
+
+
+@triton.jit
+def _backward_elemt_kernel(dy_ptr, x_ptr, gamma_ptr, beta_ptr, mean_ptr, invstd_ptr, sum1_ptr, sum2_ptr,
+                           dx_ptr, dgamma_ptr, dbeta_ptr, C, HW, inv_m, slope, INSTANCE: tl.constexpr,
+                           HAS_SLOPE: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+    row = tl.program_id(0)
+    g = row if INSTANCE else row % C
+    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < HW
+    at = row.to(tl.int64) * HW + offs
+    invstd = tl.load(invstd_ptr + g)
+    xhat, one_g, z = _affine(x_ptr, gamma_ptr, beta_ptr, at, mask, tl.load(mean_ptr + g), invstd, ACC)
+    dz = _dz(dy_ptr, at, mask, z, slope, HAS_SLOPE, ACC)
+    dxhat = dz * one_g
+    dx = (dxhat - tl.load(sum1_ptr + g) * inv_m - xhat * (tl.load(sum2_ptr + g) * inv_m)) * invstd
+    tl.store(dx_ptr + at, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+    tl.store(dgamma_ptr + at, (dz * xhat).to(dgamma_ptr.dtype.element_ty), mask=mask)
+    tl.store(dbeta_ptr + at, dz.to(dbeta_ptr.dtype.element_ty), mask=mask)
+
+
+def _acc(dtype: torch.dtype):
+    return (tl.float64, torch.float64) if dtype == torch.float64 else (tl.float32, torch.float32)
+
+
+def _groups(x: torch.Tensor, instance: bool) -> int:
+    return x.shape[0] * x.shape[1] if instance else x.shape[1]
+
+
+def spade_norm_forward(x, gamma, beta, *, instance=False, eps=1e-5, negative_slope=None):
+    """Training statistics and the modulated output: returns (y, mean, var, invstd)."""
+    x, gamma, beta = x.contiguous(), gamma.contiguous(), beta.contiguous()
+    N, C, H, W = x.shape
+    HW = H * W
+    acc_tl, acc_torch = _acc(x.dtype)
+    groups = _groups(x, instance)
+    mean = torch.empty(groups, dtype=acc_torch, device=x.device)
+    var = torch.empty_like(mean)
+    y = torch.empty_like(x)
+    if x.numel() == 0:
+        return y, mean.zero_(), var.zero_(), var + eps
+    _stats_kernel[(groups,)](x, mean, var, N, C, HW, INSTANCE=instance, ACC=acc_tl, BLOCK=BLOCK,
+                             num_warps=NUM_WARPS)
+    invstd = torch.rsqrt(var + eps)
+    _apply_kernel[(N * C, triton.cdiv(HW, BLOCK))](
+        x, gamma, beta, mean, invstd, y, C, HW, float(negative_slope or 0.0), INSTANCE=instance,
+        HAS_SLOPE=negative_slope is not None, ACC=acc_tl, BLOCK=BLOCK, num_warps=NUM_WARPS)
+    return y, mean, var, invstd
+
+
+def spade_norm_backward(grad_y, x, gamma, beta, mean, invstd, *, instance=False, negative_slope=None):
+    """(dx, dgamma, dbeta) of spade_norm_forward with training statistics."""
+    grad_y, x, gamma, beta = grad_y.contiguous(), x.contiguous(), gamma.contiguous(), beta.contiguous()
+    N, C, H, W = x.shape
+    HW = H * W
+    acc_tl, _ = _acc(x.dtype)
+    dx, dgamma, dbeta = torch.empty_like(x), torch.empty_like(x), torch.empty_like(x)
+    if x.numel() == 0:
+        return dx, dgamma, dbeta
+    groups = _groups(x, instance)
+    sum1, sum2 = torch.empty_like(mean), torch.empty_like(mean)
+    common = dict(INSTANCE=instance, HAS_SLOPE=negative_slope is not None, ACC=acc_tl, BLOCK=BLOCK,
+                  num_warps=NUM_WARPS)
+    slope = float(negative_slope or 0.0)
+    _backward_reduce_kernel[(groups,)](grad_y, x, gamma, beta, mean, invstd, sum1, sum2, N, C, HW, slope,
+                                       **common)
+    group_elems = HW if instance else N * HW
+    _backward_elemt_kernel[(N * C, triton.cdiv(HW, BLOCK))](
+        grad_y, x, gamma, beta, mean, invstd, sum1, sum2, dx, dgamma, dbeta, C, HW, 1.0 / group_elems, slope,
+        **common)
+    return dx, dgamma, dbeta
+
+
+class SpadeNormTriton(torch.autograd.Function):
+    """spade_norm (training statistics, no running statistics) on these kernels, for
+    timing a forward + backward step beside the op."""
+
+    @staticmethod
+    def forward(ctx, x, gamma, beta, instance, eps, negative_slope):
+        y, mean, _var, invstd = spade_norm_forward(x, gamma, beta, instance=instance, eps=eps,
+                                                   negative_slope=negative_slope)
+        ctx.save_for_backward(x, gamma, beta, mean, invstd)
+        ctx.instance, ctx.negative_slope = instance, negative_slope
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        x, gamma, beta, mean, invstd = ctx.saved_tensors
+        dx, dgamma, dbeta = spade_norm_backward(grad_y, x, gamma, beta, mean, invstd, instance=ctx.instance,
+                                                negative_slope=ctx.negative_slope)
+        return dx, dgamma, dbeta, None, None, None
