@@ -34,6 +34,20 @@ def run_under_triton_interpreter(script: str, out_path, timeout: int = 300) -> N
                    timeout=timeout)
 
 
+def compile_for_sm90(fn, signature: dict, constexprs: dict) -> None:
+    """Compiles a Triton kernel to sm_90 machine code here, with no GPU (Triton ships its
+    own ptxas); fails on any error. Skips, saying why, where Triton's offline API differs."""
+    triton = pytest.importorskip("triton")
+    if _version(triton.__version__) < (3, 3):
+        pytest.skip(f"Triton {triton.__version__}'s ASTSource takes another signature format (3.3+ needed)")
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    source = ASTSource(fn=fn, signature={**signature, **dict.fromkeys(constexprs, "constexpr")},
+                       constexprs=constexprs)
+    assert triton.compile(source, target=GPUTarget("cuda", 90, 32)).asm.get("cubin"), fn.__name__
+
+
 # Tolerances against a float64 reference (DESIGN.md).
 TOLERANCES = {
     torch.float64: dict(atol=1e-10, rtol=1e-8),

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 import torch
-from conftest import TOLERANCES, devices, requires_cuda, run_under_triton_interpreter
+from conftest import TOLERANCES, compile_for_sm90, devices, requires_cuda, run_under_triton_interpreter
 
 from autoenc_fast import functional as F
 from autoenc_fast import nn as afnn
@@ -298,6 +298,31 @@ def test_triton_kernels_under_the_interpreter_match_cpu(tmp_path):
     # Our scheme is Triton's randn4x: same normals for the same key and counters.
     ours = philox_normal((1, 256), 1234, 0).flatten()
     torch.testing.assert_close(results["triton_randn4x"], ours, atol=2e-5, rtol=2e-5)
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16", "fp16", "fp64"])
+def test_triton_kernels_compile_for_sm90_without_a_gpu(dtype):
+    """The kernels as the GPU runs them (PRECISE: libdevice's log/sin/cos, which the
+    interpreter cannot run) compile to sm_90 machine code here, with no GPU, for every
+    noise mode and dtype."""
+    tl = pytest.importorskip("triton.language")
+    from autoenc_fast.triton import reparametrize_kl as kernels
+
+    data = f"*{dtype}"
+    acc = tl.float64 if dtype == "fp64" else tl.float32
+    acc_ptr = "*fp64" if dtype == "fp64" else "*fp32"
+    for noise in (0, 1, 2):
+        compile_for_sm90(kernels._reparametrize_kl_fwd,
+                         {"mu_ptr": data, "logvar_ptr": data, "eps_ptr": data, "seed_ptr": "*i64", "z_ptr": data,
+                          "kl_partial_ptr": acc_ptr, "row_len": "i32", "groups_per_row": "i32",
+                          "slice_len": "i32", "n_slices": "i32"},
+                         {"NOISE": noise, "ACC": acc, "BLOCK": kernels.BLOCK, "PRECISE": True})
+    for has_grad_z, has_grad_kl in ((True, True), (True, False), (False, True)):
+        compile_for_sm90(kernels._reparametrize_kl_bwd,
+                         {"grad_z_ptr": data, "grad_kl_ptr": acc_ptr, "mu_ptr": data, "logvar_ptr": data,
+                          "z_ptr": data, "grad_mu_ptr": data, "grad_logvar_ptr": data, "numel": "i64",
+                          "row_len": "i32"},
+                         {"HAS_GRAD_Z": has_grad_z, "HAS_GRAD_KL": has_grad_kl, "ACC": acc, "BLOCK": kernels.BLOCK})
 
 
 @requires_cuda
