@@ -201,16 +201,14 @@ def test_triton_candidate_kernels_compile_for_sm90_without_a_gpu(dtype, instance
     ptrs = dict.fromkeys  # (names, type): every named argument a pointer of that type
     data, stats = f"*{dtype}", "*fp32"
     flags = {"INSTANCE": instance, "HAS_SLOPE": True, "ACC": tl.float32, "BLOCK": kernels.BLOCK}
-    reduction_flags = {k: flags[k] for k in ("INSTANCE", "ACC", "BLOCK")}
-    compile_for_sm90(kernels._stats_kernel, {**ptrs(["x_ptr"], data), **ptrs(["mean_ptr", "var_ptr"], stats),
-                                             "N": "i32", "C": "i32", "HW": "i32"}, reduction_flags)
+    for backward in (False, True):
+        compile_for_sm90(kernels._reduce_kernel,
+                         {**ptrs(["dy_ptr", "x_ptr", "gamma_ptr", "beta_ptr"], data),
+                          **ptrs(["mean_ptr", "invstd_ptr", "out1_ptr", "out2_ptr"], stats),
+                          "N": "i32", "C": "i32", "HW": "i32", "slope": "fp32"}, {"BACKWARD": backward, **flags})
     compile_for_sm90(kernels._apply_kernel, {**ptrs(["x_ptr", "gamma_ptr", "beta_ptr"], data),
                                              **ptrs(["mean_ptr", "invstd_ptr"], stats), "y_ptr": data,
                                              "C": "i32", "HW": "i32", "slope": "fp32"}, flags)
-    compile_for_sm90(kernels._backward_reduce_kernel,
-                     {**ptrs(["dy_ptr", "x_ptr", "gamma_ptr", "beta_ptr"], data),
-                      **ptrs(["mean_ptr", "invstd_ptr", "sum1_ptr", "sum2_ptr"], stats),
-                      "N": "i32", "C": "i32", "HW": "i32", "slope": "fp32"}, flags)
     compile_for_sm90(kernels._backward_elemt_kernel,
                      {**ptrs(["dy_ptr", "x_ptr", "gamma_ptr", "beta_ptr"], data),
                       **ptrs(["mean_ptr", "invstd_ptr", "sum1_ptr", "sum2_ptr"], stats),

@@ -39,11 +39,35 @@ def _group_row(g, n, C, INSTANCE: tl.constexpr):
 
 
 @triton.jit
-def _stats_kernel(x_ptr, mean_ptr, var_ptr, N, C, HW, INSTANCE: tl.constexpr, ACC: tl.constexpr,
-                  BLOCK: tl.constexpr):
+def _affine(x_ptr, gamma_ptr, beta_ptr, at, mask, mean, invstd, ACC: tl.constexpr):
+    xhat = (tl.load(x_ptr + at, mask=mask, other=0.0).to(ACC) - mean) * invstd
+    one_g = 1.0 + tl.load(gamma_ptr + at, mask=mask, other=0.0).to(ACC)
+    z = xhat * one_g + tl.load(beta_ptr + at, mask=mask, other=0.0).to(ACC)
+    return xhat, one_g, z
+
+
+@triton.jit
+def _dz(dy_ptr, at, mask, z, slope, HAS_SLOPE: tl.constexpr, ACC: tl.constexpr):
+    dy = tl.load(dy_ptr + at, mask=mask, other=0.0).to(ACC)
+    if HAS_SLOPE:
+        dy = tl.where(z > 0, dy, dy * slope)
+    return dy
+
+
+@triton.jit
+def _reduce_kernel(dy_ptr, x_ptr, gamma_ptr, beta_ptr, mean_ptr, invstd_ptr, out1_ptr, out2_ptr, N, C, HW, slope,
+                   BACKWARD: tl.constexpr, INSTANCE: tl.constexpr, HAS_SLOPE: tl.constexpr, ACC: tl.constexpr,
+                   BLOCK: tl.constexpr):
+    """One program per statistics group g. Forward (BACKWARD=False): mean and var into out1,
+    out2 from the shifted sums of x - k and (x - k)^2. Backward: A and B, the sums of dxhat
+    and dxhat * xhat, into out1, out2 (mean_ptr, invstd_ptr: the forward's statistics)."""
     g = tl.program_id(0)
     rows = 1 if INSTANCE else N
-    shift = tl.load(x_ptr + _group_row(g, 0, C, INSTANCE).to(tl.int64) * HW).to(ACC)
+    if BACKWARD:
+        center = tl.load(mean_ptr + g)
+        invstd = tl.load(invstd_ptr + g)
+    else:  # the group's first element
+        center = tl.load(x_ptr + _group_row(g, 0, C, INSTANCE).to(tl.int64) * HW).to(ACC)
     acc1 = tl.zeros([BLOCK], dtype=ACC)
     acc2 = tl.zeros([BLOCK], dtype=ACC)
     for n in range(0, rows):
@@ -51,21 +75,26 @@ def _stats_kernel(x_ptr, mean_ptr, var_ptr, N, C, HW, INSTANCE: tl.constexpr, AC
         for start in range(0, HW, BLOCK):
             offs = start + tl.arange(0, BLOCK)
             mask = offs < HW
-            d = tl.where(mask, tl.load(x_ptr + base + offs, mask=mask, other=0.0).to(ACC) - shift, 0.0)
-            acc1 += d
-            acc2 += d * d
-    m = (rows * HW).to(ACC)
-    d_mean = tl.sum(acc1, axis=0) / m
-    tl.store(mean_ptr + g, shift + d_mean)
-    tl.store(var_ptr + g, tl.maximum(tl.sum(acc2, axis=0) / m - d_mean * d_mean, 0.0))
-
-
-@triton.jit
-def _affine(x_ptr, gamma_ptr, beta_ptr, at, mask, mean, invstd, ACC: tl.constexpr):
-    xhat = (tl.load(x_ptr + at, mask=mask, other=0.0).to(ACC) - mean) * invstd
-    one_g = 1.0 + tl.load(gamma_ptr + at, mask=mask, other=0.0).to(ACC)
-    z = xhat * one_g + tl.load(beta_ptr + at, mask=mask, other=0.0).to(ACC)
-    return xhat, one_g, z
+            at = base + offs
+            if BACKWARD:
+                xhat, one_g, z = _affine(x_ptr, gamma_ptr, beta_ptr, at, mask, center, invstd, ACC)
+                t1 = _dz(dy_ptr, at, mask, z, slope, HAS_SLOPE, ACC) * one_g  # masked lanes: dy = 0
+                t2 = t1 * xhat
+            else:
+                t1 = tl.where(mask, tl.load(x_ptr + at, mask=mask, other=0.0).to(ACC) - center, 0.0)
+                t2 = t1 * t1
+            acc1 += t1
+            acc2 += t2
+    s1 = tl.sum(acc1, axis=0)
+    s2 = tl.sum(acc2, axis=0)
+    if BACKWARD:
+        tl.store(out1_ptr + g, s1)
+        tl.store(out2_ptr + g, s2)
+    else:
+        m = (rows * HW).to(ACC)
+        d_mean = s1 / m
+        tl.store(out1_ptr + g, center + d_mean)
+        tl.store(out2_ptr + g, tl.maximum(s2 / m - d_mean * d_mean, 0.0))
 
 
 @triton.jit
@@ -80,38 +109,6 @@ def _apply_kernel(x_ptr, gamma_ptr, beta_ptr, mean_ptr, invstd_ptr, y_ptr, C, HW
     if HAS_SLOPE:
         z = tl.where(z > 0, z, z * slope)
     tl.store(y_ptr + at, z.to(y_ptr.dtype.element_ty), mask=mask)
-
-
-@triton.jit
-def _dz(dy_ptr, at, mask, z, slope, HAS_SLOPE: tl.constexpr, ACC: tl.constexpr):
-    dy = tl.load(dy_ptr + at, mask=mask, other=0.0).to(ACC)
-    if HAS_SLOPE:
-        dy = tl.where(z > 0, dy, dy * slope)
-    return dy
-
-
-@triton.jit
-def _backward_reduce_kernel(dy_ptr, x_ptr, gamma_ptr, beta_ptr, mean_ptr, invstd_ptr, sum1_ptr, sum2_ptr,
-                            N, C, HW, slope, INSTANCE: tl.constexpr, HAS_SLOPE: tl.constexpr,
-                            ACC: tl.constexpr, BLOCK: tl.constexpr):
-    g = tl.program_id(0)
-    rows = 1 if INSTANCE else N
-    mean = tl.load(mean_ptr + g)
-    invstd = tl.load(invstd_ptr + g)
-    acc1 = tl.zeros([BLOCK], dtype=ACC)
-    acc2 = tl.zeros([BLOCK], dtype=ACC)
-    for n in range(0, rows):
-        base = _group_row(g, n, C, INSTANCE).to(tl.int64) * HW
-        for start in range(0, HW, BLOCK):
-            offs = start + tl.arange(0, BLOCK)
-            mask = offs < HW
-            at = base + offs
-            xhat, one_g, z = _affine(x_ptr, gamma_ptr, beta_ptr, at, mask, mean, invstd, ACC)
-            dxhat = _dz(dy_ptr, at, mask, z, slope, HAS_SLOPE, ACC) * one_g  # masked lanes: dy = 0
-            acc1 += dxhat
-            acc2 += dxhat * xhat
-    tl.store(sum1_ptr + g, tl.sum(acc1, axis=0))
-    tl.store(sum2_ptr + g, tl.sum(acc2, axis=0))
 
 
 @triton.jit
@@ -153,8 +150,8 @@ def spade_norm_forward(x, gamma, beta, *, instance=False, eps=1e-5, negative_slo
     y = torch.empty_like(x)
     if x.numel() == 0:
         return y, mean.zero_(), var.zero_(), var + eps
-    _stats_kernel[(groups,)](x, mean, var, N, C, HW, INSTANCE=instance, ACC=acc_tl, BLOCK=BLOCK,
-                             num_warps=NUM_WARPS)
+    _reduce_kernel[(groups,)](x, x, x, x, mean, mean, mean, var, N, C, HW, 0.0, BACKWARD=False, INSTANCE=instance,
+                              HAS_SLOPE=False, ACC=acc_tl, BLOCK=BLOCK, num_warps=NUM_WARPS)
     invstd = torch.rsqrt(var + eps)
     _apply_kernel[(N * C, triton.cdiv(HW, BLOCK))](
         x, gamma, beta, mean, invstd, y, C, HW, float(negative_slope or 0.0), INSTANCE=instance,
@@ -176,8 +173,8 @@ def spade_norm_backward(grad_y, x, gamma, beta, mean, invstd, *, instance=False,
     common = dict(INSTANCE=instance, HAS_SLOPE=negative_slope is not None, ACC=acc_tl, BLOCK=BLOCK,
                   num_warps=NUM_WARPS)
     slope = float(negative_slope or 0.0)
-    _backward_reduce_kernel[(groups,)](grad_y, x, gamma, beta, mean, invstd, sum1, sum2, N, C, HW, slope,
-                                       **common)
+    _reduce_kernel[(groups,)](grad_y, x, gamma, beta, mean, invstd, sum1, sum2, N, C, HW, slope, BACKWARD=True,
+                              **common)
     group_elems = HW if instance else N * HW
     _backward_elemt_kernel[(N * C, triton.cdiv(HW, BLOCK))](
         grad_y, x, gamma, beta, mean, invstd, sum1, sum2, dx, dgamma, dbeta, C, HW, 1.0 / group_elems, slope,
