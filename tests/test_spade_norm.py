@@ -41,22 +41,30 @@ def run(fn, x, gamma, beta, grad, **kw):
     return y, [t.grad for t in leaves]
 
 
-def assert_grads_close(grads, grads_ref, y_ref, slope, names=("x", "gamma", "beta"), **tol):
+def assert_grads_close(grads, grads_ref, y_ref, slope, names=("x", "gamma", "beta"), norm="batch", **tol):
     """Gradients against the float64 reference, away from leaky_relu's kink: where the
     pre-activation is within float32 rounding of 0 its sign, and so the slope applied
     to that element's gradient, may differ from float64's (seen once on an H200).
 
     The window (|pre-activation| <= 1e-4, some 100 float32 ulps of these O(10) values)
     holds about 0.05% of the elements of a random draw; the guard only makes sure the
-    filter never hides most of them (a 0.99 guard failed on a 210-element draw in CI)."""
+    filter never hides most of them (a 0.99 guard failed on a 210-element draw in CI).
+    dx (the first gradient) sums over each statistics group (per channel for `norm`
+    "batch", per sample and channel for "instance"), so one flipped element moves its whole
+    group's dx a little: groups holding an element within 3e-5 of the kink are left out of
+    dx's comparison (seen: 3 failing draws in 1,500 of an instance-norm case)."""
     if slope is None:
-        keep = torch.ones_like(y_ref, dtype=torch.bool)
+        keep = keep_dx = torch.ones_like(y_ref, dtype=torch.bool)
     else:
         pre_activation = torch.where(y_ref > 0, y_ref, y_ref / slope)
         keep = pre_activation.abs() > 1e-4
-    assert keep.float().mean() > 0.9
-    for name, g, g_ref in zip(names, grads, grads_ref):
-        torch.testing.assert_close(g.double()[keep], g_ref[keep], msg=name, **tol)
+        group_dims = (2, 3) if norm == "instance" else (0, 2, 3)
+        near_kink = (pre_activation.abs() <= 3e-5).double().amax(dim=group_dims, keepdim=True) > 0
+        keep_dx = keep & ~near_kink
+    assert keep.float().mean() > 0.9 and keep_dx.float().mean() > 0.5
+    for i, (name, g, g_ref) in enumerate(zip(names, grads, grads_ref)):
+        mask = keep_dx if i == 0 else keep
+        torch.testing.assert_close(g.double()[mask], g_ref[mask], msg=name, **tol)
 
 
 CASES = [  # (norm, training)
@@ -87,7 +95,7 @@ def test_op_matches_float64_reference(device, norm, training, slope, channels_la
     assert y.is_contiguous(memory_format=expected_format)
     # atol scaled: y and the gradients are O(10) for these inputs.
     torch.testing.assert_close(y.double(), y_ref, atol=10 * tol["atol"], rtol=tol["rtol"])
-    assert_grads_close(grads, grads_ref, y_ref, slope, atol=20 * tol["atol"], rtol=tol["rtol"])
+    assert_grads_close(grads, grads_ref, y_ref, slope, norm=norm, atol=20 * tol["atol"], rtol=tol["rtol"])
     if rm is not None:  # running statistics: updated in training as F.batch_norm, untouched in eval
         torch.testing.assert_close(ours_rm.double(), ref_rm, **tol)
         torch.testing.assert_close(ours_rv.double(), ref_rv, **tol)
@@ -185,7 +193,8 @@ def test_triton_candidate_kernels_under_the_interpreter_match_reference(tmp_path
         torch.testing.assert_close(got["var"].double().flatten(), x64.var(dims, unbiased=False).flatten(),
                                    msg=f"{name}: var", atol=1e-4, rtol=1e-3)
         torch.testing.assert_close(got["y"].double(), y_ref, msg=f"{name}: y", atol=10 * tol["atol"], rtol=tol["rtol"])
-        assert_grads_close(got["grads"], grads_ref, y_ref, case["slope"], atol=20 * tol["atol"], rtol=tol["rtol"])
+        assert_grads_close(got["grads"], grads_ref, y_ref, case["slope"], norm=norm, atol=20 * tol["atol"],
+                           rtol=tol["rtol"])
         assert torch.equal(got["y_fn"], got["y"])
         assert all(torch.equal(a, b) for a, b in zip(got["grads_fn"], got["grads"]))
 
@@ -605,7 +614,7 @@ def test_cuda_dtypes_match_float64_reference(dtype, norm, training, channels_las
     tol = TOLERANCES[dtype]
     scale = 10 if dtype == torch.float32 else 1
     torch.testing.assert_close(y.double(), y_ref, atol=scale * tol["atol"] * 4, rtol=tol["rtol"])
-    assert_grads_close(grads, grads_ref, y_ref, 0.2, atol=scale * tol["atol"] * 8, rtol=tol["rtol"] * 2)
+    assert_grads_close(grads, grads_ref, y_ref, 0.2, norm=norm, atol=scale * tol["atol"] * 8, rtol=tol["rtol"] * 2)
     if rm is not None:
         torch.testing.assert_close(ours[0].double(), ref[0], atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(ours[1].double(), ref[1], atol=1e-4, rtol=1e-4)
