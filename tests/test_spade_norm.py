@@ -51,17 +51,19 @@ def assert_grads_close(grads, grads_ref, y_ref, slope, names=("x", "gamma", "bet
     filter never hides most of them (a 0.99 guard failed on a 210-element draw in CI).
     dx (the first gradient) sums over each statistics group (per channel for `norm`
     "batch", per sample and channel for "instance"), so one flipped element moves its whole
-    group's dx a little: groups holding an element within 3e-5 of the kink are left out of
-    dx's comparison (seen: 3 failing draws in 1,500 of an instance-norm case)."""
+    group's dx a little: groups holding an element within 1e-5 of the kink (about ten
+    float32 ulps; the flip seen was at 1.4e-7) are left out of dx's comparison (seen: 3
+    failing draws in 1,500 of an instance-norm case). With 73,728-element batch-norm groups
+    about a fifth of them go, hence the lower guard for dx."""
     if slope is None:
         keep = keep_dx = torch.ones_like(y_ref, dtype=torch.bool)
     else:
         pre_activation = torch.where(y_ref > 0, y_ref, y_ref / slope)
         keep = pre_activation.abs() > 1e-4
         group_dims = (2, 3) if norm == "instance" else (0, 2, 3)
-        near_kink = (pre_activation.abs() <= 3e-5).double().amax(dim=group_dims, keepdim=True) > 0
+        near_kink = (pre_activation.abs() <= 1e-5).double().amax(dim=group_dims, keepdim=True) > 0
         keep_dx = keep & ~near_kink
-    assert keep.float().mean() > 0.9 and keep_dx.float().mean() > 0.5
+    assert keep.float().mean() > 0.9 and keep_dx.float().mean() > 0.25
     for i, (name, g, g_ref) in enumerate(zip(names, grads, grads_ref)):
         mask = keep_dx if i == 0 else keep
         torch.testing.assert_close(g.double()[mask], g_ref[mask], msg=name, **tol)
