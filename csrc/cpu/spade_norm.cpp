@@ -195,23 +195,32 @@ void reduce_groups(const Geometry& geo, const ParamPtrs<T>& p, const Fn& fn,
   const int64_t per_sample = (geo.HW + kRowsPerTask - 1) / kRowsPerTask;
   const int64_t tasks = geo.N * per_sample;
   std::vector<double> part1(tasks * geo.C), part2(tasks * geo.C);
+  const int64_t vecs = (geo.C + L - 1) / L;
   at::parallel_for(0, tasks, std::max<int64_t>(1, kGrainElems / (kRowsPerTask * geo.C)),
                    [&](int64_t b, int64_t e) {
+    const Fn local = fn;
+    std::vector<Params<T>> params(vecs);
+    std::vector<Vec<T>> acc1(vecs), acc2(vecs);
     alignas(64) T lanes1[L], lanes2[L];
     for (int64_t t = b; t < e; ++t) {
       const int64_t n = t / per_sample, h0 = (t % per_sample) * kRowsPerTask;
       const int64_t h1 = std::min(geo.HW, h0 + kRowsPerTask);
       const int64_t g0 = geo.instance ? n * geo.C : 0;
-      for (int64_t c = 0; c < geo.C; c += L) {
-        const int64_t count = std::min(L, geo.C - c);
-        const Params<T> v = load_params(p, g0 + c, count);
-        Vec<T> a1(T(0)), a2(T(0));
-        for (int64_t h = h0; h < h1; ++h) fn((n * geo.HW + h) * geo.C + c, count, v, a1, a2);
-        a1.store(lanes1);
-        a2.store(lanes2);
-        for (int64_t j = 0; j < count; ++j) {
-          part1[t * geo.C + c + j] = lanes1[j];
-          part2[t * geo.C + c + j] = lanes2[j];
+      for (int64_t cv = 0; cv < vecs; ++cv) {
+        params[cv] = load_params(p, g0 + cv * L, std::min(L, geo.C - cv * L));
+        acc1[cv] = acc2[cv] = Vec<T>(T(0));
+      }
+      for (int64_t h = h0; h < h1; ++h) {
+        const int64_t row = (n * geo.HW + h) * geo.C;
+        for (int64_t cv = 0; cv < vecs; ++cv)
+          local(row + cv * L, std::min(L, geo.C - cv * L), params[cv], acc1[cv], acc2[cv]);
+      }
+      for (int64_t cv = 0; cv < vecs; ++cv) {
+        acc1[cv].store(lanes1);
+        acc2[cv].store(lanes2);
+        for (int64_t j = 0; j < std::min(L, geo.C - cv * L); ++j) {
+          part1[t * geo.C + cv * L + j] = lanes1[j];
+          part2[t * geo.C + cv * L + j] = lanes2[j];
         }
       }
     }
