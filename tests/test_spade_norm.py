@@ -577,8 +577,12 @@ def test_cpp_checks_name_the_argument():
 
 @pytest.mark.parametrize("device", devices())
 @pytest.mark.parametrize("norm", ["batch", "instance"])
-def test_empty_batch(device, norm):
-    x, gamma, beta = (t.requires_grad_() for t in make_inputs((0, 3, 4, 4), torch.float32, device))
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("shape", [(0, 3, 4, 4), (2, 3, 0, 4), (2, 3, 4, 0)])
+def test_empty_batch_or_map(device, norm, channels_last, shape):
+    """No elements, forward and backward (a map of zero height once divided by zero in
+    the CPU backward)."""
+    x, gamma, beta = (t.requires_grad_() for t in make_inputs(shape, torch.float32, device, channels_last))
     rm, rv = running(3, device) if norm == "batch" else (None, None)
     saved = None if rm is None else (rm.clone(), rv.clone())
     y = AF.spade_norm(x, gamma, beta, norm=norm, running_mean=rm, running_var=rv, negative_slope=0.2)

@@ -75,6 +75,12 @@ Geometry geometry_of(const at::Tensor& x, bool instance) {
           spade_memory_format(x) == at::MemoryFormat::ChannelsLast};
 }
 
+// Parallel tasks per at::parallel_for chunk for items of `item_elems` elements, so a chunk
+// holds about kGrainElems; items of zero elements (an H, W or C of zero) count as one.
+int64_t grain_for(int64_t item_elems) {
+  return std::max<int64_t>(1, kGrainElems / std::max<int64_t>(1, item_elems));
+}
+
 bool use_blocked_passes(const Geometry& geo, const at::Tensor& x) {
   return !geo.channels_last && x.numel() > 0 &&
          (geo.HW >= kMinBlockedRow || x.numel() * static_cast<int64_t>(x.element_size()) <= kSmallTensorBytes);
@@ -108,7 +114,7 @@ template <typename T, typename Fn>
 void for_each_step(const Geometry& geo, const ParamPtrs<T>& p, const Fn& fn) {
   constexpr int64_t L = Vec<T>::size();
   if (!geo.channels_last) {
-    const int64_t grain = std::max<int64_t>(1, kGrainElems / geo.HW);
+    const int64_t grain = grain_for(geo.HW);
     at::parallel_for(0, geo.N * geo.C, grain, [&](int64_t begin, int64_t end) {
       const Fn local = fn;
       for (int64_t r = begin; r < end; ++r) {
@@ -121,7 +127,7 @@ void for_each_step(const Geometry& geo, const ParamPtrs<T>& p, const Fn& fn) {
   }
   // channels_last: a row holds one element of every group; the groups' parameters are
   // gathered into vectors once per task (and per sample for instance norm), not per step.
-  const int64_t grain = std::max<int64_t>(1, kGrainElems / geo.C);
+  const int64_t grain = grain_for(geo.C);
   const int64_t vecs = (geo.C + L - 1) / L;
   at::parallel_for(0, geo.N * geo.HW, grain, [&](int64_t begin, int64_t end) {
     const Fn local = fn;
@@ -176,7 +182,7 @@ void reduce_groups(const Geometry& geo, const ParamPtrs<T>& p, const Fn& fn,
   if (!geo.channels_last) {
     const int64_t rows = geo.N * geo.C;
     std::vector<double> part1(rows), part2(rows);
-    at::parallel_for(0, rows, std::max<int64_t>(1, kGrainElems / geo.HW), [&](int64_t b, int64_t e) {
+    at::parallel_for(0, rows, grain_for(geo.HW), [&](int64_t b, int64_t e) {
       for (int64_t r = b; r < e; ++r) {
         const auto sums = row_sums(r * geo.HW, geo.HW, broadcast_params(p, geo.instance ? r : r % geo.C), fn);
         part1[r] = sums.first;
@@ -196,8 +202,7 @@ void reduce_groups(const Geometry& geo, const ParamPtrs<T>& p, const Fn& fn,
   const int64_t tasks = geo.N * per_sample;
   std::vector<double> part1(tasks * geo.C), part2(tasks * geo.C);
   const int64_t vecs = (geo.C + L - 1) / L;
-  at::parallel_for(0, tasks, std::max<int64_t>(1, kGrainElems / (kRowsPerTask * geo.C)),
-                   [&](int64_t b, int64_t e) {
+  at::parallel_for(0, tasks, grain_for(kRowsPerTask * geo.C), [&](int64_t b, int64_t e) {
     const Fn local = fn;
     std::vector<Params<T>> params(vecs);
     std::vector<Vec<T>> acc1(vecs), acc2(vecs);
@@ -411,7 +416,7 @@ void backward_elemt_kernel(Pointers<T> p, const at::Tensor& mean, const at::Tens
 
 template <typename Fn>
 void for_each_group_nchw(const Geometry& geo, const Fn& fn) {
-  const int64_t grain = std::max<int64_t>(1, kGrainElems / std::max<int64_t>(1, geo.group_elems()));
+  const int64_t grain = grain_for(geo.group_elems());
   at::parallel_for(0, geo.groups(), grain, [&](int64_t begin, int64_t end) {
     for (int64_t g = begin; g < end; ++g) fn(g);
     end_of_streaming_task();
