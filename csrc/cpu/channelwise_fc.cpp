@@ -9,8 +9,9 @@
 // Channels are independent, so at::parallel_for splits blocks of channels over
 // threads and every reduction (over the batch for dW and db) runs in one thread in a
 // fixed order: results do not depend on the thread count. Each channel's product is a
-// register-tiled at::vec micro-kernel whose right matrix (W_c, W_c^T or dY_c) is copied
-// with its rows padded to a multiple of the vector width, so it loads whole vectors.
+// register-tiled at::vec micro-kernel. Its right matrix is W_c read in place (forward;
+// the last vector of each row loaded masked), or W_c^T or dY_c copied with rows padded to
+// a multiple of the vector width (backward).
 //
 // NCHW x (rows of a sample adjacent; any batch stride): the micro-kernel reads X_c
 // straight from x (and X_c^T, for dW, in place) and writes Y_c and dX_c straight into
@@ -276,25 +277,19 @@ void small_gemm(const scalar_t* a, int64_t lda, int64_t ak, const RightOperand<s
   }
 }
 
-// sums[0 .. Np) += the column sums of `rows` rows of m (the bias gradient; columns past
-// m.cols add zero). Four partial sums per vector of columns, so the adds do not wait on
-// one another: one running sum (64 dependent adds per vector at the Context Encoder's
-// batch) was 12 % of the backward.
+// sums[0 .. Np) += the column sums of `rows` padded rows of Np (the bias gradient). Four
+// partial sums per vector of columns, so the adds do not wait on one another: one running
+// sum (64 dependent adds per vector at the Context Encoder's batch) was 12 % of the backward.
 template <typename scalar_t>
-void add_column_sums(const RightOperand<scalar_t>& m, int64_t rows, int64_t Np, scalar_t* sums) {
+void add_column_sums(const scalar_t* rows_p, int64_t rows, int64_t Np, scalar_t* sums) {
   using Vec = at::vec::Vectorized<scalar_t>;
   constexpr int kParts = 4;
   for (int64_t n = 0; n < Np; n += Vec::size()) {
-    const int64_t lanes = std::min<int64_t>(Vec::size(), m.cols - n);
-    const auto load = [&](int64_t r) {
-      const scalar_t* p = m.data + r * m.ld + n;
-      return lanes == Vec::size() ? Vec::loadu(p) : load_first(p, lanes);
-    };
     Vec part[kParts] = {Vec::loadu(sums + n), Vec(scalar_t(0)), Vec(scalar_t(0)), Vec(scalar_t(0))};
     int64_t r = 0;
     for (; r + kParts <= rows; r += kParts)
-      AEF_UNROLLED for (int j = 0; j < kParts; ++j) part[j] = part[j] + load(r + j);
-    for (; r < rows; ++r) part[0] = part[0] + load(r);
+      AEF_UNROLLED for (int j = 0; j < kParts; ++j) part[j] = part[j] + Vec::loadu(rows_p + (r + j) * Np + n);
+    for (; r < rows; ++r) part[0] = part[0] + Vec::loadu(rows_p + r * Np + n);
     ((part[0] + part[1]) + (part[2] + part[3])).store(sums + n);
   }
 }
@@ -399,21 +394,17 @@ void backward_kernel(const at::Tensor& grad_y, const at::Tensor& x, const at::Te
           }
         for (int64_t ci = 0; ci < cn; ++ci) {
           BackwardScratch<scalar_t>& s = scratch[ci];
-          const RightOperand<scalar_t> dy{s.gy_blk.data(), Np, Np};
-          const RightOperand<scalar_t> wt{s.wt_pad.data(), Np, Np};
-          // dX rows of this chunk: dY (rows, P) @ W^T (P, Np).
-          if (direct) {
-            small_gemm<scalar_t>(dy.data, dy.ld, 1, wt, rows, P, Np, nullptr, false, gxs.row(b0, c0 + ci), gxs.sb, P);
-          } else {
-            small_gemm<scalar_t>(dy.data, dy.ld, 1, wt, rows, P, Np, nullptr, false, s.gx_blk.data());
-          }
-          // dW += X^T (P, rows) @ dY (rows, Np), X^T read in place; db += column sums of dY.
-          if (direct) {
-            small_gemm<scalar_t>(xs.row(b0, c0 + ci), 1, xs.sb, dy, P, rows, Np, nullptr, true, s.gw_acc.data());
-          } else {
-            small_gemm<scalar_t>(s.x_blk.data(), 1, P, dy, P, rows, Np, nullptr, true, s.gw_acc.data());
-          }
-          add_column_sums(dy, rows, Np, s.gb_acc.data());
+          // dX rows of this chunk: dY (rows, P) @ W^T (P, Np), into dx's rows (NCHW) or the
+          // block scattered below.
+          small_gemm<scalar_t>(s.gy_blk.data(), Np, 1, RightOperand<scalar_t>{s.wt_pad.data(), Np, Np}, rows, P, Np,
+                               nullptr, false, direct ? gxs.row(b0, c0 + ci) : s.gx_blk.data(),
+                               direct ? gxs.sb : Np, direct ? P : Np);
+          // dW += X^T (P, rows) @ dY (rows, Np), X^T read from x in place (NCHW) or from the
+          // gathered block; db += column sums of dY.
+          small_gemm<scalar_t>(direct ? xs.row(b0, c0 + ci) : s.x_blk.data(), 1, direct ? xs.sb : P,
+                               RightOperand<scalar_t>{s.gy_blk.data(), Np, Np}, P, rows, Np, nullptr, true,
+                               s.gw_acc.data());
+          add_column_sums(s.gy_blk.data(), rows, Np, s.gb_acc.data());
         }
         if (!direct) {
           for (int64_t r = 0; r < rows; ++r)
