@@ -47,11 +47,26 @@ def _affine(x_ptr, gamma_ptr, beta_ptr, at, mask, mean, invstd, ACC: tl.constexp
 
 
 @triton.jit
-def _dz(dy_ptr, at, mask, z, slope, HAS_SLOPE: tl.constexpr, ACC: tl.constexpr):
-    dy = tl.load(dy_ptr + at, mask=mask, other=0.0).to(ACC)
+def _leaky_select(z, v, slope, HAS_SLOPE: tl.constexpr):
+    """leaky_relu(z) (v = z) or its derivative times v (v = dy), chosen on z > 0."""
     if HAS_SLOPE:
-        dy = tl.where(z > 0, dy, dy * slope)
-    return dy
+        v = tl.where(z > 0, v, v * slope)
+    return v
+
+
+@triton.jit
+def _dz(dy_ptr, at, mask, z, slope, HAS_SLOPE: tl.constexpr, ACC: tl.constexpr):
+    return _leaky_select(z, tl.load(dy_ptr + at, mask=mask, other=0.0).to(ACC), slope, HAS_SLOPE)
+
+
+@triton.jit
+def _row_tile(C, HW, INSTANCE: tl.constexpr, BLOCK: tl.constexpr):
+    """The elementwise kernels' program (row, tile): the row's statistics group, and the
+    tile's element offsets and mask."""
+    row = tl.program_id(0)
+    g = row if INSTANCE else row % C
+    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    return g, row.to(tl.int64) * HW + offs, offs < HW
 
 
 @triton.jit
@@ -100,26 +115,16 @@ def _reduce_kernel(dy_ptr, x_ptr, gamma_ptr, beta_ptr, mean_ptr, invstd_ptr, out
 @triton.jit
 def _apply_kernel(x_ptr, gamma_ptr, beta_ptr, mean_ptr, invstd_ptr, y_ptr, C, HW, slope,
                   INSTANCE: tl.constexpr, HAS_SLOPE: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
-    row = tl.program_id(0)
-    g = row if INSTANCE else row % C
-    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < HW
-    at = row.to(tl.int64) * HW + offs
+    g, at, mask = _row_tile(C, HW, INSTANCE, BLOCK)
     _, _, z = _affine(x_ptr, gamma_ptr, beta_ptr, at, mask, tl.load(mean_ptr + g), tl.load(invstd_ptr + g), ACC)
-    if HAS_SLOPE:
-        z = tl.where(z > 0, z, z * slope)
-    tl.store(y_ptr + at, z.to(y_ptr.dtype.element_ty), mask=mask)
+    tl.store(y_ptr + at, _leaky_select(z, z, slope, HAS_SLOPE).to(y_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
 def _backward_elemt_kernel(dy_ptr, x_ptr, gamma_ptr, beta_ptr, mean_ptr, invstd_ptr, sum1_ptr, sum2_ptr,
                            dx_ptr, dgamma_ptr, dbeta_ptr, C, HW, inv_m, slope, INSTANCE: tl.constexpr,
                            HAS_SLOPE: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
-    row = tl.program_id(0)
-    g = row if INSTANCE else row % C
-    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < HW
-    at = row.to(tl.int64) * HW + offs
+    g, at, mask = _row_tile(C, HW, INSTANCE, BLOCK)
     invstd = tl.load(invstd_ptr + g)
     xhat, one_g, z = _affine(x_ptr, gamma_ptr, beta_ptr, at, mask, tl.load(mean_ptr + g), invstd, ACC)
     dz = _dz(dy_ptr, at, mask, z, slope, HAS_SLOPE, ACC)
@@ -148,8 +153,10 @@ def spade_norm_forward(x, gamma, beta, *, instance=False, eps=1e-5, negative_slo
     mean = torch.empty(groups, dtype=acc_torch, device=x.device)
     var = torch.empty_like(mean)
     y = torch.empty_like(x)
-    if x.numel() == 0:
-        return y, mean.zero_(), var.zero_(), var + eps
+    if x.numel() == 0:  # nothing to average: zero statistics, as the op's
+        mean.zero_()
+        var.zero_()
+        return y, mean, var, torch.rsqrt(var + eps)
     _reduce_kernel[(groups,)](x, x, x, x, mean, mean, mean, var, N, C, HW, 0.0, BACKWARD=False, INSTANCE=instance,
                               HAS_SLOPE=False, ACC=acc_tl, BLOCK=BLOCK, num_warps=NUM_WARPS)
     invstd = torch.rsqrt(var + eps)
