@@ -112,7 +112,7 @@ def write_build_info(with_cuda):
 
 def extensions():
     with_cuda, why = want_cuda()
-    cpu_sources = ["csrc/ops.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
+    cpu_sources = ["csrc/ops.cpp"] + sorted(glob.glob("csrc/autograd/*.cpp")) + sorted(glob.glob("csrc/cpu/*.cpp"))
     cuda_sources = sorted(glob.glob("csrc/cuda/*.cu")) + sorted(glob.glob("csrc/cuda/*.cpp"))
     write_build_info(with_cuda)
     extra = {"cxx": cpu_flags()}

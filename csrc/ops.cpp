@@ -1,6 +1,6 @@
 // Every autoenc_fast operator schema, declared once. Kernels register per
 // backend: csrc/cpu/*.cpp (CPU), csrc/cuda/*.cu (CUDA), autoenc_fast/triton/*.py
-// (CUDA, from Python); fake kernels and autograd are registered in autoenc_fast/ops/.
+// (CUDA, from Python); autograd in csrc/autograd/*.cpp; fake kernels in autoenc_fast/ops/.
 #include <Python.h>
 #include <torch/library.h>
 

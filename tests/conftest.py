@@ -69,3 +69,17 @@ def _fresh_seed(request):
     torch.manual_seed(seed)
     request.node.user_properties.append(("torch_seed", seed))
     yield
+
+
+def assert_double_backward_refused(loss, inputs, op: str) -> None:
+    """A gradient of loss() taken with create_graph=True equals the plain one, and
+    differentiating it again raises, naming autoenc_fast::<op>_backward: the backward
+    ops have no derivative of their own, and autograd's fallback for such an op only
+    warns and leaves the second-order term out."""
+    first = torch.autograd.grad(loss(), inputs, create_graph=True)
+    plain = torch.autograd.grad(loss(), inputs)
+    for with_graph, without in zip(first, plain):
+        assert with_graph.requires_grad
+        torch.testing.assert_close(with_graph, without, atol=0, rtol=0)
+    with pytest.raises(RuntimeError, match=f"autoenc_fast::{op}_backward: differentiating this op's gradient again"):
+        sum(g.square().sum() for g in first).backward()

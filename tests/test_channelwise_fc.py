@@ -10,7 +10,7 @@ import torch.nn.functional as F
 import autoenc_fast
 from autoenc_fast import _ext, functional, reference
 from autoenc_fast.nn import ChannelwiseFC, ChannelwiseFCBottleneck
-from conftest import HAS_CUDA, TOLERANCES, devices
+from conftest import HAS_CUDA, TOLERANCES, assert_double_backward_refused, devices
 
 pytestmark = pytest.mark.skipif(not _ext.LOADED, reason=f"compiled extension not loaded: {_ext.STATUS}")
 
@@ -107,6 +107,23 @@ def test_autograd_through_functional(device):
     expected = torch.autograd.grad(reference.channelwise_fc(x, weight, b), (x, weight, b), grad_y)
     for actual, exp in zip(grads, expected):
         torch.testing.assert_close(actual, exp, **TOLERANCES[torch.float32])
+
+
+@pytest.mark.parametrize("device", devices())
+def test_double_backward_raises_naming_the_op(device):
+    x = make_x((3, 2, 3, 3), "contiguous", torch.float64, device).requires_grad_()
+    weight, b = (t.requires_grad_() for t in make_params(2, 3, 3, dtype=torch.float64, device=device))
+    assert_double_backward_refused(lambda: functional.channelwise_fc(x, weight, b).square().sum(), (x, weight, b),
+                                   "channelwise_fc")
+
+
+def test_no_graph_is_recorded_without_grad():
+    x = make_x((2, 3, 2, 2), "contiguous").requires_grad_()
+    weight, b = make_params(3, 2, 2)
+    assert functional.channelwise_fc(x, weight, b).grad_fn is not None
+    with torch.no_grad():
+        assert functional.channelwise_fc(x, weight, b).grad_fn is None
+    assert functional.channelwise_fc(x.detach(), weight, b).grad_fn is None
 
 
 @pytest.mark.parametrize("device", devices())

@@ -7,7 +7,8 @@ import sys
 
 import pytest
 import torch
-from conftest import TOLERANCES, compile_for_sm90, devices, requires_cuda, run_under_triton_interpreter
+from conftest import (TOLERANCES, assert_double_backward_refused, compile_for_sm90, devices, requires_cuda,
+                      run_under_triton_interpreter)
 
 from autoenc_fast import functional as F
 from autoenc_fast import nn as afnn
@@ -380,6 +381,13 @@ def test_gradients_match_reference(device):
     torch.autograd.backward((z_r, kl_r), (grad_z, grad_kl))
     torch.testing.assert_close(mu.grad, mu_r.grad, **TOLERANCES[torch.float64])
     torch.testing.assert_close(logvar.grad, lv_r.grad, **TOLERANCES[torch.float64])
+
+
+@pytest.mark.parametrize("device", devices())
+def test_double_backward_raises_naming_the_op(device):
+    mu, logvar, eps = make_inputs((3, 5), torch.float64, device, requires_grad=True)
+    assert_double_backward_refused(lambda: sum(t.square().sum() for t in F.reparametrize_kl(mu, logvar, eps)),
+                                   (mu, logvar), "reparametrize_kl")
 
 
 # ---------------------------------------------------------------- registration

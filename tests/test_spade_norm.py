@@ -13,7 +13,8 @@ import autoenc_fast.reference as R
 from autoenc_fast import _ext
 from autoenc_fast.nn import SPADE
 
-from conftest import HAS_CUDA, TOLERANCES, compile_for_sm90, devices, run_under_triton_interpreter
+from conftest import (HAS_CUDA, TOLERANCES, assert_double_backward_refused, compile_for_sm90, devices,
+                      run_under_triton_interpreter)
 
 OPS = ["spade_norm", "spade_norm_stats", "spade_norm_apply", "spade_norm_backward",
        "spade_norm_backward_reduce", "spade_norm_backward_elemt"]
@@ -300,6 +301,25 @@ def test_gradcheck_float64(norm, training, slope, channels_last):
 
     inputs = [t.detach().requires_grad_() for t in (x, gamma, beta)]
     assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-6)
+
+
+@needs_ext
+@pytest.mark.parametrize("device", devices())
+def test_double_backward_raises_naming_the_op(device):
+    x, gamma, beta = (t.requires_grad_() for t in make_inputs((2, 3, 3, 4), torch.float64, device))
+    assert_double_backward_refused(lambda: AF.spade_norm(x, gamma, beta, negative_slope=0.2).square().sum(),
+                                   (x, gamma, beta), "spade_norm")
+
+
+@needs_ext
+def test_op_statistics_carry_no_gradient_and_no_grad_records_no_graph():
+    # mean and var are returned for the running-statistics update; the backward takes
+    # no gradient for them, so they must not claim one.
+    x, gamma, beta = (t.requires_grad_() for t in make_inputs((2, 3, 3, 4), torch.float32, "cpu"))
+    y, mean, var = torch.ops.autoenc_fast.spade_norm(x, gamma, beta, None, None, True, False, 1e-5, 0.2)
+    assert y.grad_fn is not None and not mean.requires_grad and not var.requires_grad
+    with torch.no_grad():
+        assert torch.ops.autoenc_fast.spade_norm(x, gamma, beta, None, None, True, False, 1e-5, 0.2)[0].grad_fn is None
 
 
 def _opcheck_samples(channels_last):

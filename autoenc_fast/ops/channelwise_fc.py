@@ -1,5 +1,6 @@
-"""Registration of autoenc_fast::channelwise_fc: fake kernels and autograd. The C++
-kernels register themselves from csrc/cpu (CPU) and csrc/cuda (CUDA).
+"""Registration of autoenc_fast::channelwise_fc: fake kernels. The C++ kernels register
+themselves from csrc/cpu (CPU) and csrc/cuda (CUDA), the autograd from
+csrc/autograd/channelwise_fc.cpp.
 
     y[b, c, j] = sum_i x[b, c, i] * weight[c, i, j] + bias[c, j]
     grad_x = grad_y @ weight^T,  grad_weight = x^T @ grad_y,  grad_bias = sum_b grad_y
@@ -28,18 +29,3 @@ def _channelwise_fc_backward_fake(grad_y, x, weight):
     grad_weight = torch.empty((C, H * W, H * W), dtype=x.dtype, device=x.device)
     grad_bias = torch.empty((C, H * W), dtype=x.dtype, device=x.device)
     return grad_x, grad_weight, grad_bias
-
-
-def _setup_context(ctx, inputs, output):
-    x, weight, bias = inputs
-    ctx.save_for_backward(x, weight)
-    ctx.has_bias = bias is not None
-
-
-def _backward(ctx, grad_y):
-    x, weight = ctx.saved_tensors
-    grad_x, grad_weight, grad_bias = torch.ops.autoenc_fast.channelwise_fc_backward(grad_y, x, weight)
-    return grad_x, grad_weight, grad_bias if ctx.has_bias else None
-
-
-torch.library.register_autograd(OP, _backward, setup_context=_setup_context)

@@ -1,5 +1,6 @@
-"""Registration of autoenc_fast::reparametrize_kl: fake kernels, autograd, and the
-Triton kernel for CUDA. The C++ CPU kernel registers itself from csrc/cpu."""
+"""Registration of autoenc_fast::reparametrize_kl: fake kernels and the Triton kernel
+for CUDA. The C++ CPU kernel registers itself from csrc/cpu, the autograd from
+csrc/autograd/reparametrize_kl.cpp."""
 from __future__ import annotations
 
 import torch
@@ -23,23 +24,6 @@ def _reparametrize_kl_fake(mu, logvar, eps, seed):
 def _reparametrize_kl_backward_fake(grad_z, grad_kl, mu, logvar, z):
     shape = dict(dtype=mu.dtype, device=mu.device)
     return torch.empty(mu.shape, **shape), torch.empty(mu.shape, **shape)
-
-
-def _setup_context(ctx, inputs, output):
-    mu, logvar, _eps, _seed = inputs
-    z, _kl = output
-    ctx.save_for_backward(mu, logvar, z)
-    # An output the loss does not use arrives as None: its term is skipped, not zero-filled.
-    ctx.set_materialize_grads(False)
-
-
-def _backward(ctx, grad_z, grad_kl):
-    mu, logvar, z = ctx.saved_tensors
-    grad_mu, grad_logvar = torch.ops.autoenc_fast.reparametrize_kl_backward(grad_z, grad_kl, mu, logvar, z)
-    return grad_mu, grad_logvar, None, None
-
-
-torch.library.register_autograd(OP, _backward, setup_context=_setup_context)
 
 
 @torch.library.impl(OP, "CUDA")

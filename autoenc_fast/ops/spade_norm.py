@@ -1,10 +1,9 @@
-"""Registration of the autoenc_fast::spade_norm ops: fake kernels, autograd, and the
+"""Registration of the autoenc_fast::spade_norm ops: fake kernels and the
 synchronized-statistics autograd.Function. The C++ kernels register themselves from
-csrc/cpu and csrc/cuda.
+csrc/cpu and csrc/cuda, the single-process autograd from csrc/autograd/spade_norm.cpp.
 
-Single process: ``spade_norm`` (stats pass + elementwise pass, one op) with a
-registered backward ``spade_norm_backward`` (reduction pass + elementwise pass, one
-op), so torch.compile sees custom ops only and the CPU kernels can run both passes of a
+Single process: ``spade_norm`` (stats pass + elementwise pass, one op) with its
+backward ``spade_norm_backward`` (reduction pass + elementwise pass, one op), so torch.compile sees custom ops only and the CPU kernels can run both passes of a
 statistics group while it is in cache. With a process group the pieces run from
 :class:`SyncSpadeNormFunction`, with an all_reduce of (sum, sum of squares, count)
 between the stats and the elementwise pass, and of the two backward sums between the
@@ -13,6 +12,7 @@ backward passes, as torch.nn.SyncBatchNorm does.
 from __future__ import annotations
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from .spade_norm_checks import (check_like_x, check_running, check_x, group_count, memory_format_of,
                                 stats_dtype, update_running_stats)
@@ -69,28 +69,6 @@ def _backward_elemt_fake(grad_y, x, gamma, beta, mean, invstd, mean_dxhat, mean_
     return _empty_like_x(x), _empty_like_x(x), _empty_like_x(x)
 
 
-def _setup_context(ctx, inputs, output):
-    x, gamma, beta, _rm, _rv, use_input_stats, instance, eps, negative_slope = inputs
-    _y, mean, var = output
-    ctx.save_for_backward(x, gamma, beta, mean, var)
-    ctx.use_input_stats = use_input_stats
-    ctx.eps, ctx.negative_slope = eps, negative_slope
-    ctx.set_materialize_grads(False)
-
-
-def _backward(ctx, grad_y, _grad_mean, _grad_var):
-    if grad_y is None:
-        return (None,) * 9
-    x, gamma, beta, mean, var = ctx.saved_tensors
-    invstd = torch.rsqrt(var + ctx.eps)
-    grad_x, grad_gamma, grad_beta = torch.ops.autoenc_fast.spade_norm_backward(
-        grad_y, x, gamma, beta, mean, invstd, ctx.use_input_stats, ctx.negative_slope)
-    return grad_x, grad_gamma, grad_beta, None, None, None, None, None, None
-
-
-torch.library.register_autograd(OP, _backward, setup_context=_setup_context)
-
-
 class SyncSpadeNormFunction(torch.autograd.Function):
     """Batch-norm SPADE with statistics all-reduced over `group` (training only)."""
 
@@ -123,6 +101,7 @@ class SyncSpadeNormFunction(torch.autograd.Function):
         return y
 
     @staticmethod
+    @once_differentiable  # its pieces have no derivative: a double backward raises, as the C++ ops' do
     def backward(ctx, grad_y):
         import torch.distributed as dist
 

@@ -1,0 +1,95 @@
+// Autograd of autoenc_fast::spade_norm (single process; the synchronized-statistics
+// path is a Python autograd.Function in autoenc_fast/ops/spade_norm.py):
+//   forward   y, mean, var = spade_norm(x, gamma, beta, ...)      saves x, gamma, beta, mean, var
+//   backward  dx, dgamma, dbeta = spade_norm_backward(dy, x, gamma, beta, mean, rsqrt(var + eps), ...)
+// xhat is recomputed in the backward, not saved. mean and var are returned for the
+// running-statistics update and are not differentiable.
+#include "dispatch.h"
+
+#include <torch/library.h>
+
+namespace autoenc_fast {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+using Outputs = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
+using ForwardSignature = Outputs(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                 const std::optional<at::Tensor>&, const std::optional<at::Tensor>&, bool, bool,
+                                 double, std::optional<double>);
+using BackwardSignature = Outputs(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                  const at::Tensor&, const at::Tensor&, bool, std::optional<double>);
+
+Outputs spade_norm_below_autograd(const at::Tensor& x, const at::Tensor& gamma, const at::Tensor& beta,
+                                  const std::optional<at::Tensor>& running_mean,
+                                  const std::optional<at::Tensor>& running_var, bool use_input_stats,
+                                  bool instance, double eps, std::optional<double> negative_slope) {
+  static const auto op = find_op<ForwardSignature>("autoenc_fast::spade_norm");
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  return op.call(x, gamma, beta, running_mean, running_var, use_input_stats, instance, eps, negative_slope);
+}
+
+Outputs spade_norm_backward_autograd(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& gamma,
+                                     const at::Tensor& beta, const at::Tensor& mean, const at::Tensor& invstd,
+                                     bool use_input_stats, std::optional<double> negative_slope) {
+  static const auto op = find_op<BackwardSignature>("autoenc_fast::spade_norm_backward");
+  Outputs grads;
+  {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    grads = op.call(grad_y, x, gamma, beta, mean, invstd, use_input_stats, negative_slope);
+  }
+  return refuse_double_backward("autoenc_fast::spade_norm_backward", {grad_y, x, gamma, beta, mean, invstd},
+                                std::move(grads));
+}
+
+class SpadeNormFunction : public torch::autograd::Function<SpadeNormFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& gamma,
+                               const at::Tensor& beta, const std::optional<at::Tensor>& running_mean,
+                               const std::optional<at::Tensor>& running_var, bool use_input_stats, bool instance,
+                               double eps, std::optional<double> negative_slope) {
+    auto [y, mean, var] = spade_norm_below_autograd(x, gamma, beta, running_mean, running_var, use_input_stats,
+                                                    instance, eps, negative_slope);
+    ctx->save_for_backward({x, gamma, beta, mean, var});
+    ctx->saved_data["use_input_stats"] = use_input_stats;
+    ctx->saved_data["eps"] = eps;
+    ctx->saved_data["negative_slope"] = negative_slope;
+    ctx->mark_non_differentiable({mean, var});
+    // Only y carries a gradient; mean's and var's arrive undefined, not zero-filled.
+    ctx->set_materialize_grads(false);
+    return {y, mean, var};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    variable_list result(9);  // one per forward argument; only x, gamma, beta get one
+    const at::Tensor& grad_y = grads[0];
+    if (!grad_y.defined()) return result;
+    const variable_list saved = ctx->get_saved_variables();
+    const at::Tensor invstd = saved[4].add(ctx->saved_data["eps"].toDouble()).rsqrt_();
+    std::tie(result[0], result[1], result[2]) =
+        spade_norm_backward_autograd(grad_y, saved[0], saved[1], saved[2], saved[3], invstd,
+                         ctx->saved_data["use_input_stats"].toBool(),
+                         ctx->saved_data["negative_slope"].toOptional<double>());
+    return result;
+  }
+};
+
+Outputs spade_norm_autograd(const at::Tensor& x, const at::Tensor& gamma, const at::Tensor& beta,
+                            const std::optional<at::Tensor>& running_mean, const std::optional<at::Tensor>& running_var,
+                            bool use_input_stats, bool instance, double eps, std::optional<double> negative_slope) {
+  if (!needs_graph(x, gamma, beta))
+    return spade_norm_below_autograd(x, gamma, beta, running_mean, running_var, use_input_stats, instance, eps,
+                                     negative_slope);
+  const variable_list out = SpadeNormFunction::apply(x, gamma, beta, running_mean, running_var, use_input_stats,
+                                                     instance, eps, negative_slope);
+  return {out[0], out[1], out[2]};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(autoenc_fast, Autograd, m) {
+  m.impl("spade_norm", &spade_norm_autograd);
+  m.impl("spade_norm_backward", &spade_norm_backward_autograd);
+}
+
+}  // namespace autoenc_fast
