@@ -340,3 +340,27 @@ def test_block_class_resolves_backends_and_names_what_is_missing():
     assert block_class("Reparametrize", "reference") is R.Reparametrize
     with pytest.raises(LookupError, match="NoSuchBlock"):
         block_class("NoSuchBlock", "fused")
+
+
+def test_gpu_model_profile_groups_our_ops_apart(tmp_path):
+    # benchmarks/gpu_model_profile.py runs inside the GPU check, where a broken script
+    # costs a scarce GPU session: smoke-run it here on the CPU with the smallest VAE.
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_model_profile.py"
+    out = tmp_path / "profile.json"
+    subprocess.run([sys.executable, str(script), "--family", "vae", "--device", "cpu", "--size", "quick",
+                    "--json", str(out)], check=True, timeout=300, capture_output=True)
+    result = json.loads(out.read_text())
+    sys.path.insert(0, str(script.parent))
+    try:
+        from gpu_model_profile import group_of
+    finally:
+        sys.path.remove(str(script.parent))
+    ours = {p: [name for name in result[p] if group_of(name) == "autoenc_fast ops"] for p in ("fused", "reference")}
+    assert "autoenc_fast::reparametrize_kl" in ours["fused"] and ours["reference"] == []
+    assert group_of("aten::convolution_backward") == "convolution / matmul"
+    assert all(sum(result[p].values()) > 0 for p in ("fused", "reference"))
