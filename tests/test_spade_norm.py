@@ -524,6 +524,16 @@ def _sync_worker(rank, world_size, init_file, out_dir):
                        running_mean=rm, running_var=rv, negative_slope=0.2,
                        process_group=dist.group.WORLD)
         results[name] = dict(y=y, grads=grads, rm=rm, rv=rv)
+    # A gradient of the gradient through the synchronized path raises (its backward is
+    # once_differentiable) instead of leaving the second-order term out.
+    leaves = [t[share].clone().requires_grad_() for t in (x, gamma, beta)]
+    y = AF.spade_norm(*leaves, norm="batch", negative_slope=0.2, process_group=dist.group.WORLD)
+    (grad_x,) = torch.autograd.grad(y.square().sum(), leaves[0], create_graph=True)
+    try:
+        grad_x.square().sum().backward()
+        results["double_backward"] = "no error"
+    except RuntimeError as error:
+        results["double_backward"] = str(error)
     torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     dist.barrier()  # both ranks done with gloo before either tears it down
     dist.destroy_process_group()
@@ -549,6 +559,8 @@ def test_synchronized_statistics_two_processes(tmp_path):
         for r in ranks:
             torch.testing.assert_close(r[name]["rm"], rm)
             torch.testing.assert_close(r[name]["rv"], rv)
+    for r in ranks:
+        assert "once_differentiable" in r["double_backward"], r["double_backward"]
 
 
 BAD = [
