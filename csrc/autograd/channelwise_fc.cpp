@@ -17,20 +17,15 @@ using BackwardSignature = std::tuple<at::Tensor, at::Tensor, at::Tensor>(const a
 at::Tensor channelwise_fc_below_autograd(const at::Tensor& x, const at::Tensor& weight,
                                          const std::optional<at::Tensor>& bias) {
   static const auto op = find_op<ForwardSignature>("autoenc_fast::channelwise_fc");
-  at::AutoDispatchBelowADInplaceOrView below_autograd;
-  return op.call(x, weight, bias);
+  return call_below_autograd(op, x, weight, bias);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> channelwise_fc_backward_autograd(const at::Tensor& grad_y,
                                                                                 const at::Tensor& x,
                                                                                 const at::Tensor& weight) {
   static const auto op = find_op<BackwardSignature>("autoenc_fast::channelwise_fc_backward");
-  std::tuple<at::Tensor, at::Tensor, at::Tensor> grads;
-  {
-    at::AutoDispatchBelowADInplaceOrView below_autograd;
-    grads = op.call(grad_y, x, weight);
-  }
-  return refuse_double_backward("autoenc_fast::channelwise_fc_backward", {grad_y, x, weight}, std::move(grads));
+  return refuse_double_backward("autoenc_fast::channelwise_fc_backward", {grad_y, x, weight},
+                                call_below_autograd(op, grad_y, x, weight));
 }
 
 class ChannelwiseFcFunction : public torch::autograd::Function<ChannelwiseFcFunction> {

@@ -7,8 +7,8 @@
 // autograd.Function and re-fills the schema's default arguments on each call
 // (torch/_library/utils.py's fill_defaults), about 30 us per forward and 80 us per
 // backward of host time on this project's CPU, more than the whole eager reference
-// of a small spade_norm step. On CUDA that host time is the step's wall clock at
-// GauGAN's 16x16 and 32x32 maps. Fake kernels stay in Python (autoenc_fast/ops/).
+// of a small spade_norm step. On the H200 that host time was the step's wall clock at
+// spade_norm's 16x16 and 64x64 GauGAN shapes. Fake kernels stay in Python (autoenc_fast/ops/).
 #pragma once
 
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -26,6 +26,13 @@ namespace autoenc_fast {
 template <typename Signature>
 c10::TypedOperatorHandle<Signature> find_op(const char* name) {
   return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
+}
+
+// op(args...) with autograd (and ADInplaceOrView) excluded: the backend kernel itself.
+template <typename Signature, typename... Args>
+auto call_below_autograd(const c10::TypedOperatorHandle<Signature>& op, Args&&... args) {
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  return op.call(std::forward<Args>(args)...);
 }
 
 inline bool requires_grad(const at::Tensor& t) { return t.defined() && t.requires_grad(); }

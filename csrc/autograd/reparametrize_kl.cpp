@@ -21,8 +21,7 @@ using BackwardSignature = Outputs(const std::optional<at::Tensor>&, const std::o
 Outputs reparametrize_kl_below_autograd(const at::Tensor& mu, const at::Tensor& logvar,
                                         const std::optional<at::Tensor>& eps, const std::optional<at::Tensor>& seed) {
   static const auto op = find_op<ForwardSignature>("autoenc_fast::reparametrize_kl");
-  at::AutoDispatchBelowADInplaceOrView below_autograd;
-  return op.call(mu, logvar, eps, seed);
+  return call_below_autograd(op, mu, logvar, eps, seed);
 }
 
 std::optional<at::Tensor> defined_or_none(const at::Tensor& t) {
@@ -33,14 +32,9 @@ Outputs reparametrize_kl_backward_autograd(const std::optional<at::Tensor>& grad
                                            const std::optional<at::Tensor>& grad_kl, const at::Tensor& mu,
                                            const at::Tensor& logvar, const at::Tensor& z) {
   static const auto op = find_op<BackwardSignature>("autoenc_fast::reparametrize_kl_backward");
-  Outputs grads;
-  {
-    at::AutoDispatchBelowADInplaceOrView below_autograd;
-    grads = op.call(grad_z, grad_kl, mu, logvar, z);
-  }
   return refuse_double_backward("autoenc_fast::reparametrize_kl_backward",
                                 {grad_z.value_or(at::Tensor()), grad_kl.value_or(at::Tensor()), mu, logvar, z},
-                                std::move(grads));
+                                call_below_autograd(op, grad_z, grad_kl, mu, logvar, z));
 }
 
 class ReparametrizeKlFunction : public torch::autograd::Function<ReparametrizeKlFunction> {

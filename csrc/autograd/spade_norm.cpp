@@ -25,21 +25,17 @@ Outputs spade_norm_below_autograd(const at::Tensor& x, const at::Tensor& gamma, 
                                   const std::optional<at::Tensor>& running_var, bool use_input_stats,
                                   bool instance, double eps, std::optional<double> negative_slope) {
   static const auto op = find_op<ForwardSignature>("autoenc_fast::spade_norm");
-  at::AutoDispatchBelowADInplaceOrView below_autograd;
-  return op.call(x, gamma, beta, running_mean, running_var, use_input_stats, instance, eps, negative_slope);
+  return call_below_autograd(op, x, gamma, beta, running_mean, running_var, use_input_stats, instance, eps,
+                             negative_slope);
 }
 
 Outputs spade_norm_backward_autograd(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& gamma,
                                      const at::Tensor& beta, const at::Tensor& mean, const at::Tensor& invstd,
                                      bool use_input_stats, std::optional<double> negative_slope) {
   static const auto op = find_op<BackwardSignature>("autoenc_fast::spade_norm_backward");
-  Outputs grads;
-  {
-    at::AutoDispatchBelowADInplaceOrView below_autograd;
-    grads = op.call(grad_y, x, gamma, beta, mean, invstd, use_input_stats, negative_slope);
-  }
-  return refuse_double_backward("autoenc_fast::spade_norm_backward", {grad_y, x, gamma, beta, mean, invstd},
-                                std::move(grads));
+  return refuse_double_backward(
+      "autoenc_fast::spade_norm_backward", {grad_y, x, gamma, beta, mean, invstd},
+      call_below_autograd(op, grad_y, x, gamma, beta, mean, invstd, use_input_stats, negative_slope));
 }
 
 class SpadeNormFunction : public torch::autograd::Function<SpadeNormFunction> {
