@@ -1,8 +1,9 @@
 """Build of autoenc_fast's compiled extension, ``autoenc_fast._C``.
 
-The C++ CPU kernels are always built. The CUDA sources (csrc/cuda/*.cu) are added
-when torch is a CUDA build and a CUDA toolkit is found, or when AUTOENC_FAST_CUDA=1;
-AUTOENC_FAST_CUDA=0 builds the CPU kernels only. TORCH_CUDA_ARCH_LIST is honoured
+The schemas, the autograd (csrc/autograd) and the C++ CPU kernels are always built.
+The CUDA sources (csrc/cuda/*.cu) are added when torch is a CUDA build and a CUDA
+toolkit is found, or when AUTOENC_FAST_CUDA=1; AUTOENC_FAST_CUDA=0 builds the CPU
+kernels only. TORCH_CUDA_ARCH_LIST is honoured
 (torch's BuildExtension reads it). AUTOENC_FAST_CPU_ARCH=generic leaves out the AVX2
 code path for a build meant to run on another x86 machine.
 
@@ -112,6 +113,7 @@ def write_build_info(with_cuda):
 
 def extensions():
     with_cuda, why = want_cuda()
+    # Schemas, autograd (device-independent) and the CPU kernels: every build has them.
     cpu_sources = ["csrc/ops.cpp"] + sorted(glob.glob("csrc/autograd/*.cpp")) + sorted(glob.glob("csrc/cpu/*.cpp"))
     cuda_sources = sorted(glob.glob("csrc/cuda/*.cu")) + sorted(glob.glob("csrc/cuda/*.cpp"))
     write_build_info(with_cuda)
