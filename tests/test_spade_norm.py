@@ -491,6 +491,22 @@ def test_module_modulates_in_x_layout_whatever_the_segmap_layout(x_layout, seg_l
         torch.testing.assert_close(results[1][2][name], g, msg=name)
 
 
+def test_running_statistics_update_as_batch_norm_for_buffers_of_any_float_dtype():
+    """Each buffer keeps its own dtype (float32 statistics into a float64 running_var too)."""
+    from autoenc_fast.ops.spade_norm_checks import update_running_stats
+
+    x = torch.randn(4, 3, 5, 5) * 2 + 1
+    mean, var = x.mean((0, 2, 3)), x.var((0, 2, 3), unbiased=False)
+    for dtypes in ((torch.float32, torch.float32), (torch.float32, torch.float64), (torch.float64, torch.float32)):
+        rm, rv = torch.randn(3, dtype=dtypes[0]), torch.rand(3, dtype=dtypes[1]) + 0.5
+        ref_rm, ref_rv = rm.double(), rv.double()
+        F.batch_norm(x.double(), ref_rm, ref_rv, training=True, momentum=0.1)
+        update_running_stats(rm, rv, mean, var, 100, 0.1)
+        assert (rm.dtype, rv.dtype) == dtypes
+        torch.testing.assert_close(rm.double(), ref_rm, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(rv.double(), ref_rv, atol=1e-6, rtol=1e-5)
+
+
 @pytest.mark.parametrize("momentum", [None, 0.3])
 def test_module_momentum_and_num_batches_tracked_as_batchnorm(momentum):
     plain = GauGANSPADE(4, 2, 6, 3, "batch", None)

@@ -81,6 +81,6 @@ def update_running_stats(running_mean, running_var, mean, var, count: int, momen
     """In place, as F.batch_norm does: running += momentum * (batch - running), with the
     unbiased variance var * n / (n - 1)."""
     with torch.no_grad():  # this runs on every training step of every SPADE: two ops, not five
-        if mean.dtype != running_mean.dtype:
-            mean, var = mean.to(running_mean.dtype), var.to(running_var.dtype)
+        mean = mean if mean.dtype == running_mean.dtype else mean.to(running_mean.dtype)
+        var = var if var.dtype == running_var.dtype else var.to(running_var.dtype)
         torch._foreach_lerp_((running_mean, running_var), (mean, var * (count / max(count - 1, 1))), momentum)
