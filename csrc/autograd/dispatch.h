@@ -8,7 +8,8 @@
 // (torch/_library/utils.py's fill_defaults), about 30 us per forward and 80 us per
 // backward of host time on this project's CPU, more than the whole eager reference
 // of a small spade_norm step. On the H200 that host time was the step's wall clock at
-// spade_norm's 16x16 and 64x64 GauGAN shapes. Fake kernels stay in Python (autoenc_fast/ops/).
+// spade_norm's 16x16 and 64x64 GauGAN shapes. Fake kernels stay in Python
+// (autoenc_fast/ops/).
 #pragma once
 
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -76,14 +77,14 @@ Tuple tuple_of(const torch::autograd::variable_list& values, std::index_sequence
 template <typename... Outputs>
 std::tuple<Outputs...> refuse_double_backward(const char* op, std::initializer_list<at::Tensor> inputs,
                                               std::tuple<Outputs...> outputs) {
-  std::vector<at::Tensor> defined;
+  const auto grad_input = [](const at::Tensor& t) { return requires_grad(t); };
+  if (!at::GradMode::is_enabled() || std::none_of(inputs.begin(), inputs.end(), grad_input)) return outputs;
+  std::vector<at::Tensor> defined;  // the node's inputs: undefined ones (absent gradients) left out
   std::copy_if(inputs.begin(), inputs.end(), std::back_inserter(defined),
                [](const at::Tensor& t) { return t.defined(); });
-  if (!at::GradMode::is_enabled() ||
-      std::none_of(defined.begin(), defined.end(), [](const at::Tensor& t) { return t.requires_grad(); }))
-    return outputs;
-  const torch::autograd::variable_list wrapped = NotTwiceDifferentiable::apply(
-      std::string(op), at::TensorList(defined), std::apply([](auto&... t) { return torch::autograd::variable_list{t...}; }, outputs));
+  const auto as_list = [](auto&... t) { return torch::autograd::variable_list{t...}; };
+  const torch::autograd::variable_list wrapped =
+      NotTwiceDifferentiable::apply(std::string(op), at::TensorList(defined), std::apply(as_list, outputs));
   return tuple_of<std::tuple<Outputs...>>(wrapped, std::index_sequence_for<Outputs...>{});
 }
 

@@ -51,8 +51,8 @@ class ReparametrizeKlFunction : public torch::autograd::Function<ReparametrizeKl
     variable_list result(4);  // one per forward argument: mu, logvar, eps, seed
     if (!grads[0].defined() && !grads[1].defined()) return result;
     const variable_list saved = ctx->get_saved_variables();
-    std::tie(result[0], result[1]) =
-        reparametrize_kl_backward_autograd(defined_or_none(grads[0]), defined_or_none(grads[1]), saved[0], saved[1], saved[2]);
+    std::tie(result[0], result[1]) = reparametrize_kl_backward_autograd(
+        defined_or_none(grads[0]), defined_or_none(grads[1]), saved[0], saved[1], saved[2]);
     return result;
   }
 };

@@ -62,10 +62,9 @@ class SpadeNormFunction : public torch::autograd::Function<SpadeNormFunction> {
     if (!grad_y.defined()) return result;
     const variable_list saved = ctx->get_saved_variables();
     const at::Tensor invstd = saved[4].add(ctx->saved_data["eps"].toDouble()).rsqrt_();
-    std::tie(result[0], result[1], result[2]) =
-        spade_norm_backward_autograd(grad_y, saved[0], saved[1], saved[2], saved[3], invstd,
-                         ctx->saved_data["use_input_stats"].toBool(),
-                         ctx->saved_data["negative_slope"].toOptional<double>());
+    std::tie(result[0], result[1], result[2]) = spade_norm_backward_autograd(
+        grad_y, saved[0], saved[1], saved[2], saved[3], invstd, ctx->saved_data["use_input_stats"].toBool(),
+        ctx->saved_data["negative_slope"].toOptional<double>());
     return result;
   }
 };
