@@ -188,7 +188,7 @@ void reduce_groups(const Geometry& geo, const ParamPtrs<T>& p, const Fn& fn,
         part1[r] = sums.first;
         part2[r] = sums.second;
       }
-      end_of_streaming_task();  // a term may write outputs (backward_term_writing)
+      end_of_streaming_task();  // a term may write outputs (backward_term<T, true>)
     });
     for (int64_t r = 0; r < rows; ++r) {  // fixed order: n ascending within each group
       const int64_t g = geo.instance ? r : r % geo.C;
@@ -297,29 +297,19 @@ auto apply_step(const Pointers<T>& p) {
 }
 
 // Backward terms (dxhat, dxhat * xhat), params = (mean, invstd). Lanes past `count`
-// load dy = 0, so they add nothing.
-template <typename T>
+// load dy = 0, so they add nothing. kWriteParamGrads: also write the two outputs that need
+// no reduced sums, dgamma = dz * xhat (out1) and dbeta = dz (out2).
+template <typename T, bool kWriteParamGrads = false>
 auto backward_term(const Pointers<T>& p) {
-  return [p](int64_t i, int64_t count, const Params<T>& v, Vec<T>& a1, Vec<T>& a2) {
-    Vec<T> one_g, xhat;
-    const Vec<T> z = affine_step(p.x, p.gamma, p.beta, i, count, v, one_g, xhat);
-    const Vec<T> dxhat = leaky_select(z, Vec<T>::loadu(p.dy + i, count), p.has_slope, p.slope) * one_g;
-    a1 = a1 + dxhat;
-    a2 = at::vec::fmadd(dxhat, xhat, a2);
-  };
-}
-
-// backward_term, also writing the two outputs that need no reduced sums:
-// dgamma = dz * xhat (out1) and dbeta = dz (out2).
-template <typename T>
-auto backward_term_writing(const Pointers<T>& p) {
   return [p](int64_t i, int64_t count, const Params<T>& v, Vec<T>& a1, Vec<T>& a2) {
     Vec<T> one_g, xhat;
     const Vec<T> z = affine_step(p.x, p.gamma, p.beta, i, count, v, one_g, xhat);
     const Vec<T> dz = leaky_select(z, Vec<T>::loadu(p.dy + i, count), p.has_slope, p.slope);
     const Vec<T> dxhat = dz * one_g;
-    store_out<T>(dz * xhat, p.out1 + i, count, p.stream);
-    store_out<T>(dz, p.out2 + i, count, p.stream);
+    if constexpr (kWriteParamGrads) {
+      store_out<T>(dz * xhat, p.out1 + i, count, p.stream);
+      store_out<T>(dz, p.out2 + i, count, p.stream);
+    }
     a1 = a1 + dxhat;
     a2 = at::vec::fmadd(dxhat, xhat, a2);
   };
@@ -640,7 +630,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_two_sweeps(const LaidOut
     const ParamPtrs<scalar_t> stats = {mean_c.const_data_ptr<scalar_t>(), invstd_c.const_data_ptr<scalar_t>(),
                                        nullptr, nullptr};
     std::vector<double> s1, s2;
-    reduce_groups<scalar_t>(geo, stats, backward_term_writing(p), s1, s2);
+    reduce_groups<scalar_t>(geo, stats, backward_term<scalar_t, true>(p), s1, s2);
     const double m = static_cast<double>(std::max<int64_t>(1, geo.group_elems()));
     std::vector<scalar_t> mean_dxhat(geo.groups()), mean_dxhat_xhat(geo.groups());
     for (int64_t g = 0; g < geo.groups(); ++g) {  // as backward_reduce_impl + sum / m round it
