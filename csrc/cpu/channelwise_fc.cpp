@@ -350,13 +350,14 @@ void forward_kernel(const at::Tensor& x, const at::Tensor& weight, const at::Ten
   });
 }
 
-// The per-channel buffers of the backward pass.
+// The per-channel buffers of the backward pass. x_blk and gx_blk (the gathered X rows and
+// the dX rows to scatter) only for layouts other than NCHW (`direct`: read and written in place).
 template <typename scalar_t>
 struct BackwardScratch {
   std::vector<scalar_t> wt_pad, gw_acc, gb_acc, gy_blk, x_blk, gx_blk;
-  BackwardScratch(int64_t P, int64_t Np)
+  BackwardScratch(int64_t P, int64_t Np, bool direct)
       : wt_pad(P * Np, scalar_t(0)), gw_acc(P * Np), gb_acc(Np), gy_blk(kBatchChunk * Np, scalar_t(0)),
-        x_blk(kBatchChunk * P), gx_blk(kBatchChunk * Np) {}
+        x_blk(direct ? 0 : kBatchChunk * P), gx_blk(direct ? 0 : kBatchChunk * Np) {}
 };
 
 template <typename scalar_t>
@@ -375,7 +376,7 @@ void backward_kernel(const at::Tensor& grad_y, const at::Tensor& x, const at::Te
   // (the backward took 1.65x as long).
   const bool direct = xs.channels_adjacent() && gxs.channels_adjacent();
   at::parallel_for(0, blocks, 1, [&](int64_t blk_begin, int64_t blk_end) {
-    std::vector<BackwardScratch<scalar_t>> scratch(Cb, BackwardScratch<scalar_t>(P, Np));
+    std::vector<BackwardScratch<scalar_t>> scratch(Cb, BackwardScratch<scalar_t>(P, Np, direct));
     for (int64_t blk = blk_begin; blk < blk_end; ++blk) {
       const int64_t c0 = blk * Cb, cn = std::min(Cb, C - c0);
       for (int64_t ci = 0; ci < cn; ++ci) {
