@@ -3,9 +3,9 @@
 The schemas, the autograd (csrc/autograd) and the C++ CPU kernels are always built.
 The CUDA sources (csrc/cuda/*.cu) are added when torch is a CUDA build and a CUDA
 toolkit is found, or when AUTOENC_FAST_CUDA=1; AUTOENC_FAST_CUDA=0 builds the CPU
-kernels only. TORCH_CUDA_ARCH_LIST is honoured
-(torch's BuildExtension reads it). AUTOENC_FAST_CPU_ARCH=generic leaves out the AVX2
-code path for a build meant to run on another x86 machine.
+kernels only. TORCH_CUDA_ARCH_LIST is honoured (torch's BuildExtension reads it).
+AUTOENC_FAST_CPU_ARCH=generic leaves out the AVX2 code path for a build meant to run on
+another x86 machine.
 
 Build isolation must be off (``pip install --no-build-isolation -e .``): the
 extension is compiled against the torch that is already installed, not a fresh one

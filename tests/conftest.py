@@ -9,6 +9,7 @@ import autoenc_fast  # noqa: F401  (registers the ops)
 HAS_CUDA = torch.cuda.is_available()
 requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU; this machine has none")
 
+
 def _version(text: str) -> tuple[int, int]:
     major, minor = text.split(".")[:2]
     return int(major), int("".join(ch for ch in minor if ch.isdigit()) or 0)

@@ -149,6 +149,7 @@ def test_cpu_exp_of_logvar_over_the_whole_float_range(direction):
     if direction == "forward":
         assert ((got[denormal].double() - exact[denormal]).abs() <= 2 * 2.0**-149).all()
 
+
 def test_half_types_on_cpu_go_through_float32():
     for dtype in (torch.float16, torch.bfloat16):
         mu, logvar, eps = make_inputs((6, 40), dtype, "cpu")

@@ -3,7 +3,8 @@ synchronized-statistics autograd.Function. The C++ kernels register themselves f
 csrc/cpu and csrc/cuda, the single-process autograd from csrc/autograd/spade_norm.cpp.
 
 Single process: ``spade_norm`` (stats pass + elementwise pass, one op) with its
-backward ``spade_norm_backward`` (reduction pass + elementwise pass, one op), so torch.compile sees custom ops only and the CPU kernels can run both passes of a
+backward ``spade_norm_backward`` (reduction pass + elementwise pass, one op), so
+torch.compile sees custom ops only and the CPU kernels can run both passes of a
 statistics group while it is in cache. With a process group the pieces run from
 :class:`SyncSpadeNormFunction`, with an all_reduce of (sum, sum of squares, count)
 between the stats and the elementwise pass, and of the two backward sums between the
