@@ -71,3 +71,43 @@ def test_info_command_prints_versions_and_kernels():
     data = json.loads(subprocess.run([sys.executable, "-m", "autoenc_fast", "info", "--json"],
                                      capture_output=True, text=True, timeout=120, check=True).stdout)
     assert data["extension_loaded"] is True
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# What a source distribution needs beyond the Python package to build and to run the README's commands.
+SDIST_TREES = ("csrc", "tests", "benchmarks", "scripts")
+
+
+def _source_files(tree: str) -> set[str]:
+    found = set()
+    for root, dirs, files in os.walk(os.path.join(REPO, tree)):
+        dirs[:] = [d for d in dirs if not d.startswith(".") and d != "__pycache__"]
+        found.update(os.path.relpath(os.path.join(root, f), REPO) for f in files
+                     if not f.endswith((".pyc", ".so")))
+    return found
+
+
+def test_sdist_holds_every_source_and_header(tmp_path):
+    # Built from a copy, so the test does not rewrite this checkout's _build_info.json.
+    import shutil
+    import tarfile
+
+    src = tmp_path / "src"
+    src.mkdir()
+    ignore = shutil.ignore_patterns("build", "dist", "*.so", "__pycache__", ".benchmarks", ".hypothesis",
+                                    "*.egg-info", "_build_info.json")
+    for name in ("setup.py", "pyproject.toml", "MANIFEST.in", "README.md"):
+        if os.path.exists(os.path.join(REPO, name)):
+            shutil.copy(os.path.join(REPO, name), src / name)
+    for name in (".ci", "autoenc_fast", *SDIST_TREES):
+        shutil.copytree(os.path.join(REPO, name), src / name, ignore=ignore)
+    proc = subprocess.run([sys.executable, "setup.py", "-q", "sdist", "-d", str(tmp_path / "dist")], cwd=src,
+                          capture_output=True, text=True, env={**os.environ, "AUTOENC_FAST_CUDA": "0"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (archive,) = (tmp_path / "dist").iterdir()
+    with tarfile.open(archive) as tar:
+        members = {m.name.split("/", 1)[1] for m in tar.getmembers() if m.isfile()}
+    expected = set().union(*(_source_files(tree) for tree in SDIST_TREES)) | {".ci/run", "MANIFEST.in"}
+    missing = sorted(expected - members)
+    assert not missing, f"the sdist lacks {missing}"
+    assert any(m.endswith(".h") for m in members) and any(m.endswith(".cu") for m in members)
