@@ -7,6 +7,7 @@ in one of three modes: forward, backward (of a recorded forward) or full.
 from __future__ import annotations
 
 import functools
+import itertools
 import statistics
 from typing import Callable
 
@@ -287,21 +288,28 @@ def _model_and_loss(family: str, backend: str, kwargs: dict, batch: int, device)
 
 
 AMP_DTYPES = {"bf16": torch.bfloat16}
+LAYOUTS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
 
 
 def make_model_step(family: str, provider: str, device, size: str | None = None,
-                    amp: str | None = None) -> Callable[[], None]:
+                    amp: str | None = None, layout: str = "contiguous") -> Callable[[], None]:
     """One training step (forward, loss, backward, Adam) of `family` on a fixed batch;
     provider is ours/eager/compiled or fused/reference/reference_compiled. amp="bf16"
     runs the forward and the loss under torch.autocast in bfloat16 (no grad scaler is
-    needed for bfloat16)."""
+    needed for bfloat16). layout="channels_last" converts the model's 4-D weights and
+    its 4-D inputs, so the convolutions (and the ops after them) run channels_last, the
+    layout cuDNN's tensor-core and oneDNN's convolutions prefer."""
     if amp is not None and amp not in AMP_DTYPES:
         raise ValueError(f"make_model_step: amp must be None or one of {list(AMP_DTYPES)}; got {amp!r}")
+    if layout not in LAYOUTS:
+        raise ValueError(f"make_model_step: layout must be one of {list(LAYOUTS)}; got {layout!r}")
     provider = MODEL_PROVIDERS.get(provider, provider)
     size = size or torch.device(device).type
     kwargs, batch = MODEL_CONFIGS[family][size]
     backend = "fused" if provider == "fused" else "reference"
     model, inputs, loss_of = _model_and_loss(family, backend, kwargs, batch, device)
+    model.to(memory_format=LAYOUTS[layout])
+    inputs = tuple(t.contiguous(memory_format=LAYOUTS[layout]) if t.dim() == 4 else t for t in inputs)
     forward = torch.compile(model) if provider == "reference_compiled" else model
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     sync = _sync_for(device)
@@ -337,36 +345,39 @@ def _machine_fields(dev: torch.device) -> dict:
     return {"device": str(dev), "cpu_threads": torch.get_num_threads(), "torch": torch.__version__}
 
 
-def _model_rows(dev: torch.device, quick: bool, min_run_time: float, families=None, amps=(None,)) -> list[dict]:
+def _model_rows(dev: torch.device, quick: bool, min_run_time: float, families=None, amps=(None,),
+                layouts=("contiguous",)) -> list[dict]:
     rows = []
     size = "quick" if quick else dev.type
     # --quick skips compiling the models (tens of seconds each on a CPU): a smoke run.
     providers = ("ours", "eager") if quick else PROVIDERS
-    for family in families or MODEL_CONFIGS:
-        for amp in amps:
-            torch._dynamo.reset()
-            steps = {p: make_model_step(family, p, dev, size, amp) for p in providers}
-            times = time_side_by_side_ms(steps, min_run_time)
-            kwargs, batch = MODEL_CONFIGS[family][size]
-            row = {"op": f"step:{family}", "shape": [batch], "mode": "train" if amp is None else f"train {amp}",
-                   **_machine_fields(dev), **{f"{p}_ms": times.get(p) for p in PROVIDERS},
-                   "speedup_vs_eager": times["eager"] / times["ours"],
-                   "speedup_vs_compiled": times["compiled"] / times["ours"] if "compiled" in times else None}
-            if dev.type == "cuda":
-                row.update({f"{p}_peak_mib": step_peak_mib(steps[p], dev) for p in providers})
-            rows.append(row)
+    for family, amp, layout in itertools.product(families or MODEL_CONFIGS, amps, layouts):
+        torch._dynamo.reset()
+        steps = {p: make_model_step(family, p, dev, size, amp, layout) for p in providers}
+        times = time_side_by_side_ms(steps, min_run_time)
+        kwargs, batch = MODEL_CONFIGS[family][size]
+        mode = " ".join(["train"] + ([amp] if amp else []) + ([layout] if layout != "contiguous" else []))
+        row = {"op": f"step:{family}", "shape": [batch], "mode": mode,
+               **_machine_fields(dev), **{f"{p}_ms": times.get(p) for p in PROVIDERS},
+               "speedup_vs_eager": times["eager"] / times["ours"],
+               "speedup_vs_compiled": times["compiled"] / times["ours"] if "compiled" in times else None}
+        if dev.type == "cuda":
+            row.update({f"{p}_peak_mib": step_peak_mib(steps[p], dev) for p in providers})
+        rows.append(row)
     return rows
 
 
 def run_benchmarks(device: str = "auto", quick: bool = False, ops=None, modes=("full",),
-                   models: bool = True, families=None, amps=(None,)) -> list[dict]:
+                   models: bool = True, families=None, amps=(None,), layouts=("contiguous",)) -> list[dict]:
     """Median ms of every provider for every op case and model training step, speedups,
     GB/s on CUDA for the memory-bound ops and each step's peak memory on CUDA. `ops` /
     `families` keep only those op cases / model steps (naming only one kind leaves the
     other out); `amps` lists the model steps' precisions (None: float32, "bf16":
-    bfloat16 autocast)."""
+    bfloat16 autocast) and `layouts` their memory formats ("contiguous",
+    "channels_last")."""
     for name, given, known in (("ops", ops, OPS), ("families", families, tuple(MODEL_CONFIGS)),
-                               ("amps", [a for a in amps if a is not None], tuple(AMP_DTYPES))):
+                               ("amps", [a for a in amps if a is not None], tuple(AMP_DTYPES)),
+                               ("layouts", layouts, tuple(LAYOUTS))):
         unknown = sorted(set(given or ()) - set(known))
         if unknown:
             raise ValueError(f"run_benchmarks: unknown {name} {unknown}; expected some of {list(known)}")
@@ -390,12 +401,13 @@ def run_benchmarks(device: str = "auto", quick: bool = False, ops=None, modes=("
                 row["copy_gbps"] = copy_gbps(full_bytes, dev)
             rows.append(row)
     if run_families:
-        rows += _model_rows(dev, quick, min_run_time, run_families, amps)
+        rows += _model_rows(dev, quick, min_run_time, run_families, amps, layouts)
     return rows
 
 
 def format_table(rows: list[dict]) -> str:
-    header = f"{'op':<24}{'shape':<14}{'mode':<10}{'ours ms':>10}{'eager ms':>10}{'compiled ms':>12}" \
+    mode_width = max([10] + [len(r["mode"]) + 2 for r in rows])
+    header = f"{'op':<24}{'shape':<14}{'mode':<{mode_width}}{'ours ms':>10}{'eager ms':>10}{'compiled ms':>12}" \
              f"{'x eager':>9}{'x compiled':>11}"
     lines = [header]
     if rows:
@@ -404,7 +416,7 @@ def format_table(rows: list[dict]) -> str:
                         + (f", malloc: {first['malloc']}" if "malloc" in first else ""))
     for r in rows:
         shape = "x".join(map(str, r["shape"])) if not r["op"].startswith("step:") else f"batch {r['shape'][0]}"
-        line = (f"{r['op']:<24}{shape:<14}{r['mode']:<10}{_cell(r['ours_ms'], 10, 3)}"
+        line = (f"{r['op']:<24}{shape:<14}{r['mode']:<{mode_width}}{_cell(r['ours_ms'], 10, 3)}"
                 f"{_cell(r['eager_ms'], 10, 3)}{_cell(r['compiled_ms'], 12, 3)}"
                 f"{_cell(r['speedup_vs_eager'], 9, 2)}{_cell(r['speedup_vs_compiled'], 11, 2)}")
         if "ours_gbps" in r:

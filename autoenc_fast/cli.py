@@ -22,7 +22,8 @@ def _cmd_bench(args) -> int:
     malloc = "system default" if args.system_malloc or not keep_freed_memory() else "freed memory kept"
     amps = tuple(None if a == "fp32" else a for a in dict.fromkeys(args.amp or ["fp32"]))
     rows = run_benchmarks(device=args.device, quick=args.quick, ops=args.op, modes=args.mode or ("full",),
-                          models=not args.no_models, families=args.model, amps=amps)
+                          models=not args.no_models, families=args.model, amps=amps,
+                          layouts=tuple(dict.fromkeys(args.layout or ["contiguous"])))
     for row in rows:
         row["malloc"] = malloc
     print(format_table(rows))
@@ -110,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="only this model family's training step (repeatable)")
     p_bench.add_argument("--amp", action="append", choices=["fp32", "bf16"],
                          help="model steps in float32 and/or under bfloat16 autocast (repeatable; default fp32)")
+    p_bench.add_argument("--layout", action="append", choices=["contiguous", "channels_last"],
+                         help="model steps with the model and its inputs in this memory format (repeatable; "
+                              "default contiguous)")
     p_bench.add_argument("--mode", action="append", choices=["forward", "backward", "full"],
                          help="forward, backward or full (forward + backward) steps; repeatable (default full)")
     p_bench.add_argument("--json", metavar="FILE", help="also write the rows as JSON")

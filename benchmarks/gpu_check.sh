@@ -71,8 +71,10 @@ else
   echo "bf16 model steps skipped: t=${SECONDS}s, over the time budget for them"
 fi
 
-# Where the GauGAN generator step's device time goes, fused against reference (issue 5's
-# target is missed on the H200 at 0.88x eager and the wall clock alone does not say why).
+# Where the GauGAN generator step's device time goes, fused against reference, each with the
+# model in NCHW and in channels_last (issue 5's target is missed on the H200 at 0.88x eager
+# and the wall clock alone does not say why; the reference runs its SPADE convolutions
+# channels_last, following the one-hot segmap, the fused SPADE in x's layout).
 if [ "$SECONDS" -lt 420 ]; then
   step "GauGAN generator step: device time by kernel group, fused vs reference"
   timeout $((480 - SECONDS)) "$PY" benchmarks/gpu_model_profile.py --json "$OUT/gaugan_profile.json" 2>&1 | grep -v -i warn \

@@ -6,7 +6,15 @@ generator gains or loses against the eager reference, which the step's wall cloc
 alone does not.
 
     python benchmarks/gpu_model_profile.py [--family gaugan_generator] [--device cuda]
-                                           [--size cuda|cpu|quick] [--amp bf16] [--json FILE]
+                                           [--size cuda|cpu|quick] [--amp bf16]
+                                           [--layout contiguous --layout channels_last] [--json FILE]
+
+Each backend is profiled in each layout asked for (default: both), the model and its
+inputs converted with `.to(memory_format=...)`. Why both: cuDNN's tensor-core
+convolutions (TF32 in float32, bf16) run natively in channels_last, and the reference
+GauGAN already runs its SPADE convolutions channels_last because the one-hot segmap is
+(`one_hot(...).permute(0, 3, 1, 2)`), while the fused SPADE runs them in x's layout:
+this says how much of a fused-vs-reference difference is layout and not the kernels.
 
 On the CPU (`--device cpu --size quick`) it profiles CPU time instead: a smoke run.
 """
@@ -19,7 +27,7 @@ import re
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from autoenc_fast.bench import MODEL_CONFIGS, make_model_step
+from autoenc_fast.bench import LAYOUTS, MODEL_CONFIGS, make_model_step
 
 STEPS = 5
 # First match wins: kernel (or, on the CPU, aten op) name -> group.
@@ -40,9 +48,10 @@ def group_of(name: str) -> str:
     return "other elementwise / reductions"
 
 
-def profile_step(family: str, provider: str, device: torch.device, size: str, amp: str | None) -> dict[str, float]:
+def profile_step(family: str, provider: str, device: torch.device, size: str, amp: str | None,
+                 layout: str = "contiguous") -> dict[str, float]:
     """Self time (ms per step) of each kernel (CUDA) or aten op (CPU) over STEPS steps."""
-    step = make_model_step(family, provider, device, size=size, amp=amp)
+    step = make_model_step(family, provider, device, size=size, amp=amp, layout=layout)
     for _ in range(3):
         step()
     cuda = device.type == "cuda"
@@ -73,27 +82,33 @@ def main() -> None:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--size", default=None, help="a MODEL_CONFIGS size (default: the device's)")
     parser.add_argument("--amp", default=None, choices=[None, "bf16"])
-    parser.add_argument("--top", type=int, default=12)
+    parser.add_argument("--layout", action="append", choices=list(LAYOUTS),
+                        help="profile in this memory format (repeatable; default: both)")
+    parser.add_argument("--top", type=int, default=8)
     parser.add_argument("--json")
     args = parser.parse_args()
     device = torch.device(args.device)
     size = args.size or device.type
+    layouts = list(dict.fromkeys(args.layout or LAYOUTS))
     result = {"family": args.family, "device": str(device), "size": size, "amp": args.amp,
               "torch": torch.__version__}
-    for provider in ("fused", "reference"):
-        times = profile_step(args.family, provider, device, size, args.amp)
-        result[provider] = times
+    # Keys: "fused" / "reference" in the default layout (as before), "<provider> <layout>" otherwise.
+    variants = [p if layout == "contiguous" else f"{p} {layout}" for layout in layouts for p in ("fused", "reference")]
+    for variant in variants:
+        provider, _, layout = variant.partition(" ")
+        result[variant] = profile_step(args.family, provider, device, size, args.amp, layout or "contiguous")
     print(f"{args.family} ({size} config{', bf16 autocast' if args.amp else ''}), "
           f"{'device' if device.type == 'cuda' else 'CPU'} ms per step, self time:")
-    groups = {p: by_group(result[p]) for p in ("fused", "reference")}
-    names = sorted(set(groups["fused"]) | set(groups["reference"]), key=lambda g: -groups["reference"].get(g, 0))
-    print(f"  {'group':<32}{'fused':>10}{'reference':>11}")
-    for name in names:
-        print(f"  {name:<32}{groups['fused'].get(name, 0):>10.3f}{groups['reference'].get(name, 0):>11.3f}")
-    print(f"  {'total':<32}{sum(groups['fused'].values()):>10.3f}{sum(groups['reference'].values()):>11.3f}")
-    for provider in ("fused", "reference"):
-        print(f"largest {args.top} of {provider}:")
-        for name, ms in sorted(result[provider].items(), key=lambda kv: -kv[1])[:args.top]:
+    groups = {v: by_group(result[v]) for v in variants}
+    names = sorted(set().union(*groups.values()), key=lambda g: -groups[variants[1]].get(g, 0))
+    width = max(12, *(len(v) + 2 for v in variants))
+    print(f"  {'group':<32}" + "".join(f"{v:>{width}}" for v in variants))
+    for name in names + ["total"]:
+        cells = (sum(groups[v].values()) if name == "total" else groups[v].get(name, 0) for v in variants)
+        print(f"  {name:<32}" + "".join(f"{ms:>{width}.3f}" for ms in cells))
+    for variant in variants:
+        print(f"largest {args.top} of {variant}:")
+        for name, ms in sorted(result[variant].items(), key=lambda kv: -kv[1])[:args.top]:
             print(f"  {ms:9.3f}  [{group_of(name)}] {name[:110]}")
     if args.json:
         with open(args.json, "w") as f:

@@ -170,13 +170,19 @@ def test_fused_equals_reference_in_eval_with_shared_weights(name):
         torch.testing.assert_close(fused(*inputs), reference(*inputs), **F64)
 
 
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
 @pytest.mark.parametrize("name", MODELS)
-def test_fused_and_reference_gradients_match_in_training(name):
+def test_fused_and_reference_gradients_match_in_training(name, layout):
+    """Also with the fused model and its inputs in channels_last (the layout the GPU
+    check times too) against the reference in the default layout."""
     no_dropout = {} if name == "generator" else dict(dropout=0.0)  # the same network in both
     fused = make_model(name, "fused", **no_dropout)
     reference = twin(fused, name, "reference", **no_dropout)
     inputs = make_inputs(name, fused)
-    fused(*inputs).square().mean().backward()
+    fused.to(memory_format=layout)
+    fused_out = fused(*(t.contiguous(memory_format=layout) if t.dim() == 4 else t for t in inputs))
+    assert fused_out.is_contiguous(memory_format=layout)
+    fused_out.square().mean().backward()
     reference(*inputs).square().mean().backward()
     for (param, p), q in zip(fused.named_parameters(), reference.parameters()):
         assert p.grad is not None, param

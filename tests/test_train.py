@@ -224,6 +224,11 @@ def test_bench_runs_only_what_is_named(capsys):
     rows = [line.split()[:5] for line in capsys.readouterr().out.splitlines()[2:] if line.strip()]
     assert [r[:4] for r in rows] == [["step:vae", "batch", "8", "train"]] * 2
     assert [r[4] == "bf16" for r in rows] == [False, True]
+    assert main(["bench", "--quick", "--device", "cpu", "--model", "gaugan_generator",
+                 "--layout", "contiguous", "--layout", "channels_last"]) == 0
+    rows = [line.split()[:5] for line in capsys.readouterr().out.splitlines()[2:] if line.strip()]
+    assert [r[:4] for r in rows] == [["step:gaugan_generator", "batch", "2", "train"]] * 2
+    assert [r[4] == "channels_last" for r in rows] == [False, True]
 
 
 @pytest.mark.parametrize("family", ["conv_autoencoder", "vae", "context_encoder", "gaugan_generator"])
@@ -245,6 +250,21 @@ def test_bench_model_step_under_bf16_autocast(family):
     assert step_peak_mib(step, "cpu") is None
     with pytest.raises(ValueError, match="amp"):
         make_model_step(family, "ours", "cpu", "quick", amp="fp8")
+
+
+def test_bench_model_step_in_channels_last():
+    """layout="channels_last" converts the model's convolution weights (weight_orig under
+    spectral norm) and its image inputs, and the step trains."""
+    from autoenc_fast.bench import make_model_step
+
+    step = make_model_step("gaugan_generator", "ours", "cpu", "quick", layout="channels_last")
+    weights = [p for p in step.model.parameters() if p.dim() == 4]
+    assert weights and all(p.is_contiguous(memory_format=torch.channels_last) for p in weights)
+    before = [p.detach().clone() for p in step.model.parameters()]
+    step()
+    assert any(not torch.equal(b, p) for b, p in zip(before, step.model.parameters()))
+    with pytest.raises(ValueError, match="layout"):
+        make_model_step("vae", "ours", "cpu", "quick", layout="nhwc")
 
 
 def test_bench_table_shows_cuda_step_peak_memory():
