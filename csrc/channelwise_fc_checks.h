@@ -17,6 +17,17 @@ inline at::MemoryFormat channelwise_fc_output_format(const at::Tensor& x) {
              : at::MemoryFormat::Contiguous;
 }
 
+// The stride between flat positions p = h * W + w of a (B, C, H, W) tensor when its two
+// map dimensions collapse into one (NCHW rows, channels_last, a single row or column of
+// positions), else -1 (a crop of a wider map, say): element (b, c, p) is then at
+// b * stride(0) + c * stride(1) + p * flat_position_stride(t), with no division of p.
+inline int64_t flat_position_stride(const at::Tensor& t) {
+  const int64_t H = t.size(2), W = t.size(3);
+  if (W == 1) return t.stride(2);
+  if (H == 1 || t.stride(2) == W * t.stride(3)) return t.stride(3);
+  return -1;
+}
+
 inline void check_like_x(const at::Tensor& t, const char* op, const char* name, const at::Tensor& x) {
   TORCH_CHECK(t.scalar_type() == x.scalar_type(), op, ": `", name, "` must have x's dtype ",
               x.scalar_type(), "; got ", t.scalar_type());

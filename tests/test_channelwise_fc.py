@@ -16,10 +16,11 @@ pytestmark = pytest.mark.skipif(not _ext.LOADED, reason=f"compiled extension not
 
 OPS = torch.ops.autoenc_fast
 # (B, C, H, W): H != W, B = 1, C = 1, 1x1 maps, the Context Encoder's 6x6 and 4x4
-# maps, batches past the CPU kernel's 6-row tiles and 64-row chunks, and maps past
-# one 64-position CUDA tile (9x9).
+# maps, batches past the CPU kernel's 6-row tiles and 64-row chunks, maps past
+# one 64-position CUDA tile (9x9), and single-row and single-column maps (whose strided
+# views still have flat positions: flat_position_stride's H == 1 and W == 1 cases).
 SHAPES = [(2, 3, 4, 5), (1, 3, 4, 4), (3, 1, 2, 3), (4, 5, 1, 1), (5, 4, 6, 6), (3, 7, 4, 4),
-          (2, 2, 3, 7), (9, 2, 5, 3), (130, 2, 3, 3), (2, 2, 9, 9)]
+          (2, 2, 3, 7), (9, 2, 5, 3), (130, 2, 3, 3), (2, 2, 9, 9), (2, 3, 1, 5), (3, 2, 5, 1)]
 LAYOUTS = ["contiguous", "channels_last", "strided", "channel_slice"]
 
 

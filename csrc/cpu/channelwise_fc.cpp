@@ -119,12 +119,12 @@ template <typename T>
 struct RowView {
   using Value = std::remove_const_t<T>;
   T* data;
-  int64_t sb, sc, sh, sw, H, W;
+  int64_t sb, sc, sp, sh, sw, H, W;  // sp: flat_position_stride (the CUDA kernels' rule too)
   bool rows_contiguous;  // positions of a row are adjacent (contiguous x, strided batch/channel)
 
   RowView(T* base, const at::Tensor& t)
-      : data(base), sb(t.stride(0)), sc(t.stride(1)), sh(t.stride(2)), sw(t.stride(3)), H(t.size(2)),
-        W(t.size(3)), rows_contiguous(t.stride(3) == 1 && (t.size(2) == 1 || t.stride(2) == t.size(3))) {}
+      : data(base), sb(t.stride(0)), sc(t.stride(1)), sp(flat_position_stride(t)), sh(t.stride(2)),
+        sw(t.stride(3)), H(t.size(2)), W(t.size(3)), rows_contiguous(sp == 1) {}
 
   T* row(int64_t b, int64_t c) const { return data + b * sb + c * sc; }
   // Row (b, c + 1) follows row (b, c) in memory: NCHW, or a batch-strided view of it.
@@ -134,19 +134,23 @@ struct RowView {
     const T* src = row(b, c);
     if (rows_contiguous && ld == 1) {
       copy_row<Value>(src, H * W, dst);
-      return;
+    } else if (sp >= 0) {  // channels_last: positions C apart
+      for (int64_t p = 0; p < H * W; ++p) dst[p * ld] = src[p * sp];
+    } else {
+      for (int64_t h = 0; h < H; ++h)
+        for (int64_t w = 0; w < W; ++w) dst[(h * W + w) * ld] = src[h * sh + w * sw];
     }
-    for (int64_t h = 0; h < H; ++h)
-      for (int64_t w = 0; w < W; ++w) dst[(h * W + w) * ld] = src[h * sh + w * sw];
   }
   void scatter(int64_t b, int64_t c, const Value* src) const {
     T* dst = row(b, c);
     if (rows_contiguous) {
       copy_row<Value>(src, H * W, dst);
-      return;
+    } else if (sp >= 0) {
+      for (int64_t p = 0; p < H * W; ++p) dst[p * sp] = src[p];
+    } else {
+      for (int64_t h = 0; h < H; ++h)
+        for (int64_t w = 0; w < W; ++w) dst[h * sh + w * sw] = src[h * W + w];
     }
-    for (int64_t h = 0; h < H; ++h)
-      for (int64_t w = 0; w < W; ++w) dst[h * sh + w * sw] = src[h * W + w];
   }
 };
 

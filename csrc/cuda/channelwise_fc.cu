@@ -41,16 +41,23 @@ constexpr int kMaxTile = 64;              // largest tile_n and tile_k
 constexpr int kSharedBytes = 48 * 1024;   // the default dynamic shared memory limit
 constexpr int64_t kMaxGridYZ = 65535;
 
-// Element (b, c, p) of a (B, C, H, W) tensor, p = h * W + w, through its strides.
+// Element (b, c, p) of a (B, C, H, W) tensor, p = h * W + w, through its strides. Every
+// contiguous and channels_last tensor has flat positions (sp >= 0, flat_position_stride)
+// and is addressed with multiplies only; the general case divides p by W. A 64-bit
+// division and remainder per element loaded or stored is a long instruction sequence on
+// the GPU, and at the Context Encoder's shapes a tile has only 36 multiply-adds per
+// element to hide it behind.
 template <typename T>
 struct StridedMap {
   T* data;
-  int64_t sb, sc, sh, sw, W;
+  int64_t sb, sc, sp, sh, sw, W;
 
   StridedMap(T* ptr, const at::Tensor& t)
-      : data(ptr), sb(t.stride(0)), sc(t.stride(1)), sh(t.stride(2)), sw(t.stride(3)), W(t.size(3)) {}
+      : data(ptr), sb(t.stride(0)), sc(t.stride(1)), sp(flat_position_stride(t)), sh(t.stride(2)),
+        sw(t.stride(3)), W(t.size(3)) {}
   __device__ __forceinline__ T& operator()(int64_t b, int64_t c, int64_t p) const {
-    return data[b * sb + c * sc + (p / W) * sh + (p % W) * sw];
+    const int64_t at = sp >= 0 ? p * sp : (p / W) * sh + (p % W) * sw;
+    return data[b * sb + c * sc + at];
   }
 };
 
@@ -130,6 +137,11 @@ __global__ void __launch_bounds__(kThreads)
   const int tn = threadIdx.x % tile_n, g = threadIdx.x / tile_n;
   const int64_t n0 = static_cast<int64_t>(blockIdx.z) * tile_n, n = n0 + tn;
   const bool computes = g < groups;
+  // Tile loads: thread (g, tn) loads column tn of B's rows g, g + groups, ...; for A, thread
+  // t loads column t % tile_k of rows t / tile_k + a_step * i. The divisions happen once
+  // here, not per element; threads past a whole number of rows load nothing.
+  const int a_col = threadIdx.x % tile_k, a_step = kThreads / tile_k;
+  const int a_row = threadIdx.x / tile_k;
 
   // Every thread of the block runs the same m0 and k0 iterations, so the barriers hold.
   for (int64_t m0 = static_cast<int64_t>(blockIdx.y) * tile_m; m0 < M; m0 += static_cast<int64_t>(gridDim.y) * tile_m) {
@@ -137,15 +149,17 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int q = 0; q < kRowsPerThread; ++q) acc[q] = acc_t(0);
     for (int64_t k0 = 0; k0 < K; k0 += tile_k) {
-      for (int idx = threadIdx.x; idx < tile_m * tile_k; idx += kThreads) {
-        const int r = idx / tile_k, kk = idx % tile_k;
-        const bool inside = m0 + r < M && k0 + kk < K;
-        a_s[r * lda + kk] = inside ? a(c, m0 + r, k0 + kk) : acc_t(0);
+      if (a_row < a_step) {
+        const bool k_inside = k0 + a_col < K;
+        for (int r = a_row; r < tile_m; r += a_step) {
+          a_s[r * lda + a_col] = k_inside && m0 + r < M ? a(c, m0 + r, k0 + a_col) : acc_t(0);
+        }
       }
-      for (int idx = threadIdx.x; idx < tile_k * tile_n; idx += kThreads) {
-        const int kk = idx / tile_n, nn = idx % tile_n;
-        const bool inside = k0 + kk < K && n0 + nn < N;
-        b_s[idx] = inside ? b(c, k0 + kk, n0 + nn) : acc_t(0);
+      if (computes) {
+        const bool n_inside = n < N;
+        for (int kk = g; kk < tile_k; kk += groups) {
+          b_s[kk * tile_n + tn] = n_inside && k0 + kk < K ? b(c, k0 + kk, n) : acc_t(0);
+        }
       }
       __syncthreads();
       if (computes) {
