@@ -340,6 +340,12 @@ def step_peak_mib(run: Callable[[], None], device) -> float | None:
     return (torch.cuda.max_memory_allocated() - start) / 2**20
 
 
+def _peak_fields(runs: dict[str, Callable[[], None]], dev: torch.device) -> dict:
+    """{provider}_peak_mib of one more call of each run, on CUDA (none elsewhere)."""
+    peaks = {f"{p}_peak_mib": step_peak_mib(run, dev) for p, run in runs.items()}
+    return {key: mib for key, mib in peaks.items() if mib is not None}
+
+
 def _machine_fields(dev: torch.device) -> dict:
     """What every row records of where it was measured (format_table prints it once)."""
     return {"device": str(dev), "cpu_threads": torch.get_num_threads(), "torch": torch.__version__}
@@ -360,9 +366,8 @@ def _model_rows(dev: torch.device, quick: bool, min_run_time: float, families=No
         row = {"op": f"step:{family}", "shape": [batch], "mode": mode,
                **_machine_fields(dev), **{f"{p}_ms": times.get(p) for p in PROVIDERS},
                "speedup_vs_eager": times["eager"] / times["ours"],
-               "speedup_vs_compiled": times["compiled"] / times["ours"] if "compiled" in times else None}
-        if dev.type == "cuda":
-            row.update({f"{p}_peak_mib": step_peak_mib(steps[p], dev) for p in providers})
+               "speedup_vs_compiled": times["compiled"] / times["ours"] if "compiled" in times else None,
+               **_peak_fields(steps, dev)}
         rows.append(row)
     return rows
 
@@ -391,11 +396,12 @@ def run_benchmarks(device: str = "auto", quick: bool = False, ops=None, modes=("
         if op not in run_ops:
             continue
         for mode in modes:
-            times = time_side_by_side_ms({p: make(p, mode, shape, dev) for p in PROVIDERS}, min_run_time)
+            runs = {p: make(p, mode, shape, dev) for p in PROVIDERS}
+            times = time_side_by_side_ms(runs, min_run_time)
             row = {"op": op, "shape": list(shape), "mode": mode, **_machine_fields(dev),
                    **{f"{p}_ms": times[p] for p in PROVIDERS},
                    "speedup_vs_eager": times["eager"] / times["ours"],
-                   "speedup_vs_compiled": times["compiled"] / times["ours"]}
+                   "speedup_vs_compiled": times["compiled"] / times["ours"], **_peak_fields(runs, dev)}
             if dev.type == "cuda" and full_bytes and mode == "full":
                 row["ours_gbps"] = full_bytes / (times["ours"] * 1e-3) / 1e9
                 row["copy_gbps"] = copy_gbps(full_bytes, dev)
