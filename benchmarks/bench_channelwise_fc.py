@@ -15,20 +15,12 @@ import pytest
 import torch
 
 from autoenc_fast import functional, reference
+from autoenc_fast.bench import channelwise_fc_bmm
 
 HAS_CUDA = torch.cuda.is_available()
 SHAPES = {"B64-C256-6x6": (64, 256, 6, 6), "B64-C512-4x4": (64, 512, 4, 4)}
 PROVIDERS = ["ours", "einsum", "bmm", "compiled"]
 CASES = [("cpu", torch.float32), ("cuda", torch.float32), ("cuda", torch.bfloat16)]
-
-
-def bmm_permuted(x, weight, bias):
-    B, C, H, W = x.shape
-    xc = x.reshape(B, C, H * W).permute(1, 0, 2).contiguous()  # (C, B, P)
-    y = torch.bmm(xc, weight)
-    if bias is not None:
-        y = y + bias[:, None, :]
-    return y.permute(1, 0, 2).reshape(B, C, H, W)
 
 
 _COMPILED = {}
@@ -40,7 +32,7 @@ def provider_fn(name):
     if name == "einsum":
         return reference.channelwise_fc
     if name == "bmm":
-        return bmm_permuted
+        return channelwise_fc_bmm
     if name not in _COMPILED:
         _COMPILED[name] = torch.compile(reference.channelwise_fc, fullgraph=True)
     return _COMPILED[name]

@@ -2,9 +2,11 @@
 profiler's kernel records: what the GPU spends, without the CPU's launch overhead
 that dominates wall-clock medians at these sizes. GB/s counts the fewest bytes the
 step must move (bench.py) over that device time. spade_norm rows also time the Triton
-candidate kernels (autoenc_fast/triton/spade_norm.py) against the CUDA C++ ones.
+candidate kernels (autoenc_fast/triton/spade_norm.py) against the CUDA C++ ones;
+channelwise_fc rows also torch.bmm on a permuted copy, and every provider in bfloat16.
 
     python benchmarks/gpu_kernel_times.py [--json FILE]
+    python benchmarks/gpu_kernel_times.py --device cpu --quick   # smoke run (the test suite's)
 """
 import argparse
 import json
@@ -17,15 +19,21 @@ from autoenc_fast.bench import PROVIDERS, _cases, copy_gbps
 STEPS = 10
 
 
-def device_ms(run) -> float:
+def device_ms(run, device: torch.device) -> float:
+    """Kernel time per call of run (ms): CUDA kernels on a GPU; on the CPU, a smoke run,
+    the self time of the aten and autoenc_fast ops."""
+    cuda = device.type == "cuda"
     for _ in range(3):
         run()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+    with profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as prof:
         for _ in range(STEPS):
             run()
     total_us = 0.0
     for event in prof.key_averages():
-        total_us += getattr(event, "self_device_time_total", None) or getattr(event, "self_cuda_time_total", 0)
+        if cuda:
+            total_us += getattr(event, "self_device_time_total", None) or getattr(event, "self_cuda_time_total", 0)
+        elif event.key.startswith("aten::") or "autoenc_fast" in event.key:
+            total_us += event.self_cpu_time_total
     return total_us / STEPS / 1e3
 
 
@@ -48,20 +56,33 @@ def triton_spade_norm_full(shape, device):
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--json")
+    parser.add_argument("--device", default="cuda", help="cuda; cpu is a smoke run of this script")
+    parser.add_argument("--quick", action="store_true", help="the bench's small shapes (smoke run)")
     args = parser.parse_args()
-    device = torch.device("cuda")
+    device = torch.device(args.device)
+    # channelwise_fc's second dtype: bfloat16 on CUDA (issue 3); the CPU kernels have
+    # float64 instead, which keeps the smoke run on the same code path.
+    second = torch.bfloat16 if device.type == "cuda" else torch.float64
+    second_name = str(second).split(".")[-1]
     rows = []
     print(f"{'op':<18}{'shape':<16}" + "".join(f"{p + ' ms':>13}" for p in PROVIDERS) + f"{'ours GB/s':>11}{'copy GB/s':>11}")
-    for op, shape, make, moved in _cases(device, quick=False):
-        times = {p: device_ms(make(p, "full", shape, device)) for p in PROVIDERS}
+    for op, shape, make, moved in _cases(device, quick=args.quick):
+        times = {p: device_ms(make(p, "full", shape, device), device) for p in PROVIDERS}
         row = {"op": op, "shape": list(shape), **{f"{p}_device_ms": t for p, t in times.items()}}
         line = f"{op:<18}{'x'.join(map(str, shape)):<16}" + "".join(f"{times[p]:>13.4f}" for p in PROVIDERS)
-        if moved:
+        if moved and device.type == "cuda":
             row["ours_gbps"] = moved / (times["ours"] * 1e-3) / 1e9
             row["copy_gbps"] = copy_gbps(moved, device)
             line += f"{row['ours_gbps']:>11.0f}{row['copy_gbps']:>11.0f}"
-        if op == "spade_norm":  # the GPU kernels' choice: CUDA C++ (ours) against the Triton candidate
-            row["triton_device_ms"] = device_ms(triton_spade_norm_full(shape, device))
+        if op == "channelwise_fc":  # issue 3's other baseline, and its bfloat16 case
+            row["bmm_device_ms"] = device_ms(make("bmm", "full", shape, device), device)
+            line += f"  bmm {row['bmm_device_ms']:.4f} ms"
+            other = {p: device_ms(make(p, "full", shape, device, second), device) for p in (*PROVIDERS, "bmm")}
+            row.update({f"{second_name}_{p}_device_ms": t for p, t in other.items()})
+            line += "\n" + f"{'  ' + second_name:<34}" + "".join(f"{other[p]:>13.4f}" for p in PROVIDERS) \
+                + f"  bmm {other['bmm']:.4f} ms"
+        if op == "spade_norm" and device.type == "cuda":  # CUDA C++ (ours) against the Triton candidate
+            row["triton_device_ms"] = device_ms(triton_spade_norm_full(shape, device), device)
             line += f"  triton {row['triton_device_ms']:.4f} ms ({row['triton_device_ms'] / times['ours']:.2f}x ours)"
         rows.append(row)
         print(line, flush=True)

@@ -380,3 +380,15 @@ def test_autocast_runs_in_the_lower_precision_like_a_matmul():
     expected = reference.channelwise_fc(x.bfloat16().double(), weight.bfloat16().double(),
                                         bias.bfloat16().double())
     torch.testing.assert_close(y.double(), expected, atol=5e-2, rtol=2e-2)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_bmm_baseline_of_the_benchmarks_matches_reference(bias):
+    """The benchmarks time torch.bmm on a permuted copy as a baseline: it must compute
+    the same op, or the comparison means nothing."""
+    from autoenc_fast.bench import channelwise_fc_bmm
+
+    shape = (5, 3, 4, 6)
+    x = make_x(shape, "contiguous", torch.float64)
+    weight, b = make_params(*shape[1:], bias=bias, dtype=torch.float64)
+    torch.testing.assert_close(channelwise_fc_bmm(x, weight, b), ref64(x, weight, b), rtol=1e-12, atol=1e-12)

@@ -367,3 +367,23 @@ def test_gpu_model_profile_groups_our_ops_apart(tmp_path):
     assert "autoenc_fast::reparametrize_kl" in ours["fused"] and ours["reference"] == []
     assert group_of("aten::convolution_backward") == "convolution / matmul"
     assert all(sum(result[p].values()) > 0 for p in ("fused", "reference"))
+
+
+def test_gpu_kernel_times_runs_every_op_and_channelwise_baselines(tmp_path):
+    # benchmarks/gpu_kernel_times.py also runs only inside the GPU check: smoke-run its
+    # CPU mode, which takes the same code path (channelwise_fc's second dtype is float64
+    # here, bfloat16 on CUDA).
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_kernel_times.py"
+    out = tmp_path / "times.json"
+    subprocess.run([sys.executable, str(script), "--device", "cpu", "--quick", "--json", str(out)],
+                   check=True, timeout=300, capture_output=True)
+    rows = json.loads(out.read_text())
+    assert {row["op"] for row in rows} == {"reparametrize_kl", "channelwise_fc", "spade_norm"}
+    (cfc,) = [row for row in rows if row["op"] == "channelwise_fc"]
+    for key in ("ours_device_ms", "eager_device_ms", "bmm_device_ms", "float64_ours_device_ms", "float64_bmm_device_ms"):
+        assert cfc[key] > 0, key
