@@ -58,7 +58,8 @@ step "device time per step (profiler), every op"
 # Where the GauGAN generator step's device time goes, fused against reference, each with the
 # model in NCHW and in channels_last (issue 5's target is missed on the H200 at 0.88x eager
 # and the wall clock alone does not say why; the reference runs its SPADE convolutions
-# channels_last, following the one-hot segmap, the fused SPADE in x's layout). No
+# channels_last, following the one-hot segmap, the fused SPADE in x's layout; the "fused
+# seg-conv" row runs them as the reference does, SPADE.conv_layout = "segmap"). No
 # compilation: seconds. It runs before the benchmarks, which may be cut for time.
 step "GauGAN generator step: device time by kernel group, fused vs reference, NCHW and channels_last"
 timeout 180 "$PY" benchmarks/gpu_model_profile.py --json "$OUT/gaugan_profile.json" 2>&1 | grep -v -i warn \

@@ -15,6 +15,8 @@ convolutions (TF32 in float32, bf16) run natively in channels_last, and the refe
 GauGAN already runs its SPADE convolutions channels_last because the one-hot segmap is
 (`one_hot(...).permute(0, 3, 1, 2)`), while the fused SPADE runs them in x's layout:
 this says how much of a fused-vs-reference difference is layout and not the kernels.
+For the GauGAN generator in NCHW a "fused seg-conv" variant also runs the fused SPADE's
+convolutions in the segmap's layout (SPADE.conv_layout = "segmap"), as the reference does.
 
 On the CPU (`--device cpu --size quick`) it profiles CPU time instead: a smoke run.
 """
@@ -28,6 +30,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from autoenc_fast.bench import LAYOUTS, MODEL_CONFIGS, make_model_step
+from autoenc_fast.nn import SPADE
 
 STEPS = 5
 # First match wins: kernel (or, on the CPU, aten op) name -> group.
@@ -49,9 +52,13 @@ def group_of(name: str) -> str:
 
 
 def profile_step(family: str, provider: str, device: torch.device, size: str, amp: str | None,
-                 layout: str = "contiguous") -> dict[str, float]:
-    """Self time (ms per step) of each kernel (CUDA) or aten op (CPU) over STEPS steps."""
+                 layout: str = "contiguous", spade_conv_layout: str = "x") -> dict[str, float]:
+    """Self time (ms per step) of each kernel (CUDA) or aten op (CPU) over STEPS steps.
+    spade_conv_layout sets the fused SPADE modules' conv_layout."""
     step = make_model_step(family, provider, device, size=size, amp=amp, layout=layout)
+    for module in step.model.modules():
+        if isinstance(module, SPADE):
+            module.conv_layout = spade_conv_layout
     for _ in range(3):
         step()
     cuda = device.type == "cuda"
@@ -92,15 +99,23 @@ def main() -> None:
     layouts = list(dict.fromkeys(args.layout or LAYOUTS))
     result = {"family": args.family, "device": str(device), "size": size, "amp": args.amp,
               "torch": torch.__version__}
-    # Keys: "fused" / "reference" in the default layout (as before), "<provider> <layout>" otherwise.
-    variants = [p if layout == "contiguous" else f"{p} {layout}" for layout in layouts for p in ("fused", "reference")]
-    for variant in variants:
-        provider, _, layout = variant.partition(" ")
-        result[variant] = profile_step(args.family, provider, device, size, args.amp, layout or "contiguous")
+    # Keys: "fused" / "reference" in the default layout (as before), "<provider> <layout>"
+    # otherwise, and "fused seg-conv": the fused SPADE's convolutions in the segmap's layout
+    # (channels_last, one-hot) for an NCHW model, as the reference runs them.
+    runs = {}
+    for layout in layouts:
+        suffix = "" if layout == "contiguous" else f" {layout}"
+        runs[f"fused{suffix}"] = ("fused", layout, "x")
+        if layout == "contiguous" and args.family == "gaugan_generator":
+            runs["fused seg-conv"] = ("fused", layout, "segmap")
+        runs[f"reference{suffix}"] = ("reference", layout, "x")
+    variants = list(runs)
+    for variant, (provider, layout, conv_layout) in runs.items():
+        result[variant] = profile_step(args.family, provider, device, size, args.amp, layout, conv_layout)
     print(f"{args.family} ({size} config{', bf16 autocast' if args.amp else ''}), "
           f"{'device' if device.type == 'cuda' else 'CPU'} ms per step, self time:")
     groups = {v: by_group(result[v]) for v in variants}
-    names = sorted(set().union(*groups.values()), key=lambda g: -groups[variants[1]].get(g, 0))
+    names = sorted(set().union(*groups.values()), key=lambda g: -groups["reference"].get(g, 0))
     width = max(12, *(len(v) + 2 for v in variants))
     print(f"  {'group':<32}" + "".join(f"{v:>{width}}" for v in variants))
     for name in names + ["total"]:

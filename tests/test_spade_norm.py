@@ -462,20 +462,28 @@ def test_module_matches_gaugan_spade(module_cls, norm, slope):
             torch.testing.assert_close(dict(ours.named_buffers())[name], buf, msg=name)
 
 
+@pytest.mark.parametrize("conv_layout", ["x", "segmap"])
 @pytest.mark.parametrize("x_layout", [torch.contiguous_format, torch.channels_last])
 @pytest.mark.parametrize("seg_layout", [torch.contiguous_format, torch.channels_last])
-def test_module_modulates_in_x_layout_whatever_the_segmap_layout(x_layout, seg_layout):
+def test_module_modulates_in_x_layout_whatever_the_segmap_layout(x_layout, seg_layout, conv_layout):
     """A one-hot segmap made with permute(0, 3, 1, 2) is channels_last; gamma and beta
     still come out dense in x's layout (the kernels' own), so neither the op nor the
     merged convolution's backward transposes them (seen: a third of the CPU GauGAN
-    step's copies), and the module still equals GauGAN's."""
+    step's copies), and the module still equals GauGAN's. With conv_layout="segmap" the
+    convolutions run in the segmap's layout and only gamma and beta are transposed."""
     plain = GauGANSPADE(6, 4, 8, 3, "batch", 0.2).double()
     ours = SPADE(6, 4, hidden=8, negative_slope=0.2).double()
     ours.load_state_dict(plain.state_dict(), strict=True)
+    ours.conv_layout = conv_layout
     labels = torch.randint(0, 4, (2, 5, 7))
     seg = F.one_hot(labels, 4).permute(0, 3, 1, 2).double().contiguous(memory_format=seg_layout)
     x = (torch.randn(2, 6, 10, 14, dtype=torch.float64) + 1).contiguous(memory_format=x_layout)
+    conv_inputs = []
+    hook = ours.mlp_shared.register_forward_hook(lambda module, args, out: conv_inputs.append(args[0]))
     gamma, beta = ours.modulation(seg, x)
+    hook.remove()
+    expected_conv_layout = x_layout if conv_layout == "x" else seg_layout
+    assert conv_inputs[0].is_contiguous(memory_format=expected_conv_layout)
     for t in (gamma, beta):
         assert t.is_contiguous(memory_format=x_layout) and t.shape == x.shape
     grad = torch.randn_like(x)
@@ -489,6 +497,13 @@ def test_module_modulates_in_x_layout_whatever_the_segmap_layout(x_layout, seg_l
     torch.testing.assert_close(results[1][1], results[0][1])
     for name, g in results[0][2].items():
         torch.testing.assert_close(results[1][2][name], g, msg=name)
+
+
+def test_module_refuses_an_unknown_conv_layout():
+    module = SPADE(6, 4, hidden=8)
+    module.conv_layout = "nhwc"
+    with pytest.raises(ValueError, match="conv_layout"):
+        module(torch.randn(2, 6, 4, 4), torch.randn(2, 4, 4, 4))
 
 
 def test_running_statistics_update_as_batch_norm_for_buffers_of_any_float_dtype():
