@@ -3,13 +3,15 @@ profiler's kernel records: what the GPU spends, without the CPU's launch overhea
 that dominates wall-clock medians at these sizes. GB/s counts the fewest bytes the
 step must move (bench.py) over that device time. spade_norm rows also time the Triton
 candidate kernels (autoenc_fast/triton/spade_norm.py) against the CUDA C++ ones;
-channelwise_fc rows also torch.bmm on a permuted copy, and every provider in bfloat16.
+channelwise_fc rows also torch.bmm on a permuted copy, every provider in bfloat16, and
+on CUDA our kernel with 2 and 4 columns per thread (AUTOENC_FAST_CHANNELWISE_FC_COLS).
 
     python benchmarks/gpu_kernel_times.py [--json FILE]
     python benchmarks/gpu_kernel_times.py --device cpu --quick   # smoke run (the test suite's)
 """
 import argparse
 import json
+import os
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -53,6 +55,23 @@ def triton_spade_norm_full(shape, device):
     return run
 
 
+def column_variants(row: dict, prefix: str, make, shape, device, dtype) -> str:
+    """Ours with 2 and 4 columns per thread (AUTOENC_FAST_CHANNELWISE_FC_COLS; the default
+    is 1) on CUDA, recorded in row; returns the line's text for them."""
+    if device.type != "cuda":
+        return ""
+    text = ""
+    for cols in ("2", "4"):
+        os.environ["AUTOENC_FAST_CHANNELWISE_FC_COLS"] = cols
+        try:
+            ms = device_ms(make("ours", "full", shape, device, dtype), device)
+        finally:
+            del os.environ["AUTOENC_FAST_CHANNELWISE_FC_COLS"]
+        row[f"{prefix}ours_cols{cols}_device_ms"] = ms
+        text += f"  ours/{cols} cols {ms:.4f} ms"
+    return text
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--json")
@@ -74,13 +93,14 @@ def main() -> None:
             row["ours_gbps"] = moved / (times["ours"] * 1e-3) / 1e9
             row["copy_gbps"] = copy_gbps(moved, device)
             line += f"{row['ours_gbps']:>11.0f}{row['copy_gbps']:>11.0f}"
-        if op == "channelwise_fc":  # issue 3's other baseline, and its bfloat16 case
+        if op == "channelwise_fc":  # issue 3's other baseline, its bfloat16 case, the kernel's variants
             row["bmm_device_ms"] = device_ms(make("bmm", "full", shape, device), device)
-            line += f"  bmm {row['bmm_device_ms']:.4f} ms"
+            line += f"  bmm {row['bmm_device_ms']:.4f} ms" + column_variants(row, "", make, shape, device,
+                                                                            torch.float32)
             other = {p: device_ms(make(p, "full", shape, device, second), device) for p in (*PROVIDERS, "bmm")}
             row.update({f"{second_name}_{p}_device_ms": t for p, t in other.items()})
             line += "\n" + f"{'  ' + second_name:<34}" + "".join(f"{other[p]:>13.4f}" for p in PROVIDERS) \
-                + f"  bmm {other['bmm']:.4f} ms"
+                + f"  bmm {other['bmm']:.4f} ms" + column_variants(row, f"{second_name}_", make, shape, device, second)
         if op == "spade_norm" and device.type == "cuda":  # CUDA C++ (ours) against the Triton candidate
             row["triton_device_ms"] = device_ms(triton_spade_norm_full(shape, device), device)
             line += f"  triton {row['triton_device_ms']:.4f} ms ({row['triton_device_ms'] / times['ours']:.2f}x ours)"

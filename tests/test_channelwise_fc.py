@@ -10,7 +10,7 @@ import torch.nn.functional as F
 import autoenc_fast
 from autoenc_fast import _ext, functional, reference
 from autoenc_fast.nn import ChannelwiseFC, ChannelwiseFCBottleneck
-from conftest import HAS_CUDA, TOLERANCES, assert_double_backward_refused, devices
+from conftest import HAS_CUDA, TOLERANCES, assert_double_backward_refused, devices, requires_cuda
 
 pytestmark = pytest.mark.skipif(not _ext.LOADED, reason=f"compiled extension not loaded: {_ext.STATUS}")
 
@@ -392,3 +392,27 @@ def test_bmm_baseline_of_the_benchmarks_matches_reference(bias):
     x = make_x(shape, "contiguous", torch.float64)
     weight, b = make_params(*shape[1:], bias=bias, dtype=torch.float64)
     torch.testing.assert_close(channelwise_fc_bmm(x, weight, b), ref64(x, weight, b), rtol=1e-12, atol=1e-12)
+
+
+@requires_cuda
+@pytest.mark.parametrize("cols", ["2", "4"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_cuda_column_blocked_variants_equal_the_default_kernel(cols, dtype, monkeypatch):
+    """AUTOENC_FAST_CHANNELWISE_FC_COLS=2 or 4 selects the register-blocked variants the
+    GPU check times. Each output sums the same products in the same order as the default
+    kernel's, so forward and backward must equal it bit for bit, for every test shape,
+    the benchmark shapes and every layout; other values are refused, naming the variable."""
+    for shape in SHAPES + [(64, 256, 6, 6), (64, 512, 4, 4), (3, 2, 12, 12)]:
+        for layout in LAYOUTS:
+            x = make_x(shape, layout, dtype, "cuda")
+            weight, bias = make_params(*shape[1:], dtype=dtype, device="cuda")
+            grad_y = torch.randn(shape, dtype=dtype, device="cuda")
+            results = []
+            for value in ("1", cols):
+                monkeypatch.setenv("AUTOENC_FAST_CHANNELWISE_FC_COLS", value)
+                results.append((OPS.channelwise_fc(x, weight, bias), *OPS.channelwise_fc_backward(grad_y, x, weight)))
+            for name, default, variant in zip(("y", "grad_x", "grad_weight", "grad_bias"), *results):
+                assert torch.equal(default, variant), f"{name} differs at {shape} {layout} with {cols} columns"
+    monkeypatch.setenv("AUTOENC_FAST_CHANNELWISE_FC_COLS", "3")
+    with pytest.raises(RuntimeError, match="AUTOENC_FAST_CHANNELWISE_FC_COLS must be 1, 2 or 4"):
+        OPS.channelwise_fc(x, weight, bias)

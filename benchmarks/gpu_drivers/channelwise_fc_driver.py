@@ -6,10 +6,12 @@
 Runs forward and backward once per case on small random inputs (every layout, with
 and without bias, float32/float16/bfloat16/float64, a map wider than one 64-position
 tile, an empty batch) through torch.ops.autoenc_fast and checks them against the
-float64 einsum reference. Exits non-zero on any mismatch.
+float64 einsum reference, with each columns-per-thread variant of the kernel (1, 2, 4).
+Exits non-zero on any mismatch.
 """
 from __future__ import annotations
 
+import os
 import sys
 
 import torch
@@ -62,11 +64,17 @@ def main() -> int:
         return 2
     torch.manual_seed(0)
     ok = True
-    for shape in [(3, 4, 6, 6), (5, 3, 4, 4), (2, 2, 3, 5), (70, 2, 9, 9), (0, 2, 4, 4)]:
-        for layout in ["contiguous", "channels_last", "strided"]:
-            ok &= run_case(shape, layout, True, torch.float32)
-    for dtype in [torch.float16, torch.bfloat16, torch.float64]:
-        ok &= run_case((4, 3, 6, 6), "channels_last", False, dtype)
+    # Every columns-per-thread variant of the kernel (AUTOENC_FAST_CHANNELWISE_FC_COLS),
+    # each with its own launch geometry, under the sanitizer.
+    for cols in ("1", "2", "4"):
+        os.environ["AUTOENC_FAST_CHANNELWISE_FC_COLS"] = cols
+        print(f"-- {cols} column(s) per thread")
+        for shape in [(3, 4, 6, 6), (5, 3, 4, 4), (2, 2, 3, 5), (70, 2, 9, 9), (0, 2, 4, 4)]:
+            for layout in ["contiguous", "channels_last", "strided"]:
+                ok &= run_case(shape, layout, True, torch.float32)
+        for dtype in [torch.float16, torch.bfloat16, torch.float64]:
+            ok &= run_case((4, 3, 6, 6), "channels_last", False, dtype)
+    os.environ.pop("AUTOENC_FAST_CHANNELWISE_FC_COLS")
     print("ALL OK" if ok else "MISMATCH")
     return 0 if ok else 1
 

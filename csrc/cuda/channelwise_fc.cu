@@ -16,9 +16,10 @@
 // (tile_k x tile_n) tile of the right one in shared memory. In the forward pass the
 // right operand is W_c: for maps up to 8x8 (P <= 64) the channel's whole weight
 // matrix sits in shared memory and is reused by every batch row of the block. Each
-// thread owns one output column and kRowsPerThread rows; it accumulates in float
-// (double for float64) and the bias is added in the store. Reductions run in a fixed
-// order inside one thread: results are deterministic (no atomics).
+// thread owns kRowsPerThread rows of one output column (or of 2 or 4 columns, a variant
+// the GPU check times); it accumulates in float (double for float64) and the bias is
+// added in the store. Reductions run in a fixed order inside one thread: results are
+// deterministic (no atomics).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -28,7 +29,9 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <limits>
+#include <string>
 
 #include "../channelwise_fc_checks.h"
 
@@ -124,30 +127,40 @@ struct StoreWeightGrad {
 };
 
 // out_c (M, N) = A_c (M, K) @ B_c (K, N) for channel c = blockIdx.x; see the file header.
-template <typename acc_t, typename ALoad, typename BLoad, typename Store>
+// Thread (g, tn) computes rows g + groups * q (q < kRowsPerThread) of the columns
+// tn + col_threads * j (j < kCols), col_threads = ceil(tile_n / kCols). With kCols = 1
+// each A value read from shared memory feeds one multiply-add per row; with kCols
+// columns it feeds kCols (kRowsPerThread + kCols shared loads per kRowsPerThread * kCols
+// multiply-adds), at the price of fewer threads per column tile. Every output sums its
+// products in the same order (k ascending) whatever kCols is: the results are identical.
+template <int kCols, typename acc_t, typename ALoad, typename BLoad, typename Store>
 __global__ void __launch_bounds__(kThreads)
     channel_gemm_kernel(int64_t M, int64_t N, int64_t K, int tile_n, int tile_k, ALoad a, BLoad b, Store store) {
   extern __shared__ unsigned char shared_raw[];
-  const int groups = kThreads / tile_n;  // row groups; threads past groups * tile_n only load
+  const int col_threads = (tile_n + kCols - 1) / kCols;
+  const int groups = blockDim.x / col_threads;  // row groups; threads past groups * col_threads only load
   const int tile_m = groups * kRowsPerThread;
   const int lda = tile_k + 1;  // padded row: fewer bank conflicts on the column reads
   acc_t* a_s = reinterpret_cast<acc_t*>(shared_raw);  // [tile_m][tile_k + 1]
   acc_t* b_s = a_s + tile_m * lda;                    // [tile_k][tile_n]
   const int64_t c = blockIdx.x;
-  const int tn = threadIdx.x % tile_n, g = threadIdx.x / tile_n;
-  const int64_t n0 = static_cast<int64_t>(blockIdx.z) * tile_n, n = n0 + tn;
+  const int tn = threadIdx.x % col_threads, g = threadIdx.x / col_threads;
+  const int64_t n0 = static_cast<int64_t>(blockIdx.z) * tile_n;
   const bool computes = g < groups;
-  // Tile loads: thread (g, tn) loads column tn of B's rows g, g + groups, ...; for A, thread
-  // t loads column t % tile_k of rows t / tile_k + a_step * i. The divisions happen once
-  // here, not per element; threads past a whole number of rows load nothing.
-  const int a_col = threadIdx.x % tile_k, a_step = kThreads / tile_k;
+  // Tile loads: thread (g, tn) loads its columns of B's rows g, g + groups, ...; for A,
+  // thread t loads column t % tile_k of rows t / tile_k + a_step * i. The divisions happen
+  // once here, not per element; threads past a whole number of rows load nothing.
+  const int a_col = threadIdx.x % tile_k, a_step = blockDim.x / tile_k;  // blockDim.x >= tile_k
   const int a_row = threadIdx.x / tile_k;
 
   // Every thread of the block runs the same m0 and k0 iterations, so the barriers hold.
   for (int64_t m0 = static_cast<int64_t>(blockIdx.y) * tile_m; m0 < M; m0 += static_cast<int64_t>(gridDim.y) * tile_m) {
-    acc_t acc[kRowsPerThread];
+    acc_t acc[kRowsPerThread][kCols];
 #pragma unroll
-    for (int q = 0; q < kRowsPerThread; ++q) acc[q] = acc_t(0);
+    for (int q = 0; q < kRowsPerThread; ++q) {
+#pragma unroll
+      for (int j = 0; j < kCols; ++j) acc[q][j] = acc_t(0);
+    }
     for (int64_t k0 = 0; k0 < K; k0 += tile_k) {
       if (a_row < a_step) {
         const bool k_inside = k0 + a_col < K;
@@ -156,36 +169,64 @@ __global__ void __launch_bounds__(kThreads)
         }
       }
       if (computes) {
-        const bool n_inside = n < N;
-        for (int kk = g; kk < tile_k; kk += groups) {
-          b_s[kk * tile_n + tn] = n_inside && k0 + kk < K ? b(c, k0 + kk, n) : acc_t(0);
+#pragma unroll
+        for (int j = 0; j < kCols; ++j) {
+          const int col = tn + col_threads * j;
+          if (col < tile_n) {
+            const bool n_inside = n0 + col < N;
+            for (int kk = g; kk < tile_k; kk += groups) {
+              b_s[kk * tile_n + col] = n_inside && k0 + kk < K ? b(c, k0 + kk, n0 + col) : acc_t(0);
+            }
+          }
         }
       }
       __syncthreads();
       if (computes) {
         for (int kk = 0; kk < tile_k; ++kk) {
-          const acc_t bv = b_s[kk * tile_n + tn];
+          acc_t bv[kCols];
 #pragma unroll
-          for (int q = 0; q < kRowsPerThread; ++q) acc[q] += a_s[(g + groups * q) * lda + kk] * bv;
+          for (int j = 0; j < kCols; ++j) {
+            const int col = tn + col_threads * j;
+            bv[j] = col < tile_n ? b_s[kk * tile_n + col] : acc_t(0);
+          }
+#pragma unroll
+          for (int q = 0; q < kRowsPerThread; ++q) {
+            const acc_t av = a_s[(g + groups * q) * lda + kk];
+#pragma unroll
+            for (int j = 0; j < kCols; ++j) acc[q][j] += av * bv[j];
+          }
         }
       }
       __syncthreads();  // the next step overwrites the tiles
     }
-    if (computes && n < N) {
+    if (computes) {
 #pragma unroll
-      for (int q = 0; q < kRowsPerThread; ++q) {
-        const int64_t m = m0 + g + groups * q;
-        if (m < M) store(c, m, n, acc[q]);
+      for (int j = 0; j < kCols; ++j) {
+        const int col = tn + col_threads * j;
+        if (col >= tile_n || n0 + col >= N) continue;
+#pragma unroll
+        for (int q = 0; q < kRowsPerThread; ++q) {
+          const int64_t m = m0 + g + groups * q;
+          if (m < M) store(c, m, n0 + col, acc[q][j]);
+        }
       }
     }
   }
 }
 
-template <typename acc_t, typename ALoad, typename BLoad, typename Store>
-void launch_channel_gemm(int64_t C, int64_t M, int64_t N, int64_t K, const ALoad& a, const BLoad& b,
-                         const Store& store) {
+template <int kCols, typename acc_t, typename ALoad, typename BLoad, typename Store>
+void launch_channel_gemm_with(int64_t C, int64_t M, int64_t N, int64_t K, const ALoad& a, const BLoad& b,
+                              const Store& store) {
   const int tile_n = static_cast<int>(std::min<int64_t>(N, kMaxTile));
-  const int tile_m = (kThreads / tile_n) * kRowsPerThread;
+  const int col_threads = (tile_n + kCols - 1) / kCols;
+  // kCols = 1 keeps kThreads per block. Wider columns make a row group narrower, so
+  // kThreads threads would span more rows than a small batch has (4x4 maps: 256 rows for
+  // B = 64); those blocks get just the row groups M needs, and at least kMaxTile threads
+  // (>= tile_k, so every thread's A-load stride a_step is at least 1).
+  const int64_t groups_needed = (M + kRowsPerThread - 1) / kRowsPerThread;
+  const int threads = kCols == 1 ? kThreads
+                                 : static_cast<int>(std::clamp<int64_t>(col_threads * groups_needed, kMaxTile, kThreads));
+  const int tile_m = (threads / col_threads) * kRowsPerThread;
   // Largest tile_k (<= 64) whose two tiles fit the shared memory budget.
   const int64_t budget = kSharedBytes / static_cast<int64_t>(sizeof(acc_t));
   const int64_t fit = (budget - tile_m) / (tile_m + tile_n);
@@ -196,9 +237,31 @@ void launch_channel_gemm(int64_t C, int64_t M, int64_t N, int64_t K, const ALoad
               "channelwise_fc: too many channels or positions for one launch (C = ", C, ", H*W = ", N, ")");
   const dim3 grid(static_cast<unsigned>(C), static_cast<unsigned>(std::min<int64_t>((M + tile_m - 1) / tile_m, kMaxGridYZ)),
                   static_cast<unsigned>(col_tiles));
-  channel_gemm_kernel<acc_t><<<grid, kThreads, shared, c10::cuda::getCurrentCUDAStream()>>>(
+  channel_gemm_kernel<kCols, acc_t><<<grid, threads, shared, c10::cuda::getCurrentCUDAStream()>>>(
       M, N, K, tile_n, tile_k, a, b, store);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// Columns per thread: 1 unless AUTOENC_FAST_CHANNELWISE_FC_COLS says 2 or 4, a switch for
+// the GPU check to time the register-blocked variants against each other on the card
+// before one becomes the default (read per call, so a benchmark can change it).
+int columns_per_thread() {
+  const char* env = std::getenv("AUTOENC_FAST_CHANNELWISE_FC_COLS");
+  if (env == nullptr || *env == '\0') return 1;
+  const std::string value(env);
+  TORCH_CHECK(value == "1" || value == "2" || value == "4",
+              "channelwise_fc: AUTOENC_FAST_CHANNELWISE_FC_COLS must be 1, 2 or 4; got '", value, "'");
+  return std::stoi(value);
+}
+
+template <typename acc_t, typename ALoad, typename BLoad, typename Store>
+void launch_channel_gemm(int64_t C, int64_t M, int64_t N, int64_t K, const ALoad& a, const BLoad& b,
+                         const Store& store) {
+  switch (columns_per_thread()) {
+    case 2: return launch_channel_gemm_with<2, acc_t>(C, M, N, K, a, b, store);
+    case 4: return launch_channel_gemm_with<4, acc_t>(C, M, N, K, a, b, store);
+    default: return launch_channel_gemm_with<1, acc_t>(C, M, N, K, a, b, store);
+  }
 }
 
 at::Tensor channelwise_fc_cuda(const at::Tensor& x, const at::Tensor& weight_in,
