@@ -2,9 +2,10 @@
 profiler's kernel records: what the GPU spends, without the CPU's launch overhead
 that dominates wall-clock medians at these sizes. GB/s counts the fewest bytes the
 step must move (bench.py) over that device time. spade_norm rows also time the Triton
-candidate kernels (autoenc_fast/triton/spade_norm.py) against the CUDA C++ ones;
-channelwise_fc rows also torch.bmm on a permuted copy, every provider in bfloat16, and
-on CUDA our kernel with 2 and 4 columns per thread (AUTOENC_FAST_CHANNELWISE_FC_COLS).
+candidate kernels (autoenc_fast/triton/spade_norm.py, two-kernel and fused passes)
+against the CUDA C++ ones; channelwise_fc rows also torch.bmm on a permuted copy, every
+provider in bfloat16, and on CUDA our kernel with 2 and 4 columns per thread
+(AUTOENC_FAST_CHANNELWISE_FC_COLS).
 
     python benchmarks/gpu_kernel_times.py [--json FILE]
     python benchmarks/gpu_kernel_times.py --device cpu --quick   # smoke run (the test suite's)
@@ -39,10 +40,11 @@ def device_ms(run, device: torch.device) -> float:
     return total_us / STEPS / 1e3
 
 
-def triton_spade_norm_full(shape, device):
-    """A full step of the Triton candidate SPADE kernels (autoenc_fast.triton.spade_norm),
-    batch statistics and slope 0.2 as the bench's spade_norm case (which also updates the
-    running statistics, a few C-element ops), to choose between them and the CUDA C++ ones."""
+def triton_spade_norm_full(shape, device, fused=False):
+    """A full step of the Triton candidate SPADE kernels (autoenc_fast.triton.spade_norm; fused:
+    one program per group for both passes), batch statistics and slope 0.2 as the bench's
+    spade_norm case (which also updates the running statistics, a few C-element ops), to
+    choose between them and the CUDA C++ ones."""
     from autoenc_fast.triton.spade_norm import SpadeNormTriton
 
     x, gamma, beta = (torch.randn(shape, device=device, requires_grad=True) for _ in range(3))
@@ -51,7 +53,7 @@ def triton_spade_norm_full(shape, device):
     def run():
         for t in (x, gamma, beta):
             t.grad = None
-        torch.autograd.backward(SpadeNormTriton.apply(x, gamma, beta, False, 1e-5, 0.2), grad_y)
+        torch.autograd.backward(SpadeNormTriton.apply(x, gamma, beta, False, 1e-5, 0.2, fused), grad_y)
     return run
 
 
@@ -103,7 +105,9 @@ def main() -> None:
                 + f"  bmm {other['bmm']:.4f} ms" + column_variants(row, f"{second_name}_", make, shape, device, second)
         if op == "spade_norm" and device.type == "cuda":  # CUDA C++ (ours) against the Triton candidate
             row["triton_device_ms"] = device_ms(triton_spade_norm_full(shape, device), device)
-            line += f"  triton {row['triton_device_ms']:.4f} ms ({row['triton_device_ms'] / times['ours']:.2f}x ours)"
+            row["triton_fused_device_ms"] = device_ms(triton_spade_norm_full(shape, device, fused=True), device)
+            line += (f"  triton {row['triton_device_ms']:.4f} ms ({row['triton_device_ms'] / times['ours']:.2f}x ours),"
+                     f" fused {row['triton_fused_device_ms']:.4f} ms")
         rows.append(row)
         print(line, flush=True)
     if args.json:

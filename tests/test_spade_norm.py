@@ -172,7 +172,8 @@ def test_triton_candidate_kernels_under_the_interpreter_match_reference(tmp_path
     """The Triton SPADE kernels (autoenc_fast.triton.spade_norm, timed against the CUDA C++
     ones on a GPU), interpreted on the CPU: statistics, output and gradients against the
     float64 reference, batch and instance norm, with and without slope, a map wider than
-    one tile, and a mean far from zero (the shifted sums)."""
+    one tile, and a mean far from zero (the shifted sums); both the two-kernel passes and
+    the fused one-program-per-group ones."""
     cases = {}
     for name, shape, instance, slope, offset in [("batch", (3, 4, 5, 7), False, 0.2, 0.0),
                                                  ("instance", (2, 3, 6, 5), True, None, 0.0),
@@ -185,12 +186,14 @@ def test_triton_candidate_kernels_under_the_interpreter_match_reference(tmp_path
     run_under_triton_interpreter("triton_interpret_spade.py", tmp_path / "cases.out")
     results = torch.load(tmp_path / "cases.out")
     tol = TOLERANCES[torch.float32]
-    for name, case in cases.items():
+    for (name, case), fused in ((item, fused) for item in cases.items() for fused in (False, True)):
         norm = "instance" if case["instance"] else "batch"
         x64, g64, b64, grad64 = (case[k].double() for k in ("x", "gamma", "beta", "grad"))
         y_ref, grads_ref = run(R.spade_norm, x64, g64, b64, grad64, norm=norm, negative_slope=case["slope"])
         dims = (2, 3) if case["instance"] else (0, 2, 3)
-        got = results[name]
+        got = results[(name, fused)]
+        name = f"{name}{' (fused)' if fused else ''}"
+        torch.testing.assert_close(got["invstd"], torch.rsqrt(got["var"] + 1e-5), msg=f"{name}: invstd")
         torch.testing.assert_close(got["mean"].double().flatten(), x64.mean(dims).flatten(), msg=f"{name}: mean",
                                    atol=1e-5 * max(1.0, x64.abs().max().item()), rtol=1e-5)
         torch.testing.assert_close(got["var"].double().flatten(), x64.var(dims, unbiased=False).flatten(),
@@ -226,6 +229,14 @@ def test_triton_candidate_kernels_compile_for_sm90_without_a_gpu(dtype, instance
                       **ptrs(["mean_ptr", "invstd_ptr", "sum1_ptr", "sum2_ptr"], stats),
                       **ptrs(["dx_ptr", "dgamma_ptr", "dbeta_ptr"], data), "C": "i32", "HW": "i32",
                       "inv_m": "fp32", "slope": "fp32"}, flags)
+    compile_for_sm90(kernels._fused_forward_kernel,
+                     {**ptrs(["x_ptr", "gamma_ptr", "beta_ptr", "y_ptr"], data),
+                      **ptrs(["mean_ptr", "var_ptr", "invstd_ptr"], stats),
+                      "N": "i32", "C": "i32", "HW": "i32", "eps": "fp32", "slope": "fp32"}, flags)
+    compile_for_sm90(kernels._fused_backward_kernel,
+                     {**ptrs(["dy_ptr", "x_ptr", "gamma_ptr", "beta_ptr"], data),
+                      **ptrs(["mean_ptr", "invstd_ptr"], stats), **ptrs(["dx_ptr", "dgamma_ptr", "dbeta_ptr"], data),
+                      "N": "i32", "C": "i32", "HW": "i32", "inv_m": "fp32", "slope": "fp32"}, flags)
 
 
 @needs_ext

@@ -16,16 +16,16 @@ from autoenc_fast.triton import spade_norm as kernels  # noqa: E402
 def main(path: str) -> None:
     cases = torch.load(path.replace(".out", ".in"))
     results = {}
-    for name, case in cases.items():
-        kw = dict(instance=case["instance"], negative_slope=case["slope"])
+    for (name, case), fused in ((item, fused) for item in cases.items() for fused in (False, True)):
+        kw = dict(instance=case["instance"], negative_slope=case["slope"], fused=fused)
         y, mean, var, invstd = kernels.spade_norm_forward(case["x"], case["gamma"], case["beta"], eps=1e-5, **kw)
         grads = kernels.spade_norm_backward(case["grad"], case["x"], case["gamma"], case["beta"], mean, invstd, **kw)
         # The same through the autograd.Function the GPU timing uses.
         leaves = [case[k].clone().requires_grad_() for k in ("x", "gamma", "beta")]
-        y_fn = kernels.SpadeNormTriton.apply(*leaves, case["instance"], 1e-5, case["slope"])
+        y_fn = kernels.SpadeNormTriton.apply(*leaves, case["instance"], 1e-5, case["slope"], fused)
         y_fn.backward(case["grad"])
-        results[name] = dict(y=y, mean=mean, var=var, grads=grads, y_fn=y_fn.detach(),
-                             grads_fn=tuple(t.grad for t in leaves))
+        results[(name, fused)] = dict(y=y, mean=mean, var=var, invstd=invstd, grads=grads, y_fn=y_fn.detach(),
+                                      grads_fn=tuple(t.grad for t in leaves))
     torch.save(results, path)
 
 

@@ -17,7 +17,8 @@ Backward, z recomputed from x (never stored)::
     dx = invstd * (dxhat - A / M - xhat * B / M),  dgamma = dz * xhat,  dbeta = dz
 
 One program per statistics group for the two reductions (its rows walked in BLOCK-wide
-tiles), and a (row, tile) grid for the two elementwise passes.
+tiles), and a (row, tile) grid for the two elementwise passes; or (fused=True) one program
+per group for both passes of each direction: one kernel forward, one backward.
 """
 from __future__ import annotations
 
@@ -70,19 +71,12 @@ def _row_tile(C, HW, INSTANCE: tl.constexpr, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _reduce_kernel(dy_ptr, x_ptr, gamma_ptr, beta_ptr, mean_ptr, invstd_ptr, out1_ptr, out2_ptr, N, C, HW, slope,
-                   BACKWARD: tl.constexpr, INSTANCE: tl.constexpr, HAS_SLOPE: tl.constexpr, ACC: tl.constexpr,
-                   BLOCK: tl.constexpr):
-    """One program per statistics group g. Forward (BACKWARD=False): mean and var into out1,
-    out2 from the shifted sums of x - k and (x - k)^2. Backward: A and B, the sums of dxhat
-    and dxhat * xhat, into out1, out2 (mean_ptr, invstd_ptr: the forward's statistics)."""
-    g = tl.program_id(0)
+def _group_sums(dy_ptr, x_ptr, gamma_ptr, beta_ptr, g, center, invstd, N, C, HW, slope, BACKWARD: tl.constexpr,
+                INSTANCE: tl.constexpr, HAS_SLOPE: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+    """(S1, S2) over statistics group g, its rows walked in BLOCK-wide tiles. Forward
+    (BACKWARD=False): the sums of x - center and (x - center)^2. Backward (center, invstd:
+    the forward's mean and invstd): the sums of dxhat and dxhat * xhat."""
     rows = 1 if INSTANCE else N
-    if BACKWARD:
-        center = tl.load(mean_ptr + g)
-        invstd = tl.load(invstd_ptr + g)
-    else:  # the group's first element
-        center = tl.load(x_ptr + _group_row(g, 0, C, INSTANCE).to(tl.int64) * HW).to(ACC)
     acc1 = tl.zeros([BLOCK], dtype=ACC)
     acc2 = tl.zeros([BLOCK], dtype=ACC)
     for n in range(0, rows):
@@ -100,24 +94,63 @@ def _reduce_kernel(dy_ptr, x_ptr, gamma_ptr, beta_ptr, mean_ptr, invstd_ptr, out
                 t2 = t1 * t1
             acc1 += t1
             acc2 += t2
-    s1 = tl.sum(acc1, axis=0)
-    s2 = tl.sum(acc2, axis=0)
+    return tl.sum(acc1, axis=0), tl.sum(acc2, axis=0)
+
+
+@triton.jit
+def _group_mean_var(x_ptr, g, N, C, HW, INSTANCE: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+    """Group g's mean and biased variance, from the sums shifted by its first element."""
+    center = tl.load(x_ptr + _group_row(g, 0, C, INSTANCE).to(tl.int64) * HW).to(ACC)
+    s1, s2 = _group_sums(x_ptr, x_ptr, x_ptr, x_ptr, g, center, center, N, C, HW, 0.0, BACKWARD=False,
+                         INSTANCE=INSTANCE, HAS_SLOPE=False, ACC=ACC, BLOCK=BLOCK)
+    rows = 1 if INSTANCE else N
+    m = (rows * HW).to(ACC)
+    d_mean = s1 / m
+    return center + d_mean, tl.maximum(s2 / m - d_mean * d_mean, 0.0)
+
+
+@triton.jit
+def _reduce_kernel(dy_ptr, x_ptr, gamma_ptr, beta_ptr, mean_ptr, invstd_ptr, out1_ptr, out2_ptr, N, C, HW, slope,
+                   BACKWARD: tl.constexpr, INSTANCE: tl.constexpr, HAS_SLOPE: tl.constexpr, ACC: tl.constexpr,
+                   BLOCK: tl.constexpr):
+    """One program per statistics group g. Forward (BACKWARD=False): mean and var into out1,
+    out2. Backward: A and B, the sums of dxhat and dxhat * xhat, into out1, out2 (mean_ptr,
+    invstd_ptr: the forward's statistics)."""
+    g = tl.program_id(0)
     if BACKWARD:
-        tl.store(out1_ptr + g, s1)
-        tl.store(out2_ptr + g, s2)
+        out1, out2 = _group_sums(dy_ptr, x_ptr, gamma_ptr, beta_ptr, g, tl.load(mean_ptr + g),
+                                 tl.load(invstd_ptr + g), N, C, HW, slope, BACKWARD=True, INSTANCE=INSTANCE,
+                                 HAS_SLOPE=HAS_SLOPE, ACC=ACC, BLOCK=BLOCK)
     else:
-        m = (rows * HW).to(ACC)
-        d_mean = s1 / m
-        tl.store(out1_ptr + g, center + d_mean)
-        tl.store(out2_ptr + g, tl.maximum(s2 / m - d_mean * d_mean, 0.0))
+        out1, out2 = _group_mean_var(x_ptr, g, N, C, HW, INSTANCE=INSTANCE, ACC=ACC, BLOCK=BLOCK)
+    tl.store(out1_ptr + g, out1)
+    tl.store(out2_ptr + g, out2)
+
+
+@triton.jit
+def _apply_tile(x_ptr, gamma_ptr, beta_ptr, y_ptr, at, mask, mean, invstd, slope, HAS_SLOPE: tl.constexpr,
+                ACC: tl.constexpr):
+    _, _, z = _affine(x_ptr, gamma_ptr, beta_ptr, at, mask, mean, invstd, ACC)
+    tl.store(y_ptr + at, _leaky_select(z, z, slope, HAS_SLOPE).to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _backward_tile(dy_ptr, x_ptr, gamma_ptr, beta_ptr, dx_ptr, dgamma_ptr, dbeta_ptr, at, mask, mean, invstd,
+                   mean_dxhat, mean_dxhat_xhat, slope, HAS_SLOPE: tl.constexpr, ACC: tl.constexpr):
+    xhat, one_g, z = _affine(x_ptr, gamma_ptr, beta_ptr, at, mask, mean, invstd, ACC)
+    dz = _dz(dy_ptr, at, mask, z, slope, HAS_SLOPE, ACC)
+    dx = (dz * one_g - mean_dxhat - xhat * mean_dxhat_xhat) * invstd
+    tl.store(dx_ptr + at, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+    tl.store(dgamma_ptr + at, (dz * xhat).to(dgamma_ptr.dtype.element_ty), mask=mask)
+    tl.store(dbeta_ptr + at, dz.to(dbeta_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
 def _apply_kernel(x_ptr, gamma_ptr, beta_ptr, mean_ptr, invstd_ptr, y_ptr, C, HW, slope,
                   INSTANCE: tl.constexpr, HAS_SLOPE: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
     g, at, mask = _row_tile(C, HW, INSTANCE, BLOCK)
-    _, _, z = _affine(x_ptr, gamma_ptr, beta_ptr, at, mask, tl.load(mean_ptr + g), tl.load(invstd_ptr + g), ACC)
-    tl.store(y_ptr + at, _leaky_select(z, z, slope, HAS_SLOPE).to(y_ptr.dtype.element_ty), mask=mask)
+    _apply_tile(x_ptr, gamma_ptr, beta_ptr, y_ptr, at, mask, tl.load(mean_ptr + g), tl.load(invstd_ptr + g), slope,
+                HAS_SLOPE, ACC)
 
 
 @triton.jit
@@ -125,14 +158,51 @@ def _backward_elemt_kernel(dy_ptr, x_ptr, gamma_ptr, beta_ptr, mean_ptr, invstd_
                            dx_ptr, dgamma_ptr, dbeta_ptr, C, HW, inv_m, slope, INSTANCE: tl.constexpr,
                            HAS_SLOPE: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
     g, at, mask = _row_tile(C, HW, INSTANCE, BLOCK)
+    _backward_tile(dy_ptr, x_ptr, gamma_ptr, beta_ptr, dx_ptr, dgamma_ptr, dbeta_ptr, at, mask,
+                   tl.load(mean_ptr + g), tl.load(invstd_ptr + g), tl.load(sum1_ptr + g) * inv_m,
+                   tl.load(sum2_ptr + g) * inv_m, slope, HAS_SLOPE, ACC)
+
+
+# The fused variant: one program per statistics group runs both passes, the group's sums
+# and then its elementwise tiles, so a step is one kernel forward and one backward instead
+# of two each (plus the rsqrt between them). For the small groups it is meant for (batch
+# norm at 16x16 maps: 2,048 elements, on the H200 launch-bound at 4 kernels) the second
+# pass re-reads the group from L2. Large groups leave too few programs to fill the GPU.
+
+@triton.jit
+def _fused_forward_kernel(x_ptr, gamma_ptr, beta_ptr, y_ptr, mean_ptr, var_ptr, invstd_ptr, N, C, HW, eps, slope,
+                          INSTANCE: tl.constexpr, HAS_SLOPE: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+    g = tl.program_id(0)
+    mean, var = _group_mean_var(x_ptr, g, N, C, HW, INSTANCE=INSTANCE, ACC=ACC, BLOCK=BLOCK)
+    invstd = 1.0 / tl.sqrt(var + eps)
+    tl.store(mean_ptr + g, mean)
+    tl.store(var_ptr + g, var)
+    tl.store(invstd_ptr + g, invstd)
+    rows = 1 if INSTANCE else N
+    for n in range(0, rows):
+        base = _group_row(g, n, C, INSTANCE).to(tl.int64) * HW
+        for start in range(0, HW, BLOCK):
+            offs = start + tl.arange(0, BLOCK)
+            _apply_tile(x_ptr, gamma_ptr, beta_ptr, y_ptr, base + offs, offs < HW, mean, invstd, slope, HAS_SLOPE,
+                        ACC)
+
+
+@triton.jit
+def _fused_backward_kernel(dy_ptr, x_ptr, gamma_ptr, beta_ptr, mean_ptr, invstd_ptr, dx_ptr, dgamma_ptr, dbeta_ptr,
+                           N, C, HW, inv_m, slope, INSTANCE: tl.constexpr, HAS_SLOPE: tl.constexpr,
+                           ACC: tl.constexpr, BLOCK: tl.constexpr):
+    g = tl.program_id(0)
+    mean = tl.load(mean_ptr + g)
     invstd = tl.load(invstd_ptr + g)
-    xhat, one_g, z = _affine(x_ptr, gamma_ptr, beta_ptr, at, mask, tl.load(mean_ptr + g), invstd, ACC)
-    dz = _dz(dy_ptr, at, mask, z, slope, HAS_SLOPE, ACC)
-    dxhat = dz * one_g
-    dx = (dxhat - tl.load(sum1_ptr + g) * inv_m - xhat * (tl.load(sum2_ptr + g) * inv_m)) * invstd
-    tl.store(dx_ptr + at, dx.to(dx_ptr.dtype.element_ty), mask=mask)
-    tl.store(dgamma_ptr + at, (dz * xhat).to(dgamma_ptr.dtype.element_ty), mask=mask)
-    tl.store(dbeta_ptr + at, dz.to(dbeta_ptr.dtype.element_ty), mask=mask)
+    s1, s2 = _group_sums(dy_ptr, x_ptr, gamma_ptr, beta_ptr, g, mean, invstd, N, C, HW, slope, BACKWARD=True,
+                         INSTANCE=INSTANCE, HAS_SLOPE=HAS_SLOPE, ACC=ACC, BLOCK=BLOCK)
+    rows = 1 if INSTANCE else N
+    for n in range(0, rows):
+        base = _group_row(g, n, C, INSTANCE).to(tl.int64) * HW
+        for start in range(0, HW, BLOCK):
+            offs = start + tl.arange(0, BLOCK)
+            _backward_tile(dy_ptr, x_ptr, gamma_ptr, beta_ptr, dx_ptr, dgamma_ptr, dbeta_ptr, base + offs, offs < HW,
+                           mean, invstd, s1 * inv_m, s2 * inv_m, slope, HAS_SLOPE, ACC)
 
 
 def _acc(dtype: torch.dtype):
@@ -143,8 +213,9 @@ def _groups(x: torch.Tensor, instance: bool) -> int:
     return x.shape[0] * x.shape[1] if instance else x.shape[1]
 
 
-def spade_norm_forward(x, gamma, beta, *, instance=False, eps=1e-5, negative_slope=None):
-    """Training statistics and the modulated output: returns (y, mean, var, invstd)."""
+def spade_norm_forward(x, gamma, beta, *, instance=False, eps=1e-5, negative_slope=None, fused=False):
+    """Training statistics and the modulated output: returns (y, mean, var, invstd).
+    fused=True: one kernel (one program per group, both passes) instead of two."""
     x, gamma, beta = x.contiguous(), gamma.contiguous(), beta.contiguous()
     N, C, H, W = x.shape
     HW = H * W
@@ -157,17 +228,23 @@ def spade_norm_forward(x, gamma, beta, *, instance=False, eps=1e-5, negative_slo
         mean.zero_()
         var.zero_()
         return y, mean, var, torch.rsqrt(var + eps)
+    common = dict(INSTANCE=instance, HAS_SLOPE=negative_slope is not None, ACC=acc_tl, BLOCK=BLOCK,
+                  num_warps=NUM_WARPS)
+    slope = float(negative_slope or 0.0)
+    if fused:
+        invstd = torch.empty_like(mean)
+        _fused_forward_kernel[(groups,)](x, gamma, beta, y, mean, var, invstd, N, C, HW, float(eps), slope, **common)
+        return y, mean, var, invstd
     _reduce_kernel[(groups,)](x, x, x, x, mean, mean, mean, var, N, C, HW, 0.0, BACKWARD=False, INSTANCE=instance,
                               HAS_SLOPE=False, ACC=acc_tl, BLOCK=BLOCK, num_warps=NUM_WARPS)
     invstd = torch.rsqrt(var + eps)
-    _apply_kernel[(N * C, triton.cdiv(HW, BLOCK))](
-        x, gamma, beta, mean, invstd, y, C, HW, float(negative_slope or 0.0), INSTANCE=instance,
-        HAS_SLOPE=negative_slope is not None, ACC=acc_tl, BLOCK=BLOCK, num_warps=NUM_WARPS)
+    _apply_kernel[(N * C, triton.cdiv(HW, BLOCK))](x, gamma, beta, mean, invstd, y, C, HW, slope, **common)
     return y, mean, var, invstd
 
 
-def spade_norm_backward(grad_y, x, gamma, beta, mean, invstd, *, instance=False, negative_slope=None):
-    """(dx, dgamma, dbeta) of spade_norm_forward with training statistics."""
+def spade_norm_backward(grad_y, x, gamma, beta, mean, invstd, *, instance=False, negative_slope=None, fused=False):
+    """(dx, dgamma, dbeta) of spade_norm_forward with training statistics; fused=True: one
+    kernel instead of two."""
     grad_y, x, gamma, beta = grad_y.contiguous(), x.contiguous(), gamma.contiguous(), beta.contiguous()
     N, C, H, W = x.shape
     HW = H * W
@@ -176,34 +253,37 @@ def spade_norm_backward(grad_y, x, gamma, beta, mean, invstd, *, instance=False,
     if x.numel() == 0:
         return dx, dgamma, dbeta
     groups = _groups(x, instance)
-    sum1, sum2 = torch.empty_like(mean), torch.empty_like(mean)
     common = dict(INSTANCE=instance, HAS_SLOPE=negative_slope is not None, ACC=acc_tl, BLOCK=BLOCK,
                   num_warps=NUM_WARPS)
     slope = float(negative_slope or 0.0)
+    inv_m = 1.0 / (HW if instance else N * HW)
+    if fused:
+        _fused_backward_kernel[(groups,)](grad_y, x, gamma, beta, mean, invstd, dx, dgamma, dbeta, N, C, HW, inv_m,
+                                          slope, **common)
+        return dx, dgamma, dbeta
+    sum1, sum2 = torch.empty_like(mean), torch.empty_like(mean)
     _reduce_kernel[(groups,)](grad_y, x, gamma, beta, mean, invstd, sum1, sum2, N, C, HW, slope, BACKWARD=True,
                               **common)
-    group_elems = HW if instance else N * HW
     _backward_elemt_kernel[(N * C, triton.cdiv(HW, BLOCK))](
-        grad_y, x, gamma, beta, mean, invstd, sum1, sum2, dx, dgamma, dbeta, C, HW, 1.0 / group_elems, slope,
-        **common)
+        grad_y, x, gamma, beta, mean, invstd, sum1, sum2, dx, dgamma, dbeta, C, HW, inv_m, slope, **common)
     return dx, dgamma, dbeta
 
 
 class SpadeNormTriton(torch.autograd.Function):
     """spade_norm (training statistics, no running statistics) on these kernels, for
-    timing a forward + backward step beside the op."""
+    timing a forward + backward step beside the op; fused picks the one-kernel passes."""
 
     @staticmethod
-    def forward(ctx, x, gamma, beta, instance, eps, negative_slope):
+    def forward(ctx, x, gamma, beta, instance, eps, negative_slope, fused=False):
         y, mean, _var, invstd = spade_norm_forward(x, gamma, beta, instance=instance, eps=eps,
-                                                   negative_slope=negative_slope)
+                                                   negative_slope=negative_slope, fused=fused)
         ctx.save_for_backward(x, gamma, beta, mean, invstd)
-        ctx.instance, ctx.negative_slope = instance, negative_slope
+        ctx.instance, ctx.negative_slope, ctx.fused = instance, negative_slope, fused
         return y
 
     @staticmethod
     def backward(ctx, grad_y):
         x, gamma, beta, mean, invstd = ctx.saved_tensors
         dx, dgamma, dbeta = spade_norm_backward(grad_y, x, gamma, beta, mean, invstd, instance=ctx.instance,
-                                                negative_slope=ctx.negative_slope)
-        return dx, dgamma, dbeta, None, None, None
+                                                negative_slope=ctx.negative_slope, fused=ctx.fused)
+        return dx, dgamma, dbeta, None, None, None, None
