@@ -213,6 +213,15 @@ def _groups(x: torch.Tensor, instance: bool) -> int:
     return x.shape[0] * x.shape[1] if instance else x.shape[1]
 
 
+def _launch_flags(instance: bool, negative_slope, acc_tl, HW: int) -> dict:
+    """Every kernel's compile-time flags. A tile never spans two rows, so tiles are at most
+    a power of two above the row (256 elements at 16x16 maps, not BLOCK's 1,024 with three
+    quarters of the lanes masked)."""
+    block = max(16, min(BLOCK, triton.next_power_of_2(HW)))
+    return dict(INSTANCE=instance, HAS_SLOPE=negative_slope is not None, ACC=acc_tl, BLOCK=block,
+                num_warps=NUM_WARPS)
+
+
 def spade_norm_forward(x, gamma, beta, *, instance=False, eps=1e-5, negative_slope=None, fused=False):
     """Training statistics and the modulated output: returns (y, mean, var, invstd).
     fused=True: one kernel (one program per group, both passes) instead of two."""
@@ -228,17 +237,16 @@ def spade_norm_forward(x, gamma, beta, *, instance=False, eps=1e-5, negative_slo
         mean.zero_()
         var.zero_()
         return y, mean, var, torch.rsqrt(var + eps)
-    common = dict(INSTANCE=instance, HAS_SLOPE=negative_slope is not None, ACC=acc_tl, BLOCK=BLOCK,
-                  num_warps=NUM_WARPS)
+    common = _launch_flags(instance, negative_slope, acc_tl, HW)
     slope = float(negative_slope or 0.0)
     if fused:
         invstd = torch.empty_like(mean)
         _fused_forward_kernel[(groups,)](x, gamma, beta, y, mean, var, invstd, N, C, HW, float(eps), slope, **common)
         return y, mean, var, invstd
-    _reduce_kernel[(groups,)](x, x, x, x, mean, mean, mean, var, N, C, HW, 0.0, BACKWARD=False, INSTANCE=instance,
-                              HAS_SLOPE=False, ACC=acc_tl, BLOCK=BLOCK, num_warps=NUM_WARPS)
+    _reduce_kernel[(groups,)](x, x, x, x, mean, mean, mean, var, N, C, HW, 0.0, BACKWARD=False,
+                              **{**common, "HAS_SLOPE": False})
     invstd = torch.rsqrt(var + eps)
-    _apply_kernel[(N * C, triton.cdiv(HW, BLOCK))](x, gamma, beta, mean, invstd, y, C, HW, slope, **common)
+    _apply_kernel[(N * C, triton.cdiv(HW, common["BLOCK"]))](x, gamma, beta, mean, invstd, y, C, HW, slope, **common)
     return y, mean, var, invstd
 
 
@@ -253,8 +261,7 @@ def spade_norm_backward(grad_y, x, gamma, beta, mean, invstd, *, instance=False,
     if x.numel() == 0:
         return dx, dgamma, dbeta
     groups = _groups(x, instance)
-    common = dict(INSTANCE=instance, HAS_SLOPE=negative_slope is not None, ACC=acc_tl, BLOCK=BLOCK,
-                  num_warps=NUM_WARPS)
+    common = _launch_flags(instance, negative_slope, acc_tl, HW)
     slope = float(negative_slope or 0.0)
     inv_m = 1.0 / (HW if instance else N * HW)
     if fused:
@@ -264,7 +271,7 @@ def spade_norm_backward(grad_y, x, gamma, beta, mean, invstd, *, instance=False,
     sum1, sum2 = torch.empty_like(mean), torch.empty_like(mean)
     _reduce_kernel[(groups,)](grad_y, x, gamma, beta, mean, invstd, sum1, sum2, N, C, HW, slope, BACKWARD=True,
                               **common)
-    _backward_elemt_kernel[(N * C, triton.cdiv(HW, BLOCK))](
+    _backward_elemt_kernel[(N * C, triton.cdiv(HW, common["BLOCK"]))](
         grad_y, x, gamma, beta, mean, invstd, sum1, sum2, dx, dgamma, dbeta, C, HW, inv_m, slope, **common)
     return dx, dgamma, dbeta
 
