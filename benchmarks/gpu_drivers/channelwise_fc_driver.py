@@ -65,14 +65,16 @@ def main() -> int:
     torch.manual_seed(0)
     ok = True
     # Every columns-per-thread variant of the kernel (AUTOENC_FAST_CHANNELWISE_FC_COLS),
-    # each with its own launch geometry, under the sanitizer.
+    # each with its own launch geometry, under the sanitizer: the default (1) on every case,
+    # the variants on fewer (racecheck is slow per launch, and the check has minutes).
     for cols in ("1", "2", "4"):
         os.environ["AUTOENC_FAST_CHANNELWISE_FC_COLS"] = cols
         print(f"-- {cols} column(s) per thread")
-        for shape in [(3, 4, 6, 6), (5, 3, 4, 4), (2, 2, 3, 5), (70, 2, 9, 9), (0, 2, 4, 4)]:
+        shapes = [(3, 4, 6, 6), (5, 3, 4, 4), (2, 2, 3, 5), (70, 2, 9, 9), (0, 2, 4, 4)]
+        for shape in shapes if cols == "1" else [shapes[0], shapes[3]]:
             for layout in ["contiguous", "channels_last", "strided"]:
                 ok &= run_case(shape, layout, True, torch.float32)
-        for dtype in [torch.float16, torch.bfloat16, torch.float64]:
+        for dtype in [torch.float16, torch.bfloat16, torch.float64] if cols == "1" else [torch.float64]:
             ok &= run_case((4, 3, 6, 6), "channels_last", False, dtype)
     os.environ.pop("AUTOENC_FAST_CHANNELWISE_FC_COLS")
     print("ALL OK" if ok else "MISMATCH")
