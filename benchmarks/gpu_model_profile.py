@@ -115,7 +115,8 @@ def main() -> None:
     print(f"{args.family} ({size} config{', bf16 autocast' if args.amp else ''}), "
           f"{'device' if device.type == 'cuda' else 'CPU'} ms per step, self time:")
     groups = {v: by_group(result[v]) for v in variants}
-    names = sorted(set().union(*groups.values()), key=lambda g: -groups["reference"].get(g, 0))
+    first_reference = next(v for v in variants if v.startswith("reference"))
+    names = sorted(set().union(*groups.values()), key=lambda g: -groups[first_reference].get(g, 0))
     width = max(12, *(len(v) + 2 for v in variants))
     print(f"  {'group':<32}" + "".join(f"{v:>{width}}" for v in variants))
     for name in names + ["total"]:
