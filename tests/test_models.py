@@ -369,6 +369,23 @@ def test_gpu_model_profile_groups_our_ops_apart(tmp_path):
     assert all(sum(result[p].values()) > 0 for p in ("fused", "reference"))
 
 
+def test_gpu_model_profile_runs_the_gaugan_layout_variants(tmp_path):
+    # The GPU check profiles the GauGAN generator in five variants; smoke-run them all.
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_model_profile.py"
+    out = tmp_path / "profile.json"
+    subprocess.run([sys.executable, str(script), "--device", "cpu", "--size", "quick", "--json", str(out)],
+                   check=True, timeout=300, capture_output=True)
+    result = json.loads(out.read_text())
+    variants = ("fused", "fused seg-conv", "reference", "fused channels_last", "reference channels_last")
+    assert all(sum(result[v].values()) > 0 for v in variants)
+    assert all(any("spade_norm" in name for name in result[v]) for v in variants if v.startswith("fused"))
+
+
 def test_gpu_kernel_times_runs_every_op_and_channelwise_baselines(tmp_path):
     # benchmarks/gpu_kernel_times.py also runs only inside the GPU check: smoke-run its
     # CPU mode, which takes the same code path (channelwise_fc's second dtype is float64
