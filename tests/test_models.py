@@ -219,6 +219,20 @@ def test_models_run_under_torch_compile_fullgraph(family, backend):
     torch.testing.assert_close(ours, eager, **F64)
 
 
+def test_fused_vae_exports_with_our_op_in_the_graph():
+    """torch.export of the fused VAE in eval mode calls autoenc_fast::reparametrize_kl
+    (for the KL; z = mu) and gives the eager outputs."""
+    model = make_model("vae", "fused", torch.float64).eval()
+    x = make_batch(model, dtype=torch.float64)
+    program = torch.export.export(model, (x,))
+    called = {str(node.target) for node in program.graph.nodes if node.op == "call_function"}
+    assert "autoenc_fast.reparametrize_kl.default" in called, sorted(called)
+    with torch.no_grad():
+        ours, eager = program.module()(x), model(x)
+    for field in ("recon", "mu", "logvar", "z", "kl"):
+        torch.testing.assert_close(getattr(ours, field), getattr(eager, field), **F64, msg=field)
+
+
 def test_vae_compiled_training_draws_fresh_noise():
     torch._dynamo.reset()
     model = make_model("vae", "fused")

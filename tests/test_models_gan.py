@@ -420,6 +420,23 @@ def test_models_run_under_torch_compile(name):
             torch.testing.assert_close(a, b, **F64)
 
 
+@pytest.mark.parametrize("name", MODELS)
+def test_fused_models_export_with_our_ops_in_the_graph(name):
+    """torch.export (deployment) of each fused model in eval mode: the exported program
+    calls our custom ops (their fake kernels trace it, no fallback to the reference) and
+    gives the eager outputs."""
+    model = make_model(name)
+    inputs = make_inputs(name, model)
+    warm_up_statistics(model, inputs)
+    model.eval()
+    program = torch.export.export(model, inputs)
+    called = {str(node.target) for node in program.graph.nodes if node.op == "call_function"}
+    expected = "autoenc_fast.spade_norm" if name == "generator" else "autoenc_fast.channelwise_fc"
+    assert any(target.startswith(expected) for target in called), sorted(called)
+    with torch.no_grad():
+        torch.testing.assert_close(program.module()(*inputs), model(*inputs), **F64)
+
+
 # ---------------------------------------------------------------- state_dict
 
 
