@@ -83,5 +83,8 @@ else
   echo "bf16 model steps skipped: t=${SECONDS}s, over the time budget for them"
 fi
 
+step "short table (benchmarks/gpu_summary.py, from the JSON files above)"
+"$PY" benchmarks/gpu_summary.py "$OUT" || echo "short table: FAILED"
+
 printf '\n== summary (t=%ss): %s\n' "$SECONDS" "$([ ${#FAILED[@]} -eq 0 ] && echo "all passed" || echo "FAILED: ${FAILED[*]}")"
 [ ${#FAILED[@]} -eq 0 ]

@@ -391,13 +391,16 @@ def test_gpu_model_profile_runs_the_gaugan_layout_variants(tmp_path):
     from pathlib import Path
 
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_model_profile.py"
-    out = tmp_path / "profile.json"
+    out = tmp_path / "gaugan_profile.json"
     subprocess.run([sys.executable, str(script), "--device", "cpu", "--size", "quick", "--json", str(out)],
                    check=True, timeout=300, capture_output=True)
     result = json.loads(out.read_text())
     variants = ("fused", "fused seg-conv", "reference", "fused channels_last", "reference channels_last")
     assert all(sum(result[v].values()) > 0 for v in variants)
     assert all(any("spade_norm" in name for name in result[v]) for v in variants if v.startswith("fused"))
+    summary = subprocess.run([sys.executable, str(script.with_name("gpu_summary.py")), str(tmp_path)], check=True,
+                             timeout=60, capture_output=True, text=True).stdout
+    assert all(f"  {variant} " in summary for variant in variants), summary
 
 
 def test_gpu_kernel_times_runs_every_op_and_channelwise_baselines(tmp_path):
@@ -410,7 +413,7 @@ def test_gpu_kernel_times_runs_every_op_and_channelwise_baselines(tmp_path):
     from pathlib import Path
 
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_kernel_times.py"
-    out = tmp_path / "times.json"
+    out = tmp_path / "kernel_times.json"
     subprocess.run([sys.executable, str(script), "--device", "cpu", "--quick", "--json", str(out)],
                    check=True, timeout=300, capture_output=True)
     rows = json.loads(out.read_text())
@@ -418,3 +421,25 @@ def test_gpu_kernel_times_runs_every_op_and_channelwise_baselines(tmp_path):
     (cfc,) = [row for row in rows if row["op"] == "channelwise_fc"]
     for key in ("ours_device_ms", "eager_device_ms", "bmm_device_ms", "float64_ours_device_ms", "float64_bmm_device_ms"):
         assert cfc[key] > 0, key
+    # The check's short table reads this file back (the others are absent here, and named).
+    summary = subprocess.run([sys.executable, str(script.with_name("gpu_summary.py")), str(tmp_path)], check=True,
+                             timeout=60, capture_output=True, text=True).stdout
+    assert "channelwise_fc   16x256x6x6 float64" in summary and "bmm " in summary
+    assert "(gaugan_profile.json: not written)" in summary
+
+
+def test_gpu_summary_prints_bench_rows_with_peak_memory(tmp_path):
+    # The bench rows of the short table, from a made-up CUDA row (no CPU run has peaks).
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    row = {"op": "step:gaugan_generator", "shape": [4], "mode": "train bf16", "ours_ms": 40.0, "eager_ms": 50.0,
+           "compiled_ms": 45.0, "ours_peak_mib": 900.4, "eager_peak_mib": 1200.0}
+    (tmp_path / "bench_bf16.json").write_text(json.dumps([row]))
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_summary.py"
+    summary = subprocess.run([sys.executable, str(script), str(tmp_path)], check=True, timeout=60,
+                             capture_output=True, text=True).stdout
+    line = next(line for line in summary.splitlines() if "step:gaugan_generator" in line)
+    assert "40.000 |  1.25x |  1.12x | 900/1200" in line, line
