@@ -4,6 +4,10 @@ on a CPU, except one no-grad shape check at AlexNet's size."""
 from __future__ import annotations
 
 import io
+import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -359,24 +363,27 @@ def test_block_class_resolves_backends_and_names_what_is_missing():
         block_class("NoSuchBlock", "fused")
 
 
-def test_gpu_model_profile_groups_our_ops_apart(tmp_path):
-    # benchmarks/gpu_model_profile.py runs inside the GPU check, where a broken script
-    # costs a scarce GPU session: smoke-run it here on the CPU with the smallest VAE.
-    import json
-    import subprocess
-    import sys
-    from pathlib import Path
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_model_profile.py"
+
+def run_gpu_check_script(name: str, *args) -> str:
+    """Runs benchmarks/<name> (a script of the GPU check) in a subprocess; its stdout. The
+    check runs them only on a GPU machine, where a broken script costs a scarce session,
+    so the suite smoke-runs their CPU modes."""
+    return subprocess.run([sys.executable, str(BENCHMARKS / name), *map(str, args)], check=True, timeout=300,
+                          capture_output=True, text=True).stdout
+
+
+def test_gpu_model_profile_groups_our_ops_apart(tmp_path):
+    # The smallest VAE: our op is grouped apart from the aten ones.
     out = tmp_path / "profile.json"
-    subprocess.run([sys.executable, str(script), "--family", "vae", "--device", "cpu", "--size", "quick",
-                    "--json", str(out)], check=True, timeout=300, capture_output=True)
+    run_gpu_check_script("gpu_model_profile.py", "--family", "vae", "--device", "cpu", "--size", "quick", "--json", out)
     result = json.loads(out.read_text())
-    sys.path.insert(0, str(script.parent))
+    sys.path.insert(0, str(BENCHMARKS))
     try:
         from gpu_model_profile import group_of
     finally:
-        sys.path.remove(str(script.parent))
+        sys.path.remove(str(BENCHMARKS))
     ours = {p: [name for name in result[p] if group_of(name) == "autoenc_fast ops"] for p in ("fused", "reference")}
     assert "autoenc_fast::reparametrize_kl" in ours["fused"] and ours["reference"] == []
     assert group_of("aten::convolution_backward") == "convolution / matmul"
@@ -385,61 +392,37 @@ def test_gpu_model_profile_groups_our_ops_apart(tmp_path):
 
 def test_gpu_model_profile_runs_the_gaugan_layout_variants(tmp_path):
     # The GPU check profiles the GauGAN generator in five variants; smoke-run them all.
-    import json
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_model_profile.py"
     out = tmp_path / "gaugan_profile.json"
-    subprocess.run([sys.executable, str(script), "--device", "cpu", "--size", "quick", "--json", str(out)],
-                   check=True, timeout=300, capture_output=True)
+    run_gpu_check_script("gpu_model_profile.py", "--device", "cpu", "--size", "quick", "--json", out)
     result = json.loads(out.read_text())
     variants = ("fused", "fused seg-conv", "reference", "fused channels_last", "reference channels_last")
     assert all(sum(result[v].values()) > 0 for v in variants)
     assert all(any("spade_norm" in name for name in result[v]) for v in variants if v.startswith("fused"))
-    summary = subprocess.run([sys.executable, str(script.with_name("gpu_summary.py")), str(tmp_path)], check=True,
-                             timeout=60, capture_output=True, text=True).stdout
+    summary = run_gpu_check_script("gpu_summary.py", tmp_path)
     assert all(f"  {variant} " in summary for variant in variants), summary
 
 
 def test_gpu_kernel_times_runs_every_op_and_channelwise_baselines(tmp_path):
-    # benchmarks/gpu_kernel_times.py also runs only inside the GPU check: smoke-run its
-    # CPU mode, which takes the same code path (channelwise_fc's second dtype is float64
-    # here, bfloat16 on CUDA).
-    import json
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_kernel_times.py"
+    # Its CPU mode takes the same code path (channelwise_fc's second dtype is float64 here,
+    # bfloat16 on CUDA).
     out = tmp_path / "kernel_times.json"
-    subprocess.run([sys.executable, str(script), "--device", "cpu", "--quick", "--json", str(out)],
-                   check=True, timeout=300, capture_output=True)
+    run_gpu_check_script("gpu_kernel_times.py", "--device", "cpu", "--quick", "--json", out)
     rows = json.loads(out.read_text())
     assert {row["op"] for row in rows} == {"reparametrize_kl", "channelwise_fc", "spade_norm"}
     (cfc,) = [row for row in rows if row["op"] == "channelwise_fc"]
     for key in ("ours_device_ms", "eager_device_ms", "bmm_device_ms", "float64_ours_device_ms", "float64_bmm_device_ms"):
         assert cfc[key] > 0, key
     # The check's short table reads this file back (the others are absent here, and named).
-    summary = subprocess.run([sys.executable, str(script.with_name("gpu_summary.py")), str(tmp_path)], check=True,
-                             timeout=60, capture_output=True, text=True).stdout
+    summary = run_gpu_check_script("gpu_summary.py", tmp_path)
     assert "channelwise_fc   16x256x6x6 float64" in summary and "bmm " in summary
     assert "(gaugan_profile.json: not written)" in summary
 
 
 def test_gpu_summary_prints_bench_rows_with_peak_memory(tmp_path):
     # The bench rows of the short table, from a made-up CUDA row (no CPU run has peaks).
-    import json
-    import subprocess
-    import sys
-    from pathlib import Path
-
     row = {"op": "step:gaugan_generator", "shape": [4], "mode": "train bf16", "ours_ms": 40.0, "eager_ms": 50.0,
            "compiled_ms": 45.0, "ours_peak_mib": 900.4, "eager_peak_mib": 1200.0}
     (tmp_path / "bench_bf16.json").write_text(json.dumps([row]))
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_summary.py"
-    summary = subprocess.run([sys.executable, str(script), str(tmp_path)], check=True, timeout=60,
-                             capture_output=True, text=True).stdout
+    summary = run_gpu_check_script("gpu_summary.py", tmp_path)
     line = next(line for line in summary.splitlines() if "step:gaugan_generator" in line)
     assert "40.000 |  1.25x |  1.12x | 900/1200" in line, line
