@@ -17,22 +17,31 @@ pytestmark = [requires_cuda, pytest.mark.gpu,
               pytest.mark.skipif(not _ext.LOADED, reason=f"compiled extension not loaded: {_ext.STATUS}")]
 
 
-def capture_step(step, leaves, grad_outputs):
-    """Warm step(*leaves) up on a side stream, then capture forward + backward in a graph.
-    Returns (graph, static outputs); the leaves' .grad are the static gradients."""
+def capture(run):
+    """Warm run() up on a side stream (as torch.cuda.graph requires), then capture it in
+    a graph. Returns (graph, what run() returned while captured: the static outputs)."""
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
         for _ in range(2):
-            torch.autograd.backward(step(*leaves), grad_outputs)
-            for leaf in leaves:
-                leaf.grad = None
+            run()
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
+        outputs = run()
+    return graph, outputs
+
+
+def capture_step(step, leaves, grad_outputs):
+    """Forward + backward of step(*leaves) captured; the leaves' .grad are the static
+    gradients (reset first, so the captured backward allocates them from the graph's pool)."""
+    def run():
+        for leaf in leaves:
+            leaf.grad = None
         outputs = step(*leaves)
         torch.autograd.backward(outputs, grad_outputs)
-    return graph, outputs
+        return outputs
+    return capture(run)
 
 
 def as_tuple(outputs):
@@ -84,14 +93,7 @@ def test_reparametrize_kl_drawn_noise_is_fresh_on_every_replay():
     two replays draw different noise, each of it standard normal."""
     mu = torch.zeros(4, 4096, device="cuda")
     logvar = torch.zeros(4, 4096, device="cuda")
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        F.reparametrize_kl(mu, logvar)
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        z, _ = F.reparametrize_kl(mu, logvar)
+    graph, (z, _) = capture(lambda: F.reparametrize_kl(mu, logvar))
     draws = []
     for _ in range(2):
         graph.replay()
