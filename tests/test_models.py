@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import re
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -426,3 +429,58 @@ def test_gpu_summary_prints_bench_rows_with_peak_memory(tmp_path):
     summary = run_gpu_check_script("gpu_summary.py", tmp_path)
     line = next(line for line in summary.splitlines() if "step:gaugan_generator" in line)
     assert "40.000 |  1.25x |  1.12x | 900/1200" in line, line
+
+
+STUB_PYTHON = """#!/bin/bash
+# Stands in for the GPU machine's python3: builds nothing, writes [] to every --json file.
+case "$*" in
+  "-m pytest"*) echo "tests ran"; exit "${STUB_TESTS_RC:-0}";;
+  "-m pip"*) echo "autoenc_fast setup: stub"; exit 0;;
+esac
+previous=""
+for arg in "$@"; do [ "$previous" = "--json" ] && echo '[]' > "$arg"; previous="$arg"; done
+echo "stub python: $*"
+"""
+
+
+def run_gpu_check_with_stubs(tmp_path, sanitizer_output: str, sanitizer_rc: int, tests_rc: int = 0):
+    """gpu_check.sh with nvidia-smi, compute-sanitizer and python3 stubbed: the shell's own
+    plumbing (what lands in $OUT, what counts as a failure) runs here, not only on a GPU."""
+    bin_dir, out = tmp_path / "bin", tmp_path / "out"
+    bin_dir.mkdir(parents=True)
+    out.mkdir()
+    stubs = {"nvidia-smi": "echo 'stub GPU'", "compute-sanitizer": f"echo '{sanitizer_output}'; exit {sanitizer_rc}",
+             "python3": STUB_PYTHON}
+    for name, body in stubs.items():
+        (bin_dir / name).write_text(body if body.startswith("#!") else f"#!/bin/bash\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "OUT": str(out), "PYTHON": str(bin_dir / "python3"),
+           "STUB_TESTS_RC": str(tests_rc)}
+    done = subprocess.run(["bash", str(BENCHMARKS / "gpu_check.sh")], env=env, capture_output=True, text=True,
+                          timeout=120)
+    return done, out
+
+
+def test_gpu_check_brings_back_at_most_eight_files_and_every_log(tmp_path):
+    # The device tool returns at most 8 files from $OUT and the last 12,000 characters of output.
+    done, out = run_gpu_check_with_stubs(tmp_path, "========= ERROR SUMMARY: 0 errors", 0)
+    assert done.returncode == 0, done.stdout + done.stderr
+    names = sorted(path.name for path in out.iterdir())
+    assert len(names) <= 8, names
+    assert {"check.txt", "summary.txt", "logs.tar.gz", "kernel_times.json", "bench.json"} <= set(names), names
+    with tarfile.open(out / "logs.tar.gz") as archive:
+        logs = {Path(name).name for name in archive.getnames()}
+    assert {"build.log", "sanitizer_memcheck.log", "sanitizer_racecheck.log", "tests.log"} <= logs, logs
+    assert "== summary" in (out / "check.txt").read_text() and "all passed" in done.stdout
+
+
+def test_gpu_check_reports_a_refused_sanitizer_apart_from_failures(tmp_path):
+    # gVisor machines refuse compute-sanitizer: said so, racecheck skipped, not a kernel failure.
+    done, _ = run_gpu_check_with_stubs(tmp_path, "========= Error: Device not supported", 9)
+    assert done.returncode == 0 and "device was refused" in done.stdout and "racecheck skipped" in done.stdout
+    # A real failure still fails the check, and says which step.
+    done, out = run_gpu_check_with_stubs(tmp_path / "again", "========= ERROR SUMMARY: 1 error", 9, tests_rc=1)
+    assert done.returncode != 0
+    assert re.search(r"FAILED: memcheck \(\d drivers\) racecheck \(\d CUDA C\+\+ drivers\) tests$", done.stdout,
+                     re.MULTILINE), done.stdout
+    assert (out / "logs.tar.gz").exists()
