@@ -1,0 +1,232 @@
+"""The CUDA C++ kernels (csrc/cuda/*.cu) run under the CUDA emulator (tests/cuda_emulation)
+on the CPU, against this project's CPU kernels, which the rest of the suite holds to the
+float64 reference: same op, same arguments, same outputs. On a machine without a GPU this
+checks the CUDA kernels' indexing, tiling, bounds, barriers and warp reductions on every
+commit; only speed, races and the GPU's arithmetic wait for the GPU check.
+
+The emulator runs every thread of every block, so shapes are small; each still takes the
+paths the real sizes take (several tiles in every dimension, vector packs and the scalar
+fallback, split reductions, grid-stride loops).
+"""
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+import autoenc_fast  # noqa: F401  (registers the CPU ops compared against)
+
+pytestmark = pytest.mark.skipif(shutil.which("ninja") is None,
+                                reason="the CUDA emulator's build needs ninja (pip install ninja)")
+
+# Emulated outputs in reduced precision against the float64 result: rounding of the
+# inputs and outputs only (the kernels accumulate in float32).
+TOLERANCE = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+
+
+@pytest.fixture(scope="module")
+def emu():
+    from cuda_emulation import load
+
+    return load()
+
+
+def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    assert not actual.isnan().any(), "an element was never written (poisoned NaN) or is NaN"
+    expected = expected.double()
+    return ((actual.double() - expected).norm() / expected.norm().clamp_min(1e-30)).item()
+
+
+def shape_id(shape) -> str:
+    return "x".join(map(str, shape))
+
+
+def in_layout(t: torch.Tensor, layout: str) -> torch.Tensor:
+    if layout == "channels_last":
+        return t.contiguous(memory_format=torch.channels_last)
+    if layout == "strided":  # every other sample of a batch twice the size
+        return torch.cat([t, torch.randn_like(t)], dim=0).view(2, *t.shape).transpose(0, 1)[:, 0]
+    return t
+
+
+# -------------------------------------------------------------------- channelwise_fc
+
+# (B, C, H, W): the Context Encoder's 6x6 and 4x4 maps at a small batch, 1x1 maps, H != W,
+# and 9x9 = 81 positions (two column tiles and two K tiles of 64).
+CHANNELWISE_SHAPES = [(5, 3, 6, 6), (9, 2, 4, 4), (1, 1, 1, 1), (3, 2, 3, 5), (4, 2, 9, 9)]
+
+
+@pytest.mark.parametrize("shape", CHANNELWISE_SHAPES, ids=shape_id)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
+def test_channelwise_fc_matches_the_cpu_kernel(emu, shape, layout):
+    B, C, H, W = shape
+    P = H * W
+    x = in_layout(torch.randn(shape, dtype=torch.float64), layout)
+    weight, bias = torch.randn(C, P, P, dtype=torch.float64) / P**0.5, torch.randn(C, P, dtype=torch.float64)
+    grad_y = in_layout(torch.randn(shape, dtype=torch.float64), layout)
+    ops = torch.ops.autoenc_fast
+    for with_bias in (bias, None):
+        assert relative_error(emu.channelwise_fc(x, weight, with_bias), ops.channelwise_fc(x, weight, with_bias)) < 1e-13
+    for actual, expected in zip(emu.channelwise_fc_backward(grad_y, x, weight),
+                                ops.channelwise_fc_backward(grad_y, x, weight)):
+        assert relative_error(actual, expected) < 1e-13
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_channelwise_fc_reduced_precision_against_float64(emu, dtype):
+    B, C, H, W = 6, 3, 6, 6
+    x, grad_y = torch.randn(B, C, H, W), torch.randn(B, C, H, W)
+    weight, bias = torch.randn(C, H * W, H * W) / 6, torch.randn(C, H * W)
+    low = [t.to(dtype) for t in (x, weight, bias, grad_y)]
+    exact = [t.to(dtype).double() for t in (x, weight, bias, grad_y)]  # the same rounded inputs
+    ops = torch.ops.autoenc_fast
+    assert relative_error(emu.channelwise_fc(*low[:3]), ops.channelwise_fc(*exact[:3])) < TOLERANCE[dtype]
+    for actual, expected in zip(emu.channelwise_fc_backward(low[3], low[0], low[1]),
+                                ops.channelwise_fc_backward(exact[3], exact[0], exact[1])):
+        assert actual.dtype == dtype
+        assert relative_error(actual, expected) < TOLERANCE[dtype]
+
+
+@pytest.mark.parametrize("shape", [(5, 3, 6, 6), (70, 2, 4, 4), (4, 2, 9, 9)], ids=shape_id)
+def test_channelwise_fc_column_variants_are_bit_identical(emu, shape, monkeypatch):
+    # AUTOENC_FAST_CHANNELWISE_FC_COLS = 2 or 4 gives each thread more output columns; the
+    # sums and their order are the same, so the results must be identical (70 rows of 4x4:
+    # the 4-column variant's narrower blocks span more than one row tile).
+    B, C, H, W = shape
+    x, grad_y = torch.randn(shape), torch.randn(shape)
+    weight, bias = torch.randn(C, H * W, H * W), torch.randn(C, H * W)
+    results = {}
+    for columns in ("1", "2", "4"):
+        monkeypatch.setenv("AUTOENC_FAST_CHANNELWISE_FC_COLS", columns)
+        results[columns] = (emu.channelwise_fc(x, weight, bias), *emu.channelwise_fc_backward(grad_y, x, weight))
+    for columns in ("2", "4"):
+        for actual, expected in zip(results[columns], results["1"]):
+            assert torch.equal(actual, expected), columns
+    assert relative_error(results["1"][0], torch.ops.autoenc_fast.channelwise_fc(x, weight, bias)) < 1e-5
+
+
+def test_channelwise_fc_empty_batch(emu):
+    x, weight = torch.randn(0, 3, 4, 4), torch.randn(3, 16, 16)
+    assert emu.channelwise_fc(x, weight, None).shape == x.shape
+    grad_x, grad_weight, grad_bias = emu.channelwise_fc_backward(torch.randn(0, 3, 4, 4), x, weight)
+    assert grad_x.shape == x.shape and not grad_weight.any() and not grad_bias.any()
+
+
+# -------------------------------------------------------------------- spade_norm
+
+# (N, C, H, W): 4x4 maps (packs of two float64 / four float32), 3x5 (no pack: one element
+# at a time), 40x40 (a row split over two reduction blocks), C = 8 (channels_last packs)
+# and C = 3 (channels_last scalar).
+SPADE_SHAPES = [(3, 4, 4, 4), (2, 3, 3, 5), (2, 2, 40, 40), (2, 8, 6, 6)]
+
+
+def spade_inputs(shape, dtype=torch.float64, layout="contiguous"):
+    x = in_layout(torch.randn(shape, dtype=dtype) * 2 + 0.5, layout)
+    gamma, beta, grad_y = (in_layout(torch.randn(shape, dtype=dtype), layout) for _ in range(3))
+    return x, gamma, beta, grad_y
+
+
+@pytest.mark.parametrize("shape", SPADE_SHAPES, ids=shape_id)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("instance", [False, True])
+@pytest.mark.parametrize("slope", [None, 0.2])
+def test_spade_norm_forward_and_backward_match_the_cpu_kernel(emu, shape, layout, instance, slope):
+    x, gamma, beta, grad_y = spade_inputs(shape, layout=layout)
+    ops = torch.ops.autoenc_fast
+    args = (x, gamma, beta, None, None, True, instance, 1e-5, slope)
+    y, mean, var = emu.spade_norm(*args)
+    for actual, expected in zip((y, mean, var), ops.spade_norm(*args)):
+        assert relative_error(actual, expected) < 1e-12
+    assert y.is_contiguous(memory_format=torch.channels_last) == (layout == "channels_last")
+    invstd = (var + 1e-5).rsqrt()
+    for use_input_stats in (True, False):
+        backward = (grad_y, x, gamma, beta, mean, invstd, use_input_stats, slope)
+        for actual, expected in zip(emu.spade_norm_backward(*backward), ops.spade_norm_backward(*backward)):
+            assert relative_error(actual, expected) < 1e-12
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_spade_norm_running_statistics_and_pieces_match_the_cpu_kernel(emu, layout):
+    # Eval mode (running statistics), and the ops the synchronized batch norm calls one by one.
+    x, gamma, beta, grad_y = spade_inputs((3, 8, 4, 4), layout=layout)
+    running_mean, running_var = torch.randn(8, dtype=torch.float64), torch.rand(8, dtype=torch.float64) + 0.5
+    ops = torch.ops.autoenc_fast
+    args = (x, gamma, beta, running_mean, running_var, False, False, 1e-5, 0.2)
+    for actual, expected in zip(emu.spade_norm(*args), ops.spade_norm(*args)):
+        assert relative_error(actual, expected) < 1e-12
+    mean, var = emu.spade_norm_stats(x, False)
+    for actual, expected in zip((mean, var), ops.spade_norm_stats(x, False)):
+        assert relative_error(actual, expected) < 1e-12
+    invstd = (var + 1e-5).rsqrt()
+    apply = (x, gamma, beta, mean, invstd, 0.2)
+    assert relative_error(emu.spade_norm_apply(*apply), ops.spade_norm_apply(*apply)) < 1e-12
+    reduce = (grad_y, x, gamma, beta, mean, invstd, 0.2)
+    sums = emu.spade_norm_backward_reduce(*reduce)
+    for actual, expected in zip(sums, ops.spade_norm_backward_reduce(*reduce)):
+        assert relative_error(actual, expected) < 1e-12
+    means = [s / (3 * 16) for s in sums]
+    elemt = (grad_y, x, gamma, beta, mean, invstd, *means, 0.2)
+    for actual, expected in zip(emu.spade_norm_backward_elemt(*elemt), ops.spade_norm_backward_elemt(*elemt)):
+        assert relative_error(actual, expected) < 1e-12
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_spade_norm_reduced_precision_against_float64(emu, dtype, layout):
+    x, gamma, beta, grad_y = (t.to(dtype) for t in spade_inputs((2, 8, 4, 4), torch.float32, layout))
+    exact = [t.double() for t in (x, gamma, beta, grad_y)]
+    ops = torch.ops.autoenc_fast
+    y, mean, var = emu.spade_norm(x, gamma, beta, None, None, True, False, 1e-5, 0.2)
+    y_ref, mean_ref, var_ref = ops.spade_norm(*exact[:3], None, None, True, False, 1e-5, 0.2)
+    assert y.dtype == dtype and mean.dtype == torch.float32  # statistics in float32
+    assert relative_error(y, y_ref) < TOLERANCE[dtype]
+    assert relative_error(mean, mean_ref) < TOLERANCE[dtype] and relative_error(var, var_ref) < TOLERANCE[dtype]
+    grads = emu.spade_norm_backward(grad_y, x, gamma, beta, mean, (var + 1e-5).rsqrt(), True, 0.2)
+    grads_ref = ops.spade_norm_backward(exact[3], *exact[:3], mean_ref, (var_ref + 1e-5).rsqrt(), True, 0.2)
+    for actual, expected in zip(grads, grads_ref):
+        assert relative_error(actual, expected) < 2 * TOLERANCE[dtype]
+
+
+def test_spade_norm_empty_batch(emu):
+    x = torch.randn(0, 4, 4, 4)
+    y, mean, var = emu.spade_norm(x, x, x, None, None, True, False, 1e-5, None)
+    assert y.shape == x.shape and mean.shape == (4,)
+
+
+# -------------------------------------------------------------------- the emulator itself
+
+def test_the_emulator_rejects_what_cuda_rejects():
+    # A rewrite that cannot be expressed fails loudly instead of emulating something else.
+    from cuda_emulation import rewrite, split_top_level
+
+    assert split_top_level("grid, dim3(32, k), 0, stream") == ["grid", "dim3(32, k)", "0", "stream"]
+    launched = rewrite("k<T, 2><<<grid, threads>>>(a, b);")
+    assert '::emu::launch("k", grid, threads, 0, c10::cuda::CUDAStream{}, [](auto... emu_args) { k<T, 2>(emu_args...); }, a, b);' in launched
+    with pytest.raises(ValueError, match="launch configuration"):
+        rewrite("k<<<a, b, c, d, e>>>(x);")
+
+
+def test_every_emulated_kernel_under_address_sanitizer():
+    # The CPU side of compute-sanitizer's memcheck: this file's tests again, in a process
+    # with AddressSanitizer's runtime preloaded and the emulated kernels built with
+    # -fsanitize=address, so a load or store past a tensor's allocation stops the run and
+    # names the kernel (the comparisons cannot see a stray read whose value goes unused).
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from cuda_emulation import sanitizing
+
+    if sanitizing():
+        pytest.skip("this is the sanitized run itself")
+    runtime = subprocess.run(["gcc", "-print-file-name=libasan.so"], capture_output=True, text=True).stdout.strip()
+    if not os.path.isabs(runtime):
+        pytest.skip("needs AddressSanitizer's runtime (gcc's libasan), not found")
+    env = {**os.environ, "LD_PRELOAD": runtime, "ASAN_OPTIONS": "detect_leaks=0"}
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", __file__,
+                           "-k", "not address_sanitizer"], env=env, cwd=Path(__file__).parent, capture_output=True,
+                          text=True, timeout=900)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-6000:]
+    assert " passed" in done.stdout and "ERROR: AddressSanitizer" not in done.stderr, done.stdout
