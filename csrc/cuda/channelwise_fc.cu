@@ -64,9 +64,14 @@ struct StridedMap {
   }
 };
 
+// Every operand loader says which of its two indices walks adjacent elements of a
+// contiguous (NCHW) tensor, kFirstAdjacent: tiles are staged with consecutive threads on
+// that index, so a warp's loads fall into a few 32-byte sectors instead of one sector each.
+
 // Left operand (m, k) = map[m, c, k]: x in the forward pass, grad_y for grad_x.
 template <typename scalar_t, typename acc_t>
 struct BatchRows {
+  static constexpr bool kFirstAdjacent = false;  // positions k are adjacent
   StridedMap<const scalar_t> map;
   __device__ acc_t operator()(int64_t c, int64_t m, int64_t k) const { return static_cast<acc_t>(map(m, c, k)); }
 };
@@ -74,6 +79,7 @@ struct BatchRows {
 // Left operand (m, k) = x[k, c, m] for m < P and 1 for m == P: [X_c^T; 1].
 template <typename scalar_t, typename acc_t>
 struct PositionRowsWithOnes {
+  static constexpr bool kFirstAdjacent = true;  // positions m are adjacent; samples k lie C*H*W apart
   StridedMap<const scalar_t> map;
   int64_t P;
   __device__ acc_t operator()(int64_t c, int64_t m, int64_t k) const {
@@ -84,6 +90,7 @@ struct PositionRowsWithOnes {
 // Right operand (k, n) = W_c[k, n], or W_c[n, k] (W_c^T) when kTranspose.
 template <typename scalar_t, typename acc_t, bool kTranspose>
 struct WeightCols {
+  static constexpr bool kFirstAdjacent = kTranspose;
   const scalar_t* weight;  // contiguous (C, P, P)
   int64_t P;
   __device__ acc_t operator()(int64_t c, int64_t k, int64_t n) const {
@@ -95,6 +102,7 @@ struct WeightCols {
 // Right operand (k, n) = grad_y[k, c, n]: the batch is the K dimension.
 template <typename scalar_t, typename acc_t>
 struct BatchCols {
+  static constexpr bool kFirstAdjacent = false;  // positions n are adjacent
   StridedMap<const scalar_t> map;
   __device__ acc_t operator()(int64_t c, int64_t k, int64_t n) const { return static_cast<acc_t>(map(k, c, n)); }
 };
@@ -126,6 +134,32 @@ struct StoreWeightGrad {
   }
 };
 
+// tile[i * ld + j] = load(i, j) for i < rows, j < cols, by every thread of the block.
+// Consecutive threads take consecutive i when kFirstAdjacent, else consecutive j. Each
+// thread divides once and then steps its (i, j) by the block size with adds only.
+template <bool kFirstAdjacent, typename acc_t, typename Load>
+__device__ __forceinline__ void stage_tile(int rows, int cols, acc_t* tile, int ld, const Load& load) {
+  const int fast_extent = kFirstAdjacent ? rows : cols, slow_extent = kFirstAdjacent ? cols : rows;
+  const int fast_step = static_cast<int>(blockDim.x) % fast_extent;
+  const int slow_step = static_cast<int>(blockDim.x) / fast_extent;
+  int fast = static_cast<int>(threadIdx.x) % fast_extent, slow = static_cast<int>(threadIdx.x) / fast_extent;
+  while (slow < slow_extent) {
+    const int i = kFirstAdjacent ? fast : slow, j = kFirstAdjacent ? slow : fast;
+    tile[i * ld + j] = load(i, j);
+    fast += fast_step;
+    slow += slow_step;
+    if (fast >= fast_extent) fast -= fast_extent, ++slow;
+  }
+}
+
+// Row length of the B tile in shared memory: staged down its columns (kFirstAdjacent),
+// consecutive threads store tile_n apart, so the row gets one element of padding to spread
+// those stores over the banks; the compute loop reads along rows either way.
+template <typename BLoad>
+constexpr int b_tile_ld(int tile_n) {
+  return tile_n + (BLoad::kFirstAdjacent ? 1 : 0);
+}
+
 // out_c (M, N) = A_c (M, K) @ B_c (K, N) for channel c = blockIdx.x; see the file header.
 // Thread (g, tn) computes rows g + groups * q (q < kRowsPerThread) of the columns
 // tn + col_threads * j (j < kCols), col_threads = ceil(tile_n / kCols). With kCols = 1
@@ -142,17 +176,12 @@ __global__ void __launch_bounds__(kThreads)
   const int tile_m = groups * kRowsPerThread;
   const int lda = tile_k + 1;  // padded row: fewer bank conflicts on the column reads
   acc_t* a_s = reinterpret_cast<acc_t*>(shared_raw);  // [tile_m][tile_k + 1]
-  acc_t* b_s = a_s + tile_m * lda;                    // [tile_k][tile_n]
+  const int ldb = b_tile_ld<BLoad>(tile_n);
+  acc_t* b_s = a_s + tile_m * lda;                    // [tile_k][ldb]
   const int64_t c = blockIdx.x;
   const int tn = threadIdx.x % col_threads, g = threadIdx.x / col_threads;
   const int64_t n0 = static_cast<int64_t>(blockIdx.z) * tile_n;
   const bool computes = g < groups;
-  // Tile loads: thread (g, tn) loads its columns of B's rows g, g + groups, ...; for A,
-  // thread t loads column t % tile_k of rows t / tile_k + a_step * i. The divisions happen
-  // once here, not per element; threads past a whole number of rows load nothing.
-  const int a_col = threadIdx.x % tile_k, a_step = blockDim.x / tile_k;  // blockDim.x >= tile_k
-  const int a_row = threadIdx.x / tile_k;
-
   // Every thread of the block runs the same m0 and k0 iterations, so the barriers hold.
   for (int64_t m0 = static_cast<int64_t>(blockIdx.y) * tile_m; m0 < M; m0 += static_cast<int64_t>(gridDim.y) * tile_m) {
     acc_t acc[kRowsPerThread][kCols];
@@ -162,24 +191,12 @@ __global__ void __launch_bounds__(kThreads)
       for (int j = 0; j < kCols; ++j) acc[q][j] = acc_t(0);
     }
     for (int64_t k0 = 0; k0 < K; k0 += tile_k) {
-      if (a_row < a_step) {
-        const bool k_inside = k0 + a_col < K;
-        for (int r = a_row; r < tile_m; r += a_step) {
-          a_s[r * lda + a_col] = k_inside && m0 + r < M ? a(c, m0 + r, k0 + a_col) : acc_t(0);
-        }
-      }
-      if (computes) {
-#pragma unroll
-        for (int j = 0; j < kCols; ++j) {
-          const int col = tn + col_threads * j;
-          if (col < tile_n) {
-            const bool n_inside = n0 + col < N;
-            for (int kk = g; kk < tile_k; kk += groups) {
-              b_s[kk * tile_n + col] = n_inside && k0 + kk < K ? b(c, k0 + kk, n0 + col) : acc_t(0);
-            }
-          }
-        }
-      }
+      stage_tile<ALoad::kFirstAdjacent>(tile_m, tile_k, a_s, lda, [&](int r, int kk) {
+        return m0 + r < M && k0 + kk < K ? a(c, m0 + r, k0 + kk) : acc_t(0);
+      });
+      stage_tile<BLoad::kFirstAdjacent>(tile_k, tile_n, b_s, ldb, [&](int kk, int col) {
+        return k0 + kk < K && n0 + col < N ? b(c, k0 + kk, n0 + col) : acc_t(0);
+      });
       __syncthreads();
       if (computes) {
         for (int kk = 0; kk < tile_k; ++kk) {
@@ -187,7 +204,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
           for (int j = 0; j < kCols; ++j) {
             const int col = tn + col_threads * j;
-            bv[j] = col < tile_n ? b_s[kk * tile_n + col] : acc_t(0);
+            bv[j] = col < tile_n ? b_s[kk * ldb + col] : acc_t(0);
           }
 #pragma unroll
           for (int q = 0; q < kRowsPerThread; ++q) {
@@ -221,17 +238,17 @@ void launch_channel_gemm_with(int64_t C, int64_t M, int64_t N, int64_t K, const 
   const int col_threads = (tile_n + kCols - 1) / kCols;
   // kCols = 1 keeps kThreads per block. Wider columns make a row group narrower, so
   // kThreads threads would span more rows than a small batch has (4x4 maps: 256 rows for
-  // B = 64); those blocks get just the row groups M needs, and at least kMaxTile threads
-  // (>= tile_k, so every thread's A-load stride a_step is at least 1).
+  // B = 64); those blocks get just the row groups M needs (at least two warps).
   const int64_t groups_needed = (M + kRowsPerThread - 1) / kRowsPerThread;
   const int threads = kCols == 1 ? kThreads
                                  : static_cast<int>(std::clamp<int64_t>(col_threads * groups_needed, kMaxTile, kThreads));
   const int tile_m = (threads / col_threads) * kRowsPerThread;
   // Largest tile_k (<= 64) whose two tiles fit the shared memory budget.
   const int64_t budget = kSharedBytes / static_cast<int64_t>(sizeof(acc_t));
-  const int64_t fit = (budget - tile_m) / (tile_m + tile_n);
+  const int ldb = b_tile_ld<BLoad>(tile_n);
+  const int64_t fit = (budget - tile_m) / (tile_m + ldb);
   const int tile_k = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({std::max<int64_t>(K, 1), kMaxTile, fit})));
-  const size_t shared = sizeof(acc_t) * (static_cast<size_t>(tile_m) * (tile_k + 1) + static_cast<size_t>(tile_k) * tile_n);
+  const size_t shared = sizeof(acc_t) * (static_cast<size_t>(tile_m) * (tile_k + 1) + static_cast<size_t>(tile_k) * ldb);
   const int64_t col_tiles = (N + tile_n - 1) / tile_n;
   TORCH_CHECK(C <= std::numeric_limits<int32_t>::max() && col_tiles <= kMaxGridYZ,
               "channelwise_fc: too many channels or positions for one launch (C = ", C, ", H*W = ", N, ")");
