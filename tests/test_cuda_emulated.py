@@ -131,7 +131,12 @@ def spade_inputs(shape, dtype=torch.float64, layout="contiguous"):
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("instance", [False, True])
 @pytest.mark.parametrize("slope", [None, 0.2])
-def test_spade_norm_forward_and_backward_match_the_cpu_kernel(emu, shape, layout, instance, slope):
+@pytest.mark.parametrize("fused", ["0", "1"], ids=["split", "per-group"])
+def test_spade_norm_forward_and_backward_match_the_cpu_kernel(emu, shape, layout, instance, slope, fused,
+                                                              monkeypatch):
+    # Both NCHW paths of the single-process ops: the split kernels, and one block per group
+    # (AUTOENC_FAST_SPADE_NORM_FUSED; channels_last always takes the split kernels).
+    monkeypatch.setenv("AUTOENC_FAST_SPADE_NORM_FUSED", fused)
     x, gamma, beta, grad_y = spade_inputs(shape, layout=layout)
     ops = torch.ops.autoenc_fast
     args = (x, gamma, beta, None, None, True, instance, 1e-5, slope)
@@ -173,7 +178,9 @@ def test_spade_norm_running_statistics_and_pieces_match_the_cpu_kernel(emu, layo
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-def test_spade_norm_reduced_precision_against_float64(emu, dtype, layout):
+@pytest.mark.parametrize("fused", ["0", "1"], ids=["split", "per-group"])
+def test_spade_norm_reduced_precision_against_float64(emu, dtype, layout, fused, monkeypatch):
+    monkeypatch.setenv("AUTOENC_FAST_SPADE_NORM_FUSED", fused)
     x, gamma, beta, grad_y = (t.to(dtype) for t in spade_inputs((2, 8, 4, 4), torch.float32, layout))
     exact = [t.double() for t in (x, gamma, beta, grad_y)]
     ops = torch.ops.autoenc_fast
@@ -186,6 +193,13 @@ def test_spade_norm_reduced_precision_against_float64(emu, dtype, layout):
     grads_ref = ops.spade_norm_backward(exact[3], *exact[:3], mean_ref, (var_ref + 1e-5).rsqrt(), True, 0.2)
     for actual, expected in zip(grads, grads_ref):
         assert relative_error(actual, expected) < 2 * TOLERANCE[dtype]
+
+
+def test_spade_norm_fused_switch_rejects_unknown_values(emu, monkeypatch):
+    monkeypatch.setenv("AUTOENC_FAST_SPADE_NORM_FUSED", "yes")
+    x = torch.randn(2, 4, 4, 4)
+    with pytest.raises(RuntimeError, match="AUTOENC_FAST_SPADE_NORM_FUSED must be 0, 1 or auto; got 'yes'"):
+        emu.spade_norm(x, x, x, None, None, True, False, 1e-5, None)
 
 
 def test_spade_norm_empty_batch(emu):
@@ -221,10 +235,13 @@ def test_every_emulated_kernel_under_address_sanitizer():
 
     if sanitizing():
         pytest.skip("this is the sanitized run itself")
-    runtime = subprocess.run(["gcc", "-print-file-name=libasan.so"], capture_output=True, text=True).stdout.strip()
-    if not os.path.isabs(runtime):
-        pytest.skip("needs AddressSanitizer's runtime (gcc's libasan), not found")
-    env = {**os.environ, "LD_PRELOAD": runtime, "ASAN_OPTIONS": "detect_leaks=0"}
+    asan, cxx = (subprocess.run(["gcc", f"-print-file-name={name}"], capture_output=True, text=True).stdout.strip()
+                 for name in ("libasan.so", "libstdc++.so.6"))
+    if not (os.path.isabs(asan) and os.path.isabs(cxx)):
+        pytest.skip("needs AddressSanitizer's runtime (gcc's libasan) and libstdc++, not found")
+    # libstdc++ preloaded too: else the sanitizer finds no C++ runtime to forward thrown
+    # exceptions (TORCH_CHECK) to, and aborts at the first one.
+    env = {**os.environ, "LD_PRELOAD": f"{asan} {cxx}", "ASAN_OPTIONS": "detect_leaks=0"}
     done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", __file__,
                            "-k", "not address_sanitizer"], env=env, cwd=Path(__file__).parent, capture_output=True,
                           text=True, timeout=900)

@@ -20,6 +20,14 @@
 // pixels; the 8 row lanes are added in shared memory. Elementwise kernels are
 // grid-stride loops over packs of VEC elements (16-byte loads and stores when the
 // inner extent is a multiple of VEC and the pointers are aligned).
+//
+// Small groups in NCHW (at most kFusedGroupElems elements, as GauGAN's 16x16 maps give):
+// the single-process forward and backward are one kernel each, a block per group that
+// reduces the group, then makes its elementwise pass over the same elements, still in
+// cache. The split path takes five kernels and two small torch ops per step there, and
+// at those sizes each launch costs more than its bytes (H200: 0.051 ms per step against
+// inductor's 0.025). AUTOENC_FAST_SPADE_NORM_FUSED=0 or 1 forces either path (the GPU
+// check times both).
 #include <ATen/ATen.h>
 #include <ATen/AccumulateType.h>
 #include <ATen/Dispatch.h>
@@ -30,6 +38,9 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
+#include <limits>
+#include <string>
 #include <type_traits>
 
 #include "../spade_norm_checks.h"
@@ -40,6 +51,7 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kRowLanes = 8;          // channels_last reduction: blockDim = (32, kRowLanes)
 constexpr int64_t kTargetBlocks = 2048;  // reduction blocks to aim for (fills an H100 several times)
+constexpr int64_t kFusedGroupElems = 4096;  // largest group the one-kernel path takes by default
 
 template <typename T, int N>
 struct alignas(sizeof(T) * N) Pack {
@@ -55,6 +67,21 @@ template <typename T>
 __device__ __forceinline__ T warp_sum(T v) {
   for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_down_sync(0xffffffffu, v, offset);
   return v;
+}
+
+// The block's totals of a and b, in every thread (blockDim.x a multiple of 32, at most
+// kThreads): warp sums, then the warps' sums in order.
+template <typename T>
+__device__ __forceinline__ void block_sum_pair(T& a, T& b) {
+  __shared__ T warp_totals[2][kThreads / 32];
+  a = warp_sum(a);
+  b = warp_sum(b);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (lane == 0) warp_totals[0][warp] = a, warp_totals[1][warp] = b;
+  __syncthreads();
+  a = 0, b = 0;
+  for (int w = 0; w < static_cast<int>(blockDim.x / 32); ++w) a += warp_totals[0][w], b += warp_totals[1][w];
+  __syncthreads();  // warp_totals may be reused by the caller's next sum
 }
 
 template <typename scalar_t, typename acc_t>
@@ -128,7 +155,6 @@ __device__ __forceinline__ void accumulate(const Inputs<scalar_t, acc_t>& in, in
 template <bool kBackward, int VEC, typename scalar_t, typename acc_t>
 __global__ void reduce_nchw_kernel(Inputs<scalar_t, acc_t> in, Shape s, int64_t slice,
                                    acc_t* __restrict__ partial) {
-  __shared__ acc_t shared[2][kThreads / 32];
   const int64_t rows = s.N * s.C;
   for (int64_t row = blockIdx.y; row < rows; row += gridDim.y) {
     const int64_t g = s.instance ? row : row % s.C;
@@ -142,23 +168,16 @@ __global__ void reduce_nchw_kernel(Inputs<scalar_t, acc_t> in, Shape s, int64_t 
     for (int64_t off = begin + threadIdx.x * VEC; off < end; off += blockDim.x * VEC) {
       accumulate<kBackward, VEC>(in, off, p0, p1, s1, s2);
     }
-    acc_t t1 = 0, t2 = 0;
+    acc_t a = 0, b = 0;
 #pragma unroll
-    for (int j = 0; j < VEC; ++j) t1 += s1[j], t2 += s2[j];
-    t1 = warp_sum(t1);
-    t2 = warp_sum(t2);
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    if (lane == 0) shared[0][warp] = t1, shared[1][warp] = t2;
-    __syncthreads();
+    for (int j = 0; j < VEC; ++j) a += s1[j], b += s2[j];
+    block_sum_pair(a, b);
     if (threadIdx.x == 0) {
-      acc_t a = 0, b = 0;
-      for (int w = 0; w < static_cast<int>(blockDim.x / 32); ++w) a += shared[0][w], b += shared[1][w];
       const int64_t per_group = s.instance ? 1 : s.N, in_group = s.instance ? 0 : row / s.C;
       const int64_t idx = (g * per_group + in_group) * gridDim.x + blockIdx.x;
       partial[2 * idx] = a;
       partial[2 * idx + 1] = b;
     }
-    __syncthreads();  // `shared` is reused by the next row
   }
 }
 
@@ -250,6 +269,58 @@ __device__ __forceinline__ index_t group_of(index_t off, index_t C, index_t HW, 
   return instance ? (off / (HW * C)) * C + c : c;
 }
 
+// y at the VEC elements from `off`, each normalized with its own group's mean and invstd.
+template <int VEC, typename scalar_t, typename acc_t, typename index_t>
+__device__ __forceinline__ void apply_pack(const Inputs<scalar_t, acc_t>& in, index_t off, const acc_t (&mean)[VEC],
+                                           const acc_t (&invstd)[VEC], scalar_t* __restrict__ y) {
+  const Pack<scalar_t, VEC> xv = load_pack<VEC>(in.x + off);
+  const Pack<scalar_t, VEC> gv = load_pack<VEC>(in.gamma + off);
+  const Pack<scalar_t, VEC> bv = load_pack<VEC>(in.beta + off);
+  Pack<scalar_t, VEC> out;
+#pragma unroll
+  for (int j = 0; j < VEC; ++j) {
+    const Affine<acc_t> a = affine(xv.v[j], gv.v[j], bv.v[j], mean[j], invstd[j]);
+    out.v[j] = static_cast<scalar_t>(leaky_select(a.z, a.z, in));
+  }
+  *reinterpret_cast<Pack<scalar_t, VEC>*>(y + off) = out;
+}
+
+// dx, dgamma, dbeta at the VEC elements from `off`; with_means false for fixed statistics
+// (mean_dxhat and mean_dxhat_xhat unused). Arrays by reference, not pointers: a pointer
+// to a local array puts it in local memory.
+template <int VEC, typename scalar_t, typename acc_t, typename index_t>
+__device__ __forceinline__ void backward_pack(const Inputs<scalar_t, acc_t>& in, index_t off,
+                                              const acc_t (&mean)[VEC], const acc_t (&invstd)[VEC], bool with_means,
+                                              const acc_t (&mean_dxhat)[VEC], const acc_t (&mean_dxhat_xhat)[VEC],
+                                              scalar_t* __restrict__ dx, scalar_t* __restrict__ dgamma,
+                                              scalar_t* __restrict__ dbeta) {
+  const Pack<scalar_t, VEC> dyv = load_pack<VEC>(in.dy + off);
+  const Pack<scalar_t, VEC> xv = load_pack<VEC>(in.x + off);
+  const Pack<scalar_t, VEC> gv = load_pack<VEC>(in.gamma + off);
+  const Pack<scalar_t, VEC> bv = load_pack<VEC>(in.beta + off);
+  Pack<scalar_t, VEC> dxv, dgv, dbv;
+#pragma unroll
+  for (int j = 0; j < VEC; ++j) {
+    const Affine<acc_t> a = affine(xv.v[j], gv.v[j], bv.v[j], mean[j], invstd[j]);
+    const acc_t dz = leaky_select(a.z, static_cast<acc_t>(dyv.v[j]), in);
+    acc_t dxhat = dz * a.one_g;
+    if (with_means) dxhat -= mean_dxhat[j] + a.xhat * mean_dxhat_xhat[j];
+    dxv.v[j] = static_cast<scalar_t>(dxhat * invstd[j]);
+    dgv.v[j] = static_cast<scalar_t>(dz * a.xhat);
+    dbv.v[j] = static_cast<scalar_t>(dz);
+  }
+  *reinterpret_cast<Pack<scalar_t, VEC>*>(dx + off) = dxv;
+  *reinterpret_cast<Pack<scalar_t, VEC>*>(dgamma + off) = dgv;
+  *reinterpret_cast<Pack<scalar_t, VEC>*>(dbeta + off) = dbv;
+}
+
+// The groups' values of `per_group` for the VEC elements from `off` (group g, step 0 or 1).
+template <int VEC, typename acc_t, typename index_t>
+__device__ __forceinline__ void gather_groups(const acc_t* per_group, index_t g, bool cl, acc_t (&out)[VEC]) {
+#pragma unroll
+  for (int j = 0; j < VEC; ++j) out[j] = per_group[cl ? g + j : g];
+}
+
 template <int VEC, typename index_t, typename scalar_t, typename acc_t>
 __global__ void apply_kernel(Inputs<scalar_t, acc_t> in, index_t numel, index_t C, index_t HW,
                              bool cl, bool instance, scalar_t* __restrict__ y) {
@@ -257,17 +328,10 @@ __global__ void apply_kernel(Inputs<scalar_t, acc_t> in, index_t numel, index_t 
   for (index_t off = (static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x) * VEC; off < numel;
        off += stride) {
     const index_t g = group_of(off, C, HW, cl, instance);
-    const Pack<scalar_t, VEC> xv = load_pack<VEC>(in.x + off);
-    const Pack<scalar_t, VEC> gv = load_pack<VEC>(in.gamma + off);
-    const Pack<scalar_t, VEC> bv = load_pack<VEC>(in.beta + off);
-    Pack<scalar_t, VEC> out;
-#pragma unroll
-    for (int j = 0; j < VEC; ++j) {
-      const index_t gj = cl ? g + j : g;
-      const Affine<acc_t> a = affine(xv.v[j], gv.v[j], bv.v[j], in.mean[gj], in.invstd[gj]);
-      out.v[j] = static_cast<scalar_t>(leaky_select(a.z, a.z, in));
-    }
-    *reinterpret_cast<Pack<scalar_t, VEC>*>(y + off) = out;
+    acc_t mean[VEC], invstd[VEC];
+    gather_groups(in.mean, g, cl, mean);
+    gather_groups(in.invstd, g, cl, invstd);
+    apply_pack(in, off, mean, invstd, y);
   }
 }
 
@@ -281,27 +345,87 @@ __global__ void backward_elemt_kernel(Inputs<scalar_t, acc_t> in, const acc_t* _
   for (index_t off = (static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x) * VEC; off < numel;
        off += stride) {
     const index_t g = group_of(off, C, HW, cl, instance);
-    const Pack<scalar_t, VEC> dyv = load_pack<VEC>(in.dy + off);
-    const Pack<scalar_t, VEC> xv = load_pack<VEC>(in.x + off);
-    const Pack<scalar_t, VEC> gv = load_pack<VEC>(in.gamma + off);
-    const Pack<scalar_t, VEC> bv = load_pack<VEC>(in.beta + off);
-    Pack<scalar_t, VEC> dxv, dgv, dbv;
-#pragma unroll
-    for (int j = 0; j < VEC; ++j) {
-      const index_t gj = cl ? g + j : g;
-      const acc_t invstd = in.invstd[gj];
-      const Affine<acc_t> a = affine(xv.v[j], gv.v[j], bv.v[j], in.mean[gj], invstd);
-      const acc_t xhat = a.xhat;
-      const acc_t dz = leaky_select(a.z, static_cast<acc_t>(dyv.v[j]), in);
-      acc_t dxhat = dz * a.one_g;
-      if (mean_dxhat != nullptr) dxhat -= mean_dxhat[gj] + xhat * mean_dxhat_xhat[gj];
-      dxv.v[j] = static_cast<scalar_t>(dxhat * invstd);
-      dgv.v[j] = static_cast<scalar_t>(dz * xhat);
-      dbv.v[j] = static_cast<scalar_t>(dz);
+    const bool with_means = mean_dxhat != nullptr;
+    acc_t mean[VEC], invstd[VEC], m1[VEC] = {}, m2[VEC] = {};
+    gather_groups(in.mean, g, cl, mean);
+    gather_groups(in.invstd, g, cl, invstd);
+    if (with_means) {
+      gather_groups(mean_dxhat, g, cl, m1);
+      gather_groups(mean_dxhat_xhat, g, cl, m2);
     }
-    *reinterpret_cast<Pack<scalar_t, VEC>*>(dx + off) = dxv;
-    *reinterpret_cast<Pack<scalar_t, VEC>*>(dgamma + off) = dgv;
-    *reinterpret_cast<Pack<scalar_t, VEC>*>(dbeta + off) = dbv;
+    backward_pack(in, off, mean, invstd, with_means, m1, m2, dx, dgamma, dbeta);
+  }
+}
+
+// ---------------------------------------------------------------- one block per group (small NCHW groups)
+
+// Offset of pack `pack` of group g: its rows are the one row (n, c) = g for instance
+// norm, the N rows (n, c) of channel c = g for batch norm, each row_packs packs long.
+template <int VEC>
+__device__ __forceinline__ int64_t group_pack_offset(const Shape& s, int64_t g, int pack, int row_packs) {
+  const int r = pack / row_packs, j = pack - r * row_packs;
+  const int64_t row = s.instance ? g : static_cast<int64_t>(r) * s.C + g;
+  return row * s.HW + static_cast<int64_t>(j) * VEC;
+}
+
+template <int VEC>
+__device__ __forceinline__ int group_packs(const Shape& s) {
+  return static_cast<int>((s.instance ? 1 : s.N) * (s.HW / VEC));
+}
+
+// Forward of group g = blockIdx.x: the shifted sums, mean and var (written out), then y.
+template <int VEC, typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kThreads)
+    fused_forward_kernel(Inputs<scalar_t, acc_t> in, Shape s, acc_t eps, scalar_t* __restrict__ y,
+                         acc_t* __restrict__ mean_out, acc_t* __restrict__ var_out) {
+  const int64_t g = blockIdx.x;
+  const int row_packs = static_cast<int>(s.HW / VEC), packs = group_packs<VEC>(s);
+  const acc_t k = static_cast<acc_t>(in.x[g * s.HW]);  // the group's first element, as the split path
+  acc_t p0[VEC], p1[VEC], s1[VEC], s2[VEC];
+#pragma unroll
+  for (int j = 0; j < VEC; ++j) p0[j] = k, p1[j] = 0, s1[j] = 0, s2[j] = 0;
+  for (int pack = threadIdx.x; pack < packs; pack += blockDim.x) {
+    accumulate<false, VEC>(in, group_pack_offset<VEC>(s, g, pack, row_packs), p0, p1, s1, s2);
+  }
+  acc_t a = 0, b = 0;
+#pragma unroll
+  for (int j = 0; j < VEC; ++j) a += s1[j], b += s2[j];
+  block_sum_pair(a, b);
+  const acc_t m = static_cast<acc_t>(packs) * VEC, d = a / m;
+  const acc_t var = max(b / m - d * d, acc_t(0));
+  acc_t mean[VEC], invstd[VEC];
+#pragma unroll
+  for (int j = 0; j < VEC; ++j) mean[j] = k + d, invstd[j] = acc_t(1) / sqrt(var + eps);
+  if (threadIdx.x == 0) mean_out[g] = mean[0], var_out[g] = var;
+  for (int pack = threadIdx.x; pack < packs; pack += blockDim.x) {
+    apply_pack(in, group_pack_offset<VEC>(s, g, pack, row_packs), mean, invstd, y);
+  }
+}
+
+// Backward of group g = blockIdx.x with batch statistics: the sums of dxhat and
+// dxhat * xhat, then dx, dgamma, dbeta.
+template <int VEC, typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kThreads)
+    fused_backward_kernel(Inputs<scalar_t, acc_t> in, Shape s, scalar_t* __restrict__ dx,
+                          scalar_t* __restrict__ dgamma, scalar_t* __restrict__ dbeta) {
+  const int64_t g = blockIdx.x;
+  const int row_packs = static_cast<int>(s.HW / VEC), packs = group_packs<VEC>(s);
+  acc_t mean[VEC], invstd[VEC], s1[VEC], s2[VEC];
+#pragma unroll
+  for (int j = 0; j < VEC; ++j) mean[j] = in.mean[g], invstd[j] = in.invstd[g], s1[j] = 0, s2[j] = 0;
+  for (int pack = threadIdx.x; pack < packs; pack += blockDim.x) {
+    accumulate<true, VEC>(in, group_pack_offset<VEC>(s, g, pack, row_packs), mean, invstd, s1, s2);
+  }
+  acc_t a = 0, b = 0;
+#pragma unroll
+  for (int j = 0; j < VEC; ++j) a += s1[j], b += s2[j];
+  block_sum_pair(a, b);
+  const acc_t m = static_cast<acc_t>(packs) * VEC;
+  acc_t m1[VEC], m2[VEC];
+#pragma unroll
+  for (int j = 0; j < VEC; ++j) m1[j] = a / m, m2[j] = b / m;
+  for (int pack = threadIdx.x; pack < packs; pack += blockDim.x) {
+    backward_pack(in, group_pack_offset<VEC>(s, g, pack, row_packs), mean, invstd, true, m1, m2, dx, dgamma, dbeta);
   }
 }
 
@@ -332,6 +456,23 @@ int sm_count() {
   return count;
 }
 
+// Threads for a block that walks `packs` packs: whole warps, no more than it has packs
+// (small rows and groups get smaller blocks rather than idle threads), at most kThreads.
+int threads_for(int64_t packs) {
+  return static_cast<int>(std::clamp<int64_t>((packs + 31) / 32 * 32, 32, kThreads));
+}
+
+// Calls fn(vec constant) with the widest pack the tensors allow.
+template <typename scalar_t, typename Fn>
+void with_pack(const Shape& s, std::initializer_list<const void*> ptrs, const Fn& fn) {
+  constexpr int kMax = 16 / sizeof(scalar_t);
+  if (pack_width<scalar_t>(s, ptrs) == kMax) {
+    fn(std::integral_constant<int, kMax>());
+  } else {
+    fn(std::integral_constant<int, 1>());
+  }
+}
+
 // Runs the reduce + finalize kernels; out1/out2 are (C,) or (N, C) accumulate-type tensors.
 template <bool kBackward, int VEC, typename scalar_t, typename acc_t>
 void launch_reduce(const Inputs<scalar_t, acc_t>& in, const Shape& s, const at::Tensor& x,
@@ -348,9 +489,7 @@ void launch_reduce(const Inputs<scalar_t, acc_t>& in, const Shape& s, const at::
     const int64_t used = (s.HW + slice - 1) / slice;
     partial = at::empty({rows * used * 2}, x.options().dtype(out1.scalar_type()));
     const dim3 grid(static_cast<unsigned>(used), static_cast<unsigned>(std::min<int64_t>(rows, 65535)));
-    // Small rows (16x16 maps) get smaller blocks rather than idle threads.
-    const int64_t packs = (slice + VEC - 1) / VEC;
-    const int threads = static_cast<int>(std::clamp<int64_t>((packs + 31) / 32 * 32, 32, kThreads));
+    const int threads = threads_for((slice + VEC - 1) / VEC);
     reduce_nchw_kernel<kBackward, VEC><<<grid, threads, 0, stream>>>(in, s, slice,
                                                                      partial.mutable_data_ptr<acc_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -382,12 +521,9 @@ void launch_reduce(const Inputs<scalar_t, acc_t>& in, const Shape& s, const at::
 template <bool kBackward, typename scalar_t, typename acc_t>
 void reduce(const Inputs<scalar_t, acc_t>& in, const Shape& s, const at::Tensor& x, at::Tensor& out1,
             at::Tensor& out2) {
-  constexpr int kMax = 16 / sizeof(scalar_t);
-  if (pack_width<scalar_t>(s, {in.dy, in.x, in.gamma, in.beta}) == kMax) {
-    launch_reduce<kBackward, kMax>(in, s, x, out1, out2);
-  } else {
-    launch_reduce<kBackward, 1>(in, s, x, out1, out2);
-  }
+  with_pack<scalar_t>(s, {in.dy, in.x, in.gamma, in.beta}, [&](auto vec) {
+    launch_reduce<kBackward, decltype(vec)::value>(in, s, x, out1, out2);
+  });
 }
 
 unsigned elementwise_blocks(int64_t numel, int vec) {
@@ -400,14 +536,15 @@ unsigned elementwise_blocks(int64_t numel, int vec) {
 // indices when they suffice (cheaper division on the GPU).
 template <typename scalar_t, typename Fn>
 void with_pack_and_index(const Shape& s, int64_t numel, std::initializer_list<const void*> ptrs, const Fn& fn) {
-  constexpr int kMax = 16 / sizeof(scalar_t);
-  const bool wide = pack_width<scalar_t>(s, ptrs) == kMax;
   // 32-bit offsets while offset + grid stride cannot overflow (stride < 2^26).
   const bool small = numel < (int64_t{1} << 31) - (int64_t{1} << 26);
-  if (wide && small) fn(std::integral_constant<int, kMax>(), int32_t{0});
-  else if (wide) fn(std::integral_constant<int, kMax>(), int64_t{0});
-  else if (small) fn(std::integral_constant<int, 1>(), int32_t{0});
-  else fn(std::integral_constant<int, 1>(), int64_t{0});
+  with_pack<scalar_t>(s, ptrs, [&](auto vec) {
+    if (small) {
+      fn(vec, int32_t{0});
+    } else {
+      fn(vec, int64_t{0});
+    }
+  });
 }
 
 void check_cuda_inputs(const at::Tensor& x, const char* op) {
@@ -459,6 +596,74 @@ at::Tensor apply_impl(const at::Tensor& x_in, const at::Tensor& gamma_in, const 
   return y;
 }
 
+// Whether the single-process forward and backward take the one-block-per-group kernels:
+// NCHW groups of at most kFusedGroupElems elements, unless AUTOENC_FAST_SPADE_NORM_FUSED
+// says 0 (never) or 1 (every NCHW input). Read per call, so a benchmark can switch it.
+bool use_fused_groups(const at::Tensor& x, bool instance) {
+  const Shape s = shape_of(x, instance);
+  const int64_t elems = (instance ? 1 : s.N) * s.HW;
+  if (s.channels_last || x.numel() == 0 || elems > std::numeric_limits<int32_t>::max()) return false;
+  const char* env = std::getenv("AUTOENC_FAST_SPADE_NORM_FUSED");
+  const std::string mode = env != nullptr ? env : "";
+  TORCH_CHECK(mode.empty() || mode == "auto" || mode == "0" || mode == "1",
+              "spade_norm: AUTOENC_FAST_SPADE_NORM_FUSED must be 0, 1 or auto; got '", mode, "'");
+  if (mode == "0" || mode == "1") return mode == "1";
+  return elems <= kFusedGroupElems;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_forward(const at::Tensor& x_in, const at::Tensor& gamma_in,
+                                                             const at::Tensor& beta_in, bool instance, double eps,
+                                                             std::optional<double> slope) {
+  const at::Tensor x = x_in.contiguous(), gamma = gamma_in.contiguous(), beta = beta_in.contiguous();
+  at::Tensor y = spade_empty_like_x(x_in), mean = spade_empty_stats(x, instance), var = spade_empty_stats(x, instance);
+  const Shape s = shape_of(x, instance);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "spade_norm_fused_forward_cuda", [&] {
+    using acc_t = at::acc_type<scalar_t, true>;
+    const Inputs<scalar_t, acc_t> in{nullptr, x.const_data_ptr<scalar_t>(), gamma.const_data_ptr<scalar_t>(),
+                                     beta.const_data_ptr<scalar_t>(), nullptr, nullptr,
+                                     static_cast<acc_t>(slope.value_or(0.0)), slope.has_value()};
+    scalar_t* yp = y.mutable_data_ptr<scalar_t>();
+    with_pack<scalar_t>(s, {in.x, in.gamma, in.beta, yp}, [&](auto vec) {
+      constexpr int VEC = decltype(vec)::value;
+      const int64_t groups = instance ? s.N * s.C : s.C;
+      fused_forward_kernel<VEC><<<static_cast<unsigned>(groups), threads_for((instance ? 1 : s.N) * s.HW / VEC), 0,
+                                  c10::cuda::getCurrentCUDAStream()>>>(
+          in, s, static_cast<acc_t>(eps), yp, mean.mutable_data_ptr<acc_t>(), var.mutable_data_ptr<acc_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  });
+  return {y, mean, var};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_backward(const at::Tensor& grad_y, const at::Tensor& x_in,
+                                                              const at::Tensor& gamma_in, const at::Tensor& beta_in,
+                                                              const at::Tensor& mean_in, const at::Tensor& invstd_in,
+                                                              std::optional<double> slope) {
+  const at::Tensor dy = grad_y.contiguous(), x = x_in.contiguous();
+  const at::Tensor gamma = gamma_in.contiguous(), beta = beta_in.contiguous();
+  const at::Tensor mean = mean_in.contiguous(), invstd = invstd_in.contiguous();
+  at::Tensor dx = spade_empty_like_x(x_in), dgamma = spade_empty_like_x(x_in), dbeta = spade_empty_like_x(x_in);
+  const bool instance = mean.dim() == 2;
+  const Shape s = shape_of(x, instance);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "spade_norm_fused_backward_cuda", [&] {
+    using acc_t = at::acc_type<scalar_t, true>;
+    const Inputs<scalar_t, acc_t> in{dy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
+                                     gamma.const_data_ptr<scalar_t>(), beta.const_data_ptr<scalar_t>(),
+                                     mean.const_data_ptr<acc_t>(), invstd.const_data_ptr<acc_t>(),
+                                     static_cast<acc_t>(slope.value_or(0.0)), slope.has_value()};
+    scalar_t *dxp = dx.mutable_data_ptr<scalar_t>(), *dgp = dgamma.mutable_data_ptr<scalar_t>();
+    scalar_t* dbp = dbeta.mutable_data_ptr<scalar_t>();
+    with_pack<scalar_t>(s, {in.dy, in.x, in.gamma, in.beta, dxp, dgp, dbp}, [&](auto vec) {
+      constexpr int VEC = decltype(vec)::value;
+      const int64_t groups = instance ? s.N * s.C : s.C;
+      fused_backward_kernel<VEC><<<static_cast<unsigned>(groups), threads_for((instance ? 1 : s.N) * s.HW / VEC), 0,
+                                   c10::cuda::getCurrentCUDAStream()>>>(in, s, dxp, dgp, dbp);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  });
+  return {dx, dgamma, dbeta};
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> spade_norm_cuda(
     const at::Tensor& x, const at::Tensor& gamma, const at::Tensor& beta,
     const std::optional<at::Tensor>& running_mean, const std::optional<at::Tensor>& running_var,
@@ -466,6 +671,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> spade_norm_cuda(
   check_spade_forward_inputs(x, gamma, beta, running_mean, running_var, use_input_stats, instance);
   check_cuda_inputs(x, "spade_norm");
   const c10::cuda::CUDAGuard guard(x.device());
+  if (use_input_stats && use_fused_groups(x, instance)) return fused_forward(x, gamma, beta, instance, eps, slope);
   at::Tensor mean, var;
   if (use_input_stats) {
     std::tie(mean, var) = stats_impl(x, instance);
@@ -568,6 +774,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> spade_norm_backward_cuda(
   check_spade_backward_inputs(grad_y, x, gamma, beta, mean, invstd, "spade_norm_backward");
   check_cuda_inputs(x, "spade_norm_backward");
   const c10::cuda::CUDAGuard guard(x.device());
+  if (use_input_stats && use_fused_groups(x, mean.dim() == 2)) {
+    return fused_backward(grad_y, x, gamma, beta, mean, invstd, slope);
+  }
   std::optional<at::Tensor> mean_dxhat, mean_dxhat_xhat;
   if (use_input_stats) {
     auto [sum1, sum2] = spade_norm_backward_reduce_cuda(grad_y, x, gamma, beta, mean, invstd, slope);
