@@ -4,8 +4,9 @@ that dominates wall-clock medians at these sizes. GB/s counts the fewest bytes t
 step must move (bench.py) over that device time. spade_norm rows also time the Triton
 candidate kernels (autoenc_fast/triton/spade_norm.py, two-kernel and fused passes)
 against the CUDA C++ ones; channelwise_fc rows also torch.bmm on a permuted copy, every
-provider in bfloat16, and on CUDA our kernel with 2 and 4 columns per thread
-(AUTOENC_FAST_CHANNELWISE_FC_COLS).
+provider in bfloat16. Our kernels' variants that an environment variable selects are
+timed beside the default (ENV_VARIANTS): channelwise_fc with 2 and 4 columns per thread,
+spade_norm with the split kernels and with one block per group.
 
     python benchmarks/gpu_kernel_times.py [--json FILE]
     python benchmarks/gpu_kernel_times.py --device cpu --quick   # smoke run (the test suite's)
@@ -57,20 +58,28 @@ def triton_spade_norm_full(shape, device, fused=False):
     return run
 
 
-def column_variants(row: dict, prefix: str, make, shape, device, dtype) -> str:
-    """Ours with 2 and 4 columns per thread (AUTOENC_FAST_CHANNELWISE_FC_COLS; the default
-    is 1) on CUDA, recorded in row; returns the line's text for them."""
-    if device.type != "cuda":
-        return ""
+# Variants of our CUDA kernels, each selected by an environment variable the kernel reads
+# per call: op -> (variable, {name: value}).
+ENV_VARIANTS = {
+    "channelwise_fc": ("AUTOENC_FAST_CHANNELWISE_FC_COLS", {"cols2": "2", "cols4": "4"}),
+    "spade_norm": ("AUTOENC_FAST_SPADE_NORM_FUSED", {"split": "0", "per_group": "1"}),
+}
+
+
+def env_variants(row: dict, prefix: str, op: str, make, shape, device, *dtype) -> str:
+    """Our full step under each of the op's ENV_VARIANTS, recorded in row as
+    "<prefix>ours_<name>_device_ms"; returns the line's text for them. (On the CPU the
+    variables change nothing: the smoke run's check of this code.)"""
+    variable, variants = ENV_VARIANTS.get(op, (None, {}))
     text = ""
-    for cols in ("2", "4"):
-        os.environ["AUTOENC_FAST_CHANNELWISE_FC_COLS"] = cols
+    for name, value in variants.items():
+        os.environ[variable] = value
         try:
-            ms = device_ms(make("ours", "full", shape, device, dtype), device)
+            ms = device_ms(make("ours", "full", shape, device, *dtype), device)
         finally:
-            del os.environ["AUTOENC_FAST_CHANNELWISE_FC_COLS"]
-        row[f"{prefix}ours_cols{cols}_device_ms"] = ms
-        text += f"  ours/{cols} cols {ms:.4f} ms"
+            del os.environ[variable]
+        row[f"{prefix}ours_{name}_device_ms"] = ms
+        text += f"  ours/{name} {ms:.4f} ms"
     return text
 
 
@@ -95,14 +104,14 @@ def main() -> None:
             row["ours_gbps"] = moved / (times["ours"] * 1e-3) / 1e9
             row["copy_gbps"] = copy_gbps(moved, device)
             line += f"{row['ours_gbps']:>11.0f}{row['copy_gbps']:>11.0f}"
+        line += env_variants(row, "", op, make, shape, device)
         if op == "channelwise_fc":  # issue 3's other baseline, its bfloat16 case, the kernel's variants
             row["bmm_device_ms"] = device_ms(make("bmm", "full", shape, device), device)
-            line += f"  bmm {row['bmm_device_ms']:.4f} ms" + column_variants(row, "", make, shape, device,
-                                                                            torch.float32)
+            line += f"  bmm {row['bmm_device_ms']:.4f} ms"
             other = {p: device_ms(make(p, "full", shape, device, second), device) for p in (*PROVIDERS, "bmm")}
             row.update({f"{second_name}_{p}_device_ms": t for p, t in other.items()})
             line += "\n" + f"{'  ' + second_name:<34}" + "".join(f"{other[p]:>13.4f}" for p in PROVIDERS) \
-                + f"  bmm {other['bmm']:.4f} ms" + column_variants(row, f"{second_name}_", make, shape, device, second)
+                + f"  bmm {other['bmm']:.4f} ms" + env_variants(row, f"{second_name}_", op, make, shape, device, second)
         if op == "spade_norm" and device.type == "cuda":  # CUDA C++ (ours) against the Triton candidate
             row["triton_device_ms"] = device_ms(triton_spade_norm_full(shape, device), device)
             row["triton_fused_device_ms"] = device_ms(triton_spade_norm_full(shape, device, fused=True), device)

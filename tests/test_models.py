@@ -413,8 +413,11 @@ def test_gpu_kernel_times_runs_every_op_and_channelwise_baselines(tmp_path):
     rows = json.loads(out.read_text())
     assert {row["op"] for row in rows} == {"reparametrize_kl", "channelwise_fc", "spade_norm"}
     (cfc,) = [row for row in rows if row["op"] == "channelwise_fc"]
-    for key in ("ours_device_ms", "eager_device_ms", "bmm_device_ms", "float64_ours_device_ms", "float64_bmm_device_ms"):
+    for key in ("ours_device_ms", "eager_device_ms", "bmm_device_ms", "float64_ours_device_ms", "float64_bmm_device_ms",
+                "ours_cols4_device_ms", "float64_ours_cols2_device_ms"):
         assert cfc[key] > 0, key
+    (spade,) = [row for row in rows if row["op"] == "spade_norm"]
+    assert spade["ours_split_device_ms"] > 0 and spade["ours_per_group_device_ms"] > 0
     # The check's short table reads this file back (the others are absent here, and named).
     summary = run_gpu_check_script("gpu_summary.py", tmp_path)
     assert "channelwise_fc   16x256x6x6 float64" in summary and "bmm " in summary

@@ -5,11 +5,13 @@
 
 Covers batch (train, eval) and instance norm, NCHW and channels_last, float32 and
 bfloat16, odd sizes (scalar path) and sizes that take the 16-byte packed path, the
-single-process op and the stats/apply pieces of the synchronized path; checks each
-result against the float64 reference and exits non-zero on a mismatch.
+single-process op (in NCHW both its paths, the split kernels and one block per group,
+AUTOENC_FAST_SPADE_NORM_FUSED) and the stats/apply pieces of the synchronized path;
+checks each result against the float64 reference and exits non-zero on a mismatch.
 """
 from __future__ import annotations
 
+import os
 import sys
 
 import torch
@@ -73,8 +75,13 @@ def main():
     for dtype in (torch.float32, torch.bfloat16):
         for channels_last in (False, True):
             for shape in SHAPES:
-                for norm, training in (("batch", True), ("batch", False), ("instance", True)):
-                    ok &= run_case(shape, dtype, channels_last, norm, training)
+                # NCHW runs both paths of the single-process op; channels_last has one.
+                for fused in ("0", "1") if not channels_last else ("0",):
+                    os.environ["AUTOENC_FAST_SPADE_NORM_FUSED"] = fused
+                    print(f"-- AUTOENC_FAST_SPADE_NORM_FUSED={fused}")
+                    for norm, training in (("batch", True), ("batch", False), ("instance", True)):
+                        ok &= run_case(shape, dtype, channels_last, norm, training)
+                os.environ.pop("AUTOENC_FAST_SPADE_NORM_FUSED")
                 ok &= run_pieces(shape, dtype, channels_last)
     torch.cuda.synchronize()
     print("all ok" if ok else "MISMATCHES")
