@@ -208,6 +208,38 @@ def test_spade_norm_empty_batch(emu):
     assert y.shape == x.shape and mean.shape == (4,)
 
 
+# -------------------------------------------------------------------- races
+
+def run_every_kernel(emu):
+    """Every emulated op on inputs drawn from a fixed seed (several tiles, both spade_norm
+    paths and layouts): their outputs, to compare between thread schedules."""
+    torch.manual_seed(0)
+    outputs = []
+    x, grad_y = torch.randn(4, 2, 9, 9), torch.randn(4, 2, 9, 9)
+    weight, bias = torch.randn(2, 81, 81), torch.randn(2, 81)
+    outputs += [emu.channelwise_fc(x, weight, bias), *emu.channelwise_fc_backward(grad_y, x, weight)]
+    for layout in ("contiguous", "channels_last"):
+        x, gamma, beta, grad_y = spade_inputs((2, 8, 12, 12), torch.float32, layout)
+        for instance in (False, True):
+            y, mean, var = emu.spade_norm(x, gamma, beta, None, None, True, instance, 1e-5, 0.2)
+            grads = emu.spade_norm_backward(grad_y, x, gamma, beta, mean, (var + 1e-5).rsqrt(), True, 0.2)
+            outputs += [y, mean, var, *grads]
+    return outputs
+
+
+@pytest.mark.parametrize("fused", ["0", "1"], ids=["split", "per-group"])
+def test_results_do_not_depend_on_the_thread_schedule(emu, fused, monkeypatch):
+    # Threads run in order, then in reverse: a read of shared memory that another thread
+    # writes without a barrier between them sees different data under the two orders.
+    monkeypatch.setenv("AUTOENC_FAST_SPADE_NORM_FUSED", fused)
+    monkeypatch.setenv("AUTOENC_FAST_CHANNELWISE_FC_COLS", "4" if fused == "1" else "1")
+    in_order = run_every_kernel(emu)
+    monkeypatch.setenv("AUTOENC_FAST_EMU_SCHEDULE", "reverse")
+    reversed_order = run_every_kernel(emu)
+    for a, b in zip(in_order, reversed_order):
+        assert torch.equal(a, b)
+
+
 # -------------------------------------------------------------------- the emulator itself
 
 def test_the_emulator_rejects_what_cuda_rejects():

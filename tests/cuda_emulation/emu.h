@@ -7,16 +7,20 @@
 // Each kernel launch runs its blocks one after another; each block's threads run as
 // fibers (ucontext) on one OS thread. A fiber runs until it reaches __syncthreads() or a
 // warp shuffle, then the next fiber runs; a barrier opens when every live thread of the
-// block (or of the warp, for a shuffle) has reached it. Threads that already returned
+// block (or of the warp, for a shuffle) has reached it. Warps run one after another, each
+// as far ahead as its barriers let it. Threads that already returned
 // count as arrived, as on sm_70 and newer. A barrier that can never open (some thread
 // waits at a __syncthreads() the others passed by or returned from) is reported as an
 // error naming the kernel, not a hang. Launch configurations the CUDA runtime rejects
 // (more than 1024 threads, a grid dimension y or z over 65535, more dynamic shared memory
 // than the 48 KiB default) raise as well.
 //
-// What this cannot check: speed, coalescing, races between threads (fibers never run at
-// once), the GPU's floating-point details (fused multiply-adds, fast math). Those stay
-// with the GPU check (benchmarks/gpu_check.sh).
+// Warps and their lanes run in order, or in reverse order when
+// AUTOENC_FAST_EMU_SCHEDULE=reverse: a kernel that reads what another thread writes
+// without a barrier between them gives different results under the two orders (the tests
+// compare them). That is the only race
+// check here; speed, coalescing and the GPU's floating-point details (fused multiply-adds,
+// fast math) stay with the GPU check (benchmarks/gpu_check.sh).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -25,6 +29,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <tuple>
@@ -128,26 +133,10 @@ inline unsigned linear_thread() {
   return threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z);
 }
 
-enum class Opened { kSome, kNone, kDivergent };
+enum class Opened { kYes, kNo, kDivergent };
 
-// Opens the barriers whose threads have all arrived.
-inline Opened open_barriers(Block& b) {
-  bool opened = false;
-  const size_t n = b.fibers.size();
-  for (size_t w = 0; w < n; w += 32) {
-    const size_t end = std::min(n, w + 32);
-    bool waiting = false, all = true;
-    for (size_t i = w; i < end; ++i) {
-      waiting |= b.fibers[i].state == State::kAtWarpBarrier;
-      all &= b.fibers[i].state == State::kAtWarpBarrier || b.fibers[i].state == State::kDone;
-    }
-    if (waiting && all) {
-      for (size_t i = w; i < end; ++i)
-        if (b.fibers[i].state == State::kAtWarpBarrier) b.fibers[i].state = State::kRunnable;
-      opened = true;
-    }
-  }
-  if (opened) return Opened::kSome;
+// Opens the block barrier if every live thread waits at it (at the same call).
+inline Opened open_block_barrier(Block& b) {
   bool waiting = false, all = true;
   int site = 0;
   for (const Fiber& f : b.fibers) {
@@ -159,16 +148,48 @@ inline Opened open_barriers(Block& b) {
     if (site != 0 && f.barrier_site != site) return Opened::kDivergent;
     site = f.barrier_site;
   }
-  if (waiting && all) {
-    for (Fiber& f : b.fibers)
-      if (f.state == State::kAtBlockBarrier) f.state = State::kRunnable;
-    return Opened::kSome;
-  }
-  return Opened::kNone;
+  if (!(waiting && all)) return Opened::kNo;
+  for (Fiber& f : b.fibers)
+    if (f.state == State::kAtBlockBarrier) f.state = State::kRunnable;
+  return Opened::kYes;
 }
 
-inline void run_block(Block& b, const char* kernel) {
-  for (size_t i = 0; i < b.fibers.size(); ++i) {
+inline bool reverse_schedule() {
+  const char* order = std::getenv("AUTOENC_FAST_EMU_SCHEDULE");
+  return order != nullptr && std::strcmp(order, "reverse") == 0;
+}
+
+// Runs the lanes [first, end) of one warp as far as they go: each lane until it blocks,
+// the warp's shuffle barrier opened as soon as all its live lanes wait there, until every
+// lane waits at the block barrier or has returned. So a warp runs ahead of the warps after
+// it, as far as the code lets it: a write to shared memory that the others still have to
+// read, with no barrier in between, lands before they read it. Returns whether any ran.
+inline bool run_warp(Block& b, size_t first, size_t end, bool reverse) {
+  bool ran_any = false;
+  for (;;) {
+    for (size_t n = 0; n < end - first; ++n) {
+      const size_t i = reverse ? end - 1 - n : first + n;
+      if (b.fibers[i].state != State::kRunnable) continue;
+      b.current = i;
+      threadIdx = b.fibers[i].index;
+      swapcontext(&b.scheduler, &b.fibers[i].context);
+      ran_any = true;
+    }
+    bool waiting = false, all = true;
+    for (size_t i = first; i < end; ++i) {
+      waiting |= b.fibers[i].state == State::kAtWarpBarrier;
+      all &= b.fibers[i].state == State::kAtWarpBarrier || b.fibers[i].state == State::kDone;
+    }
+    if (!(waiting && all)) return ran_any;
+    for (size_t i = first; i < end; ++i)
+      if (b.fibers[i].state == State::kAtWarpBarrier) b.fibers[i].state = State::kRunnable;
+  }
+}
+
+// Runs one block: warp after warp (last to first when reversed), then the block barrier.
+inline void run_block(Block& b, const char* kernel, bool reverse) {
+  const size_t n = b.fibers.size(), warps = (n + 31) / 32;
+  for (size_t i = 0; i < n; ++i) {
     Fiber& f = b.fibers[i];
     f.state = State::kRunnable;
     getcontext(&f.context);
@@ -179,17 +200,14 @@ inline void run_block(Block& b, const char* kernel) {
   }
   for (;;) {
     bool ran = false;
-    for (size_t i = 0; i < b.fibers.size(); ++i) {
-      if (b.fibers[i].state != State::kRunnable) continue;
-      b.current = i;
-      threadIdx = b.fibers[i].index;
-      swapcontext(&b.scheduler, &b.fibers[i].context);
-      ran = true;
+    for (size_t k = 0; k < warps; ++k) {
+      const size_t w = reverse ? warps - 1 - k : k;
+      ran |= run_warp(b, w * 32, std::min(n, w * 32 + 32), reverse);
     }
     if (ran) continue;
     if (std::all_of(b.fibers.begin(), b.fibers.end(), [](const Fiber& f) { return f.state == State::kDone; })) return;
-    const Opened opened = open_barriers(b);
-    if (opened == Opened::kSome) continue;
+    const Opened opened = open_block_barrier(b);
+    if (opened == Opened::kYes) continue;
     const std::string where = std::string(kernel) + " (block " + std::to_string(blockIdx.x) + "," +
                               std::to_string(blockIdx.y) + "," + std::to_string(blockIdx.z) + ")";
     TORCH_CHECK(opened != Opened::kDivergent, "CUDA emulator: threads of ", where,
@@ -242,6 +260,7 @@ void launch(const char* name, dim3 grid, dim3 block, size_t shared, c10::cuda::C
   g_block = &b;
   blockDim = block;
   gridDim = grid;
+  const bool reverse = reverse_schedule();
   try {
     for (unsigned z = 0; z < grid.z; ++z)
       for (unsigned y = 0; y < grid.y; ++y)
@@ -249,7 +268,7 @@ void launch(const char* name, dim3 grid, dim3 block, size_t shared, c10::cuda::C
           blockIdx = uint3{x, y, z};
           // Poisoned: a kernel that reads shared memory nothing wrote computes NaN.
           b.dynamic_shared.assign(shared + 16, kPoisonByte);
-          run_block(b, name);
+          run_block(b, name, reverse);
         }
   } catch (...) {
     g_block = outer;
