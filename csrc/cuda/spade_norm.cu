@@ -373,6 +373,21 @@ __device__ __forceinline__ int group_packs(const Shape& s) {
   return static_cast<int>((s.instance ? 1 : s.N) * (s.HW / VEC));
 }
 
+// Block totals (in every thread) of accumulate's two terms over group g's elements.
+template <bool kBackward, int VEC, typename scalar_t, typename acc_t>
+__device__ __forceinline__ void group_sums(const Inputs<scalar_t, acc_t>& in, const Shape& s, int64_t g,
+                                           const acc_t (&p0)[VEC], const acc_t (&p1)[VEC], acc_t& a, acc_t& b) {
+  const int row_packs = static_cast<int>(s.HW / VEC), packs = group_packs<VEC>(s);
+  acc_t s1[VEC] = {}, s2[VEC] = {};
+  for (int pack = threadIdx.x; pack < packs; pack += blockDim.x) {
+    accumulate<kBackward, VEC>(in, group_pack_offset<VEC>(s, g, pack, row_packs), p0, p1, s1, s2);
+  }
+  a = 0, b = 0;
+#pragma unroll
+  for (int j = 0; j < VEC; ++j) a += s1[j], b += s2[j];
+  block_sum_pair(a, b);
+}
+
 // Forward of group g = blockIdx.x: the shifted sums, mean and var (written out), then y.
 template <int VEC, typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads)
@@ -381,16 +396,10 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t g = blockIdx.x;
   const int row_packs = static_cast<int>(s.HW / VEC), packs = group_packs<VEC>(s);
   const acc_t k = static_cast<acc_t>(in.x[g * s.HW]);  // the group's first element, as the split path
-  acc_t p0[VEC], p1[VEC], s1[VEC], s2[VEC];
+  acc_t shift[VEC], unused[VEC] = {}, a, b;
 #pragma unroll
-  for (int j = 0; j < VEC; ++j) p0[j] = k, p1[j] = 0, s1[j] = 0, s2[j] = 0;
-  for (int pack = threadIdx.x; pack < packs; pack += blockDim.x) {
-    accumulate<false, VEC>(in, group_pack_offset<VEC>(s, g, pack, row_packs), p0, p1, s1, s2);
-  }
-  acc_t a = 0, b = 0;
-#pragma unroll
-  for (int j = 0; j < VEC; ++j) a += s1[j], b += s2[j];
-  block_sum_pair(a, b);
+  for (int j = 0; j < VEC; ++j) shift[j] = k;
+  group_sums<false>(in, s, g, shift, unused, a, b);
   const acc_t m = static_cast<acc_t>(packs) * VEC, d = a / m;
   const acc_t var = max(b / m - d * d, acc_t(0));
   acc_t mean[VEC], invstd[VEC];
@@ -410,16 +419,10 @@ __global__ void __launch_bounds__(kThreads)
                           scalar_t* __restrict__ dgamma, scalar_t* __restrict__ dbeta) {
   const int64_t g = blockIdx.x;
   const int row_packs = static_cast<int>(s.HW / VEC), packs = group_packs<VEC>(s);
-  acc_t mean[VEC], invstd[VEC], s1[VEC], s2[VEC];
+  acc_t mean[VEC], invstd[VEC], a, b;
 #pragma unroll
-  for (int j = 0; j < VEC; ++j) mean[j] = in.mean[g], invstd[j] = in.invstd[g], s1[j] = 0, s2[j] = 0;
-  for (int pack = threadIdx.x; pack < packs; pack += blockDim.x) {
-    accumulate<true, VEC>(in, group_pack_offset<VEC>(s, g, pack, row_packs), mean, invstd, s1, s2);
-  }
-  acc_t a = 0, b = 0;
-#pragma unroll
-  for (int j = 0; j < VEC; ++j) a += s1[j], b += s2[j];
-  block_sum_pair(a, b);
+  for (int j = 0; j < VEC; ++j) mean[j] = in.mean[g], invstd[j] = in.invstd[g];
+  group_sums<true>(in, s, g, mean, invstd, a, b);
   const acc_t m = static_cast<acc_t>(packs) * VEC;
   acc_t m1[VEC], m2[VEC];
 #pragma unroll
@@ -547,6 +550,18 @@ void with_pack_and_index(const Shape& s, int64_t numel, std::initializer_list<co
   });
 }
 
+// The kernels' view of an op's tensors (already contiguous in the op's layout); the
+// undefined ones (dy, mean, invstd in the forward passes) as null.
+template <typename scalar_t, typename acc_t>
+Inputs<scalar_t, acc_t> inputs_of(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& gamma,
+                                  const at::Tensor& beta, const at::Tensor& mean, const at::Tensor& invstd,
+                                  std::optional<double> slope) {
+  const auto data = [](const at::Tensor& t) { return t.defined() ? t.const_data_ptr<scalar_t>() : nullptr; };
+  const auto stats = [](const at::Tensor& t) { return t.defined() ? t.const_data_ptr<acc_t>() : nullptr; };
+  return {data(dy), data(x), data(gamma), data(beta), stats(mean), stats(invstd),
+          static_cast<acc_t>(slope.value_or(0.0)), slope.has_value()};
+}
+
 void check_cuda_inputs(const at::Tensor& x, const char* op) {
   TORCH_CHECK(x.is_cuda(), op, ": `x` must be a CUDA tensor for the CUDA kernel; got ", x.device());
 }
@@ -561,8 +576,7 @@ std::tuple<at::Tensor, at::Tensor> stats_impl(const at::Tensor& x_in, bool insta
   }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "spade_norm_stats_cuda", [&] {
     using acc_t = at::acc_type<scalar_t, true>;
-    const Inputs<scalar_t, acc_t> in{nullptr, x.const_data_ptr<scalar_t>(), nullptr, nullptr,
-                                     nullptr, nullptr, acc_t(0), false};
+    const auto in = inputs_of<scalar_t, acc_t>({}, x, {}, {}, {}, {}, std::nullopt);
     reduce<false>(in, shape_of(x, instance), x, mean, var);
   });
   return {mean, var};
@@ -578,10 +592,7 @@ at::Tensor apply_impl(const at::Tensor& x_in, const at::Tensor& gamma_in, const 
   const Shape s = shape_of(x, mean.dim() == 2);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "spade_norm_apply_cuda", [&] {
     using acc_t = at::acc_type<scalar_t, true>;
-    const Inputs<scalar_t, acc_t> in{nullptr, x.const_data_ptr<scalar_t>(), gamma.const_data_ptr<scalar_t>(),
-                                     beta.const_data_ptr<scalar_t>(), mean.const_data_ptr<acc_t>(),
-                                     invstd.const_data_ptr<acc_t>(), static_cast<acc_t>(slope.value_or(0.0)),
-                                     slope.has_value()};
+    const auto in = inputs_of<scalar_t, acc_t>({}, x, gamma, beta, mean, invstd, slope);
     scalar_t* yp = y.mutable_data_ptr<scalar_t>();
     with_pack_and_index<scalar_t>(s, x.numel(), {in.x, in.gamma, in.beta, yp}, [&](auto vec, auto index) {
       constexpr int VEC = decltype(vec)::value;
@@ -619,9 +630,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_forward(const at::Tensor& x
   const Shape s = shape_of(x, instance);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "spade_norm_fused_forward_cuda", [&] {
     using acc_t = at::acc_type<scalar_t, true>;
-    const Inputs<scalar_t, acc_t> in{nullptr, x.const_data_ptr<scalar_t>(), gamma.const_data_ptr<scalar_t>(),
-                                     beta.const_data_ptr<scalar_t>(), nullptr, nullptr,
-                                     static_cast<acc_t>(slope.value_or(0.0)), slope.has_value()};
+    const auto in = inputs_of<scalar_t, acc_t>({}, x, gamma, beta, {}, {}, slope);
     scalar_t* yp = y.mutable_data_ptr<scalar_t>();
     with_pack<scalar_t>(s, {in.x, in.gamma, in.beta, yp}, [&](auto vec) {
       constexpr int VEC = decltype(vec)::value;
@@ -647,10 +656,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_backward(const at::Tensor& 
   const Shape s = shape_of(x, instance);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "spade_norm_fused_backward_cuda", [&] {
     using acc_t = at::acc_type<scalar_t, true>;
-    const Inputs<scalar_t, acc_t> in{dy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
-                                     gamma.const_data_ptr<scalar_t>(), beta.const_data_ptr<scalar_t>(),
-                                     mean.const_data_ptr<acc_t>(), invstd.const_data_ptr<acc_t>(),
-                                     static_cast<acc_t>(slope.value_or(0.0)), slope.has_value()};
+    const auto in = inputs_of<scalar_t, acc_t>(dy, x, gamma, beta, mean, invstd, slope);
     scalar_t *dxp = dx.mutable_data_ptr<scalar_t>(), *dgp = dgamma.mutable_data_ptr<scalar_t>();
     scalar_t* dbp = dbeta.mutable_data_ptr<scalar_t>();
     with_pack<scalar_t>(s, {in.dy, in.x, in.gamma, in.beta, dxp, dgp, dbp}, [&](auto vec) {
@@ -715,10 +721,7 @@ std::tuple<at::Tensor, at::Tensor> spade_norm_backward_reduce_cuda(
   if (x.numel() == 0) return {sum1, sum2};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "spade_norm_backward_reduce_cuda", [&] {
     using acc_t = at::acc_type<scalar_t, true>;
-    const Inputs<scalar_t, acc_t> in{dy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
-                                     gamma.const_data_ptr<scalar_t>(), beta.const_data_ptr<scalar_t>(),
-                                     mean.const_data_ptr<acc_t>(), invstd.const_data_ptr<acc_t>(),
-                                     static_cast<acc_t>(slope.value_or(0.0)), slope.has_value()};
+    const auto in = inputs_of<scalar_t, acc_t>(dy, x, gamma, beta, mean, invstd, slope);
     reduce<true>(in, shape_of(x, mean.dim() == 2), x, sum1, sum2);
   });
   return {sum1, sum2};
@@ -744,10 +747,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> spade_norm_backward_elemt_cuda(
   const Shape s = shape_of(x, mean.dim() == 2);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "spade_norm_backward_elemt_cuda", [&] {
     using acc_t = at::acc_type<scalar_t, true>;
-    const Inputs<scalar_t, acc_t> in{dy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
-                                     gamma.const_data_ptr<scalar_t>(), beta.const_data_ptr<scalar_t>(),
-                                     mean.const_data_ptr<acc_t>(), invstd.const_data_ptr<acc_t>(),
-                                     static_cast<acc_t>(slope.value_or(0.0)), slope.has_value()};
+    const auto in = inputs_of<scalar_t, acc_t>(dy, x, gamma, beta, mean, invstd, slope);
     const acc_t* m1p = m1.defined() ? m1.const_data_ptr<acc_t>() : nullptr;
     const acc_t* m2p = m2.defined() ? m2.const_data_ptr<acc_t>() : nullptr;
     scalar_t *dxp = dx.mutable_data_ptr<scalar_t>(), *dgp = dgamma.mutable_data_ptr<scalar_t>();
