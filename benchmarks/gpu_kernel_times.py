@@ -5,8 +5,9 @@ step must move (bench.py) over that device time. spade_norm rows also time the T
 candidate kernels (autoenc_fast/triton/spade_norm.py, two-kernel and fused passes)
 against the CUDA C++ ones; channelwise_fc rows also torch.bmm on a permuted copy, every
 provider in bfloat16. Our kernels' variants that an environment variable selects are
-timed beside the default (ENV_VARIANTS): channelwise_fc with 2 and 4 columns per thread,
-spade_norm with the split kernels and with one block per group.
+timed beside the default (ENV_VARIANTS): channelwise_fc with 2 and 4 columns per thread and
+with the backward's two products in one launch, spade_norm with the split kernels and with
+one block per group.
 
     python benchmarks/gpu_kernel_times.py [--json FILE]
     python benchmarks/gpu_kernel_times.py --device cpu --quick   # smoke run (the test suite's)
@@ -58,11 +59,16 @@ def triton_spade_norm_full(shape, device, fused=False):
     return run
 
 
-# Variants of our CUDA kernels, each selected by an environment variable the kernel reads
-# per call: op -> (variable, {name: value}).
+# Variants of our CUDA kernels, each selected by environment variables the kernels read
+# per call: op -> {name: {variable: value}}.
 ENV_VARIANTS = {
-    "channelwise_fc": ("AUTOENC_FAST_CHANNELWISE_FC_COLS", {"cols2": "2", "cols4": "4"}),
-    "spade_norm": ("AUTOENC_FAST_SPADE_NORM_FUSED", {"split": "0", "per_group": "1"}),
+    "channelwise_fc": {"cols2": {"AUTOENC_FAST_CHANNELWISE_FC_COLS": "2"},
+                       "cols4": {"AUTOENC_FAST_CHANNELWISE_FC_COLS": "4"},
+                       "paired": {"AUTOENC_FAST_CHANNELWISE_FC_PAIRED": "1"},
+                       "paired_cols4": {"AUTOENC_FAST_CHANNELWISE_FC_PAIRED": "1",
+                                        "AUTOENC_FAST_CHANNELWISE_FC_COLS": "4"}},
+    "spade_norm": {"split": {"AUTOENC_FAST_SPADE_NORM_FUSED": "0"},
+                   "per_group": {"AUTOENC_FAST_SPADE_NORM_FUSED": "1"}},
 }
 
 
@@ -70,14 +76,14 @@ def env_variants(row: dict, prefix: str, op: str, make, shape, device, *dtype) -
     """Our full step under each of the op's ENV_VARIANTS, recorded in row as
     "<prefix>ours_<name>_device_ms"; returns the line's text for them. (On the CPU the
     variables change nothing: the smoke run's check of this code.)"""
-    variable, variants = ENV_VARIANTS.get(op, (None, {}))
     text = ""
-    for name, value in variants.items():
-        os.environ[variable] = value
+    for name, variables in ENV_VARIANTS.get(op, {}).items():
+        os.environ.update(variables)
         try:
             ms = device_ms(make("ours", "full", shape, device, *dtype), device)
         finally:
-            del os.environ[variable]
+            for variable in variables:
+                del os.environ[variable]
         row[f"{prefix}ours_{name}_device_ms"] = ms
         text += f"  ours/{name} {ms:.4f} ms"
     return text

@@ -106,6 +106,25 @@ def test_channelwise_fc_column_variants_are_bit_identical(emu, shape, monkeypatc
     assert relative_error(results["1"][0], torch.ops.autoenc_fast.channelwise_fc(x, weight, bias)) < 1e-5
 
 
+@pytest.mark.parametrize("columns", ["1", "2", "4"])
+def test_channelwise_fc_paired_backward_is_bit_identical(emu, columns, monkeypatch):
+    # AUTOENC_FAST_CHANNELWISE_FC_PAIRED=1 runs grad_x and the weight gradient in one launch
+    # (different row counts, so one product's extra row tiles are empty blocks).
+    monkeypatch.setenv("AUTOENC_FAST_CHANNELWISE_FC_COLS", columns)
+    for shape in [(5, 3, 6, 6), (70, 2, 4, 4), (4, 2, 9, 9)]:
+        B, C, H, W = shape
+        x, grad_y, weight = torch.randn(shape), torch.randn(shape), torch.randn(C, H * W, H * W)
+        separate = emu.channelwise_fc_backward(grad_y, x, weight)
+        monkeypatch.setenv("AUTOENC_FAST_CHANNELWISE_FC_PAIRED", "1")
+        paired = emu.channelwise_fc_backward(grad_y, x, weight)
+        monkeypatch.delenv("AUTOENC_FAST_CHANNELWISE_FC_PAIRED")
+        for a, b in zip(paired, separate):
+            assert torch.equal(a, b), shape
+    monkeypatch.setenv("AUTOENC_FAST_CHANNELWISE_FC_PAIRED", "yes")
+    with pytest.raises(RuntimeError, match="AUTOENC_FAST_CHANNELWISE_FC_PAIRED must be 0 or 1; got 'yes'"):
+        emu.channelwise_fc_backward(grad_y, x, weight)
+
+
 def test_channelwise_fc_empty_batch(emu):
     x, weight = torch.randn(0, 3, 4, 4), torch.randn(3, 16, 16)
     assert emu.channelwise_fc(x, weight, None).shape == x.shape
@@ -233,6 +252,7 @@ def test_results_do_not_depend_on_the_thread_schedule(emu, fused, monkeypatch):
     # writes without a barrier between them sees different data under the two orders.
     monkeypatch.setenv("AUTOENC_FAST_SPADE_NORM_FUSED", fused)
     monkeypatch.setenv("AUTOENC_FAST_CHANNELWISE_FC_COLS", "4" if fused == "1" else "1")
+    monkeypatch.setenv("AUTOENC_FAST_CHANNELWISE_FC_PAIRED", fused)
     in_order = run_every_kernel(emu)
     monkeypatch.setenv("AUTOENC_FAST_EMU_SCHEDULE", "reverse")
     reversed_order = run_every_kernel(emu)

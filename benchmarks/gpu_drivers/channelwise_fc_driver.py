@@ -77,6 +77,12 @@ def main() -> int:
         for dtype in [torch.float16, torch.bfloat16, torch.float64] if cols == "1" else [torch.float64]:
             ok &= run_case((4, 3, 6, 6), "channels_last", False, dtype)
     os.environ.pop("AUTOENC_FAST_CHANNELWISE_FC_COLS")
+    # The backward's two products in one launch (AUTOENC_FAST_CHANNELWISE_FC_PAIRED).
+    os.environ["AUTOENC_FAST_CHANNELWISE_FC_PAIRED"] = "1"
+    print("-- paired backward")
+    for shape in [(3, 4, 6, 6), (70, 2, 9, 9)]:
+        ok &= run_case(shape, "contiguous", True, torch.float32)
+    os.environ.pop("AUTOENC_FAST_CHANNELWISE_FC_PAIRED")
     print("ALL OK" if ok else "MISMATCH")
     return 0 if ok else 1
 

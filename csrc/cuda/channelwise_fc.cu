@@ -5,7 +5,7 @@
 //   backward  dX_c = dY_c @ W_c^T                  (M = B,     N = P, K = P)
 //             [dW_c; db_c] = [X_c^T; 1] @ dY_c     (M = P + 1, N = P, K = B)
 //
-// All three are one batched-per-channel tiled GEMM, channel_gemm_kernel, that reads
+// All three are one batched-per-channel tiled GEMM, channel_gemm_block, that reads
 // its operands through small loader functors: x, grad_y and the outputs are accessed
 // through their own (b, c, h, w) strides, so contiguous, channels_last and strided
 // views need no permute copy. The extra row of ones in the weight-gradient product
@@ -160,25 +160,40 @@ constexpr int b_tile_ld(int tile_n) {
   return tile_n + (BLoad::kFirstAdjacent ? 1 : 0);
 }
 
-// out_c (M, N) = A_c (M, K) @ B_c (K, N) for channel c = blockIdx.x; see the file header.
+// One batched-per-channel product out_c (M, N) = A_c (M, K) @ B_c (K, N), c < C, with its
+// tile sizes: a kernel argument.
+template <typename ALoad, typename BLoad, typename Store>
+struct ChannelGemm {
+  using A = ALoad;
+  using B = BLoad;
+  int64_t M, N, K;
+  int tile_n, tile_k;
+  ALoad a;
+  BLoad b;
+  Store store;
+};
+
+// Channel c's product, by one block (every thread), its rows from blockIdx.y on in steps of
+// gridDim.y tiles, its columns the tile blockIdx.z.
 // Thread (g, tn) computes rows g + groups * q (q < kRowsPerThread) of the columns
 // tn + col_threads * j (j < kCols), col_threads = ceil(tile_n / kCols). With kCols = 1
 // each A value read from shared memory feeds one multiply-add per row; with kCols
 // columns it feeds kCols (kRowsPerThread + kCols shared loads per kRowsPerThread * kCols
 // multiply-adds), at the price of fewer threads per column tile. Every output sums its
 // products in the same order (k ascending) whatever kCols is: the results are identical.
-template <int kCols, typename acc_t, typename ALoad, typename BLoad, typename Store>
-__global__ void __launch_bounds__(kThreads)
-    channel_gemm_kernel(int64_t M, int64_t N, int64_t K, int tile_n, int tile_k, ALoad a, BLoad b, Store store) {
-  extern __shared__ unsigned char shared_raw[];
+template <int kCols, typename acc_t, typename Gemm>
+__device__ __forceinline__ void channel_gemm_block(const Gemm& gemm, int64_t c, acc_t* shared) {
+  using ALoad = typename Gemm::A;
+  using BLoad = typename Gemm::B;
+  const int64_t M = gemm.M, N = gemm.N, K = gemm.K;
+  const int tile_n = gemm.tile_n, tile_k = gemm.tile_k;
   const int col_threads = (tile_n + kCols - 1) / kCols;
   const int groups = blockDim.x / col_threads;  // row groups; threads past groups * col_threads only load
   const int tile_m = groups * kRowsPerThread;
   const int lda = tile_k + 1;  // padded row: fewer bank conflicts on the column reads
-  acc_t* a_s = reinterpret_cast<acc_t*>(shared_raw);  // [tile_m][tile_k + 1]
+  acc_t* a_s = shared;         // [tile_m][tile_k + 1]
   const int ldb = b_tile_ld<BLoad>(tile_n);
-  acc_t* b_s = a_s + tile_m * lda;                    // [tile_k][ldb]
-  const int64_t c = blockIdx.x;
+  acc_t* b_s = a_s + tile_m * lda;  // [tile_k][ldb]
   const int tn = threadIdx.x % col_threads, g = threadIdx.x / col_threads;
   const int64_t n0 = static_cast<int64_t>(blockIdx.z) * tile_n;
   const bool computes = g < groups;
@@ -192,10 +207,10 @@ __global__ void __launch_bounds__(kThreads)
     }
     for (int64_t k0 = 0; k0 < K; k0 += tile_k) {
       stage_tile<ALoad::kFirstAdjacent>(tile_m, tile_k, a_s, lda, [&](int r, int kk) {
-        return m0 + r < M && k0 + kk < K ? a(c, m0 + r, k0 + kk) : acc_t(0);
+        return m0 + r < M && k0 + kk < K ? gemm.a(c, m0 + r, k0 + kk) : acc_t(0);
       });
       stage_tile<BLoad::kFirstAdjacent>(tile_k, tile_n, b_s, ldb, [&](int kk, int col) {
-        return k0 + kk < K && n0 + col < N ? b(c, k0 + kk, n0 + col) : acc_t(0);
+        return k0 + kk < K && n0 + col < N ? gemm.b(c, k0 + kk, n0 + col) : acc_t(0);
       });
       __syncthreads();
       if (computes) {
@@ -224,38 +239,99 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
         for (int q = 0; q < kRowsPerThread; ++q) {
           const int64_t m = m0 + g + groups * q;
-          if (m < M) store(c, m, n0 + col, acc[q][j]);
+          if (m < M) gemm.store(c, m, n0 + col, acc[q][j]);
         }
       }
     }
   }
 }
 
-template <int kCols, typename acc_t, typename ALoad, typename BLoad, typename Store>
-void launch_channel_gemm_with(int64_t C, int64_t M, int64_t N, int64_t K, const ALoad& a, const BLoad& b,
-                              const Store& store) {
-  const int tile_n = static_cast<int>(std::min<int64_t>(N, kMaxTile));
+// The product for channel c = blockIdx.x.
+template <int kCols, typename acc_t, typename Gemm>
+__global__ void __launch_bounds__(kThreads) channel_gemm_kernel(Gemm gemm) {
+  extern __shared__ unsigned char shared_raw[];
+  channel_gemm_block<kCols>(gemm, blockIdx.x, reinterpret_cast<acc_t*>(shared_raw));
+}
+
+// Two products over the same C channels in one launch (the backward's grad_x and weight
+// gradient): blocks [0, C) run the first, [C, 2C) the second. One launch instead of two;
+// blocks past a product's own row tiles (the grid has the larger count) do nothing.
+template <int kCols, typename acc_t, typename Gemm1, typename Gemm2>
+__global__ void __launch_bounds__(kThreads) channel_gemm_pair_kernel(Gemm1 first, Gemm2 second, int64_t C) {
+  extern __shared__ unsigned char shared_raw[];
+  acc_t* shared = reinterpret_cast<acc_t*>(shared_raw);
+  const int64_t block = blockIdx.x;
+  if (block < C) {
+    channel_gemm_block<kCols>(first, block, shared);
+  } else {
+    channel_gemm_block<kCols>(second, block - C, shared);
+  }
+}
+
+// Threads per block for a product of M rows and tile_n columns: kThreads for kCols = 1.
+// Wider columns make a row group narrower, so kThreads threads would span more rows than a
+// small batch has (4x4 maps: 256 rows for B = 64); those blocks get just the row groups M
+// needs (at least two warps).
+template <int kCols>
+int threads_for(int64_t M, int tile_n) {
+  if (kCols == 1) return kThreads;
   const int col_threads = (tile_n + kCols - 1) / kCols;
-  // kCols = 1 keeps kThreads per block. Wider columns make a row group narrower, so
-  // kThreads threads would span more rows than a small batch has (4x4 maps: 256 rows for
-  // B = 64); those blocks get just the row groups M needs (at least two warps).
   const int64_t groups_needed = (M + kRowsPerThread - 1) / kRowsPerThread;
-  const int threads = kCols == 1 ? kThreads
-                                 : static_cast<int>(std::clamp<int64_t>(col_threads * groups_needed, kMaxTile, kThreads));
+  return static_cast<int>(std::clamp<int64_t>(col_threads * groups_needed, kMaxTile, kThreads));
+}
+
+struct GemmLaunch {
+  int64_t row_tiles, col_tiles;
+  size_t shared;
+};
+
+// Fills in the product's tiles for blocks of `threads` threads: tile_n up to 64 columns,
+// tile_k the largest (<= 64) whose two tiles fit the shared memory budget. Returns its
+// row and column tile counts and its shared memory bytes.
+template <int kCols, typename acc_t, typename Gemm>
+GemmLaunch plan(Gemm& gemm, int threads) {
+  const int col_threads = (gemm.tile_n + kCols - 1) / kCols;
   const int tile_m = (threads / col_threads) * kRowsPerThread;
-  // Largest tile_k (<= 64) whose two tiles fit the shared memory budget.
   const int64_t budget = kSharedBytes / static_cast<int64_t>(sizeof(acc_t));
-  const int ldb = b_tile_ld<BLoad>(tile_n);
+  const int ldb = b_tile_ld<typename Gemm::B>(gemm.tile_n);
   const int64_t fit = (budget - tile_m) / (tile_m + ldb);
-  const int tile_k = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({std::max<int64_t>(K, 1), kMaxTile, fit})));
-  const size_t shared = sizeof(acc_t) * (static_cast<size_t>(tile_m) * (tile_k + 1) + static_cast<size_t>(tile_k) * ldb);
-  const int64_t col_tiles = (N + tile_n - 1) / tile_n;
-  TORCH_CHECK(C <= std::numeric_limits<int32_t>::max() && col_tiles <= kMaxGridYZ,
-              "channelwise_fc: too many channels or positions for one launch (C = ", C, ", H*W = ", N, ")");
-  const dim3 grid(static_cast<unsigned>(C), static_cast<unsigned>(std::min<int64_t>((M + tile_m - 1) / tile_m, kMaxGridYZ)),
-                  static_cast<unsigned>(col_tiles));
-  channel_gemm_kernel<kCols, acc_t><<<grid, threads, shared, c10::cuda::getCurrentCUDAStream()>>>(
-      M, N, K, tile_n, tile_k, a, b, store);
+  gemm.tile_k = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({std::max<int64_t>(gemm.K, 1), kMaxTile, fit})));
+  const size_t shared = sizeof(acc_t) * (static_cast<size_t>(tile_m) * (gemm.tile_k + 1) +
+                                         static_cast<size_t>(gemm.tile_k) * ldb);
+  return {(gemm.M + tile_m - 1) / tile_m, (gemm.N + gemm.tile_n - 1) / gemm.tile_n, shared};
+}
+
+template <typename ALoad, typename BLoad, typename Store>
+ChannelGemm<ALoad, BLoad, Store> channel_gemm(int64_t M, int64_t N, int64_t K, const ALoad& a, const BLoad& b,
+                                              const Store& store) {
+  return {M, N, K, static_cast<int>(std::min<int64_t>(N, kMaxTile)), 0, a, b, store};
+}
+
+dim3 gemm_grid(int64_t blocks_x, const GemmLaunch& launch, int64_t N) {
+  TORCH_CHECK(blocks_x <= std::numeric_limits<int32_t>::max() && launch.col_tiles <= kMaxGridYZ,
+              "channelwise_fc: too many channels or positions for one launch (channels x products = ", blocks_x,
+              ", H*W = ", N, ")");
+  return dim3(static_cast<unsigned>(blocks_x), static_cast<unsigned>(std::min<int64_t>(launch.row_tiles, kMaxGridYZ)),
+              static_cast<unsigned>(launch.col_tiles));
+}
+
+template <int kCols, typename acc_t, typename Gemm>
+void launch_with(int64_t C, Gemm gemm) {
+  const int threads = threads_for<kCols>(gemm.M, gemm.tile_n);
+  const GemmLaunch launch = plan<kCols, acc_t>(gemm, threads);
+  channel_gemm_kernel<kCols, acc_t><<<gemm_grid(C, launch, gemm.N), threads, launch.shared,
+                                      c10::cuda::getCurrentCUDAStream()>>>(gemm);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <int kCols, typename acc_t, typename Gemm1, typename Gemm2>
+void launch_pair_with(int64_t C, Gemm1 first, Gemm2 second) {
+  TORCH_CHECK(first.N == second.N, "channelwise_fc: paired products need the same columns");
+  const int threads = std::max(threads_for<kCols>(first.M, first.tile_n), threads_for<kCols>(second.M, second.tile_n));
+  const GemmLaunch one = plan<kCols, acc_t>(first, threads), two = plan<kCols, acc_t>(second, threads);
+  const GemmLaunch both{std::max(one.row_tiles, two.row_tiles), one.col_tiles, std::max(one.shared, two.shared)};
+  channel_gemm_pair_kernel<kCols, acc_t><<<gemm_grid(2 * C, both, first.N), threads, both.shared,
+                                           c10::cuda::getCurrentCUDAStream()>>>(first, second, C);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -271,13 +347,34 @@ int columns_per_thread() {
   return std::stoi(value);
 }
 
-template <typename acc_t, typename ALoad, typename BLoad, typename Store>
-void launch_channel_gemm(int64_t C, int64_t M, int64_t N, int64_t K, const ALoad& a, const BLoad& b,
-                         const Store& store) {
+template <typename acc_t, typename Gemm>
+void launch_channel_gemm(int64_t C, const Gemm& gemm) {
   switch (columns_per_thread()) {
-    case 2: return launch_channel_gemm_with<2, acc_t>(C, M, N, K, a, b, store);
-    case 4: return launch_channel_gemm_with<4, acc_t>(C, M, N, K, a, b, store);
-    default: return launch_channel_gemm_with<1, acc_t>(C, M, N, K, a, b, store);
+    case 2: return launch_with<2, acc_t>(C, gemm);
+    case 4: return launch_with<4, acc_t>(C, gemm);
+    default: return launch_with<1, acc_t>(C, gemm);
+  }
+}
+
+// The backward's two products in one launch when AUTOENC_FAST_CHANNELWISE_FC_PAIRED=1,
+// else one launch each (the default until the GPU check measures the pair faster: it
+// saves a launch but holds both products' registers, 60 instead of 40 and 48 per thread
+// for float32 on sm_90, so fewer blocks fit an SM).
+template <typename acc_t, typename Gemm1, typename Gemm2>
+void launch_channel_gemm_pair(int64_t C, const Gemm1& first, const Gemm2& second) {
+  const char* paired = std::getenv("AUTOENC_FAST_CHANNELWISE_FC_PAIRED");
+  const std::string value = paired != nullptr ? paired : "";
+  TORCH_CHECK(value.empty() || value == "0" || value == "1",
+              "channelwise_fc: AUTOENC_FAST_CHANNELWISE_FC_PAIRED must be 0 or 1; got '", value, "'");
+  if (value != "1") {
+    launch_channel_gemm<acc_t>(C, first);
+    launch_channel_gemm<acc_t>(C, second);
+    return;
+  }
+  switch (columns_per_thread()) {
+    case 2: return launch_pair_with<2, acc_t>(C, first, second);
+    case 4: return launch_pair_with<4, acc_t>(C, first, second);
+    default: return launch_pair_with<1, acc_t>(C, first, second);
   }
 }
 
@@ -297,7 +394,7 @@ at::Tensor channelwise_fc_cuda(const at::Tensor& x, const at::Tensor& weight_in,
     const WeightCols<scalar_t, acc_t, false> b{weight.const_data_ptr<scalar_t>(), P};
     const StoreMap<scalar_t, acc_t> store{StridedMap<scalar_t>(y.mutable_data_ptr<scalar_t>(), y),
                                           bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr, P};
-    launch_channel_gemm<acc_t>(C, B, P, P, a, b, store);
+    launch_channel_gemm<acc_t>(C, channel_gemm(B, P, P, a, b, store));
   });
   return y;
 }
@@ -324,15 +421,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> channelwise_fc_backward_cuda(cons
     using acc_t = at::opmath_type<scalar_t>;
     const StridedMap<const scalar_t> gy(grad_y.const_data_ptr<scalar_t>(), grad_y);
     const StridedMap<const scalar_t> xs(x.const_data_ptr<scalar_t>(), x);
-    // grad_x = grad_y @ W^T
-    launch_channel_gemm<acc_t>(
-        C, B, P, P, BatchRows<scalar_t, acc_t>{gy}, WeightCols<scalar_t, acc_t, true>{weight.const_data_ptr<scalar_t>(), P},
-        StoreMap<scalar_t, acc_t>{StridedMap<scalar_t>(grad_x.mutable_data_ptr<scalar_t>(), grad_x), nullptr, P});
-    // [grad_weight; grad_bias] = [x^T; 1] @ grad_y
-    launch_channel_gemm<acc_t>(
-        C, P + 1, P, B, PositionRowsWithOnes<scalar_t, acc_t>{xs, P}, BatchCols<scalar_t, acc_t>{gy},
-        StoreWeightGrad<scalar_t, acc_t>{grad_weight.mutable_data_ptr<scalar_t>(),
-                                         grad_bias.mutable_data_ptr<scalar_t>(), P});
+    // grad_x = grad_y @ W^T and [grad_weight; grad_bias] = [x^T; 1] @ grad_y
+    launch_channel_gemm_pair<acc_t>(
+        C,
+        channel_gemm(B, P, P, BatchRows<scalar_t, acc_t>{gy},
+                     WeightCols<scalar_t, acc_t, true>{weight.const_data_ptr<scalar_t>(), P},
+                     StoreMap<scalar_t, acc_t>{StridedMap<scalar_t>(grad_x.mutable_data_ptr<scalar_t>(), grad_x),
+                                               nullptr, P}),
+        channel_gemm(P + 1, P, B, PositionRowsWithOnes<scalar_t, acc_t>{xs, P}, BatchCols<scalar_t, acc_t>{gy},
+                     StoreWeightGrad<scalar_t, acc_t>{grad_weight.mutable_data_ptr<scalar_t>(),
+                                                      grad_bias.mutable_data_ptr<scalar_t>(), P}));
   });
   return {grad_x, grad_weight, grad_bias};
 }
