@@ -481,6 +481,12 @@ def test_gpu_check_reports_a_refused_sanitizer_apart_from_failures(tmp_path):
     # gVisor machines refuse compute-sanitizer: said so, racecheck skipped, not a kernel failure.
     done, _ = run_gpu_check_with_stubs(tmp_path, "========= Error: Device not supported", 9)
     assert done.returncode == 0 and "device was refused" in done.stdout and "racecheck skipped" in done.stdout
+    # A sanitizer stopped at its time limit: incomplete, said so, not a failure...
+    done, _ = run_gpu_check_with_stubs(tmp_path / "slow", "========= COMPUTE-SANITIZER", 124)
+    assert done.returncode == 0 and "stopped at their time limits: memcheck" in done.stdout, done.stdout
+    # ...unless it had reported an error before it was stopped.
+    done, _ = run_gpu_check_with_stubs(tmp_path / "slow-bad", "========= Invalid __global__ read of size 4", 124)
+    assert done.returncode != 0 and "FAILED: memcheck" in done.stdout, done.stdout
     # A real failure still fails the check, and says which step.
     done, out = run_gpu_check_with_stubs(tmp_path / "again", "========= ERROR SUMMARY: 1 error", 9, tests_rc=1)
     assert done.returncode != 0
