@@ -5,8 +5,8 @@ step must move (bench.py) over that device time. spade_norm rows also time the T
 candidate kernels (autoenc_fast/triton/spade_norm.py, two-kernel and fused passes)
 against the CUDA C++ ones; channelwise_fc rows also torch.bmm on a permuted copy, every
 provider in bfloat16. Our kernels' variants that an environment variable selects are
-timed beside the default (ENV_VARIANTS): channelwise_fc with 2 and 4 columns per thread and
-with the backward's two products in one launch, spade_norm with the split kernels and with
+timed beside the default (ENV_VARIANTS): channelwise_fc with 2 and 4 columns per thread, with
+4x4 micro-tiles, and with the backward's two products in one launch, spade_norm with the split kernels and with
 one block per group.
 
     python benchmarks/gpu_kernel_times.py [--json FILE]
@@ -64,9 +64,10 @@ def triton_spade_norm_full(shape, device, fused=False):
 ENV_VARIANTS = {
     "channelwise_fc": {"cols2": {"AUTOENC_FAST_CHANNELWISE_FC_COLS": "2"},
                        "cols4": {"AUTOENC_FAST_CHANNELWISE_FC_COLS": "4"},
+                       "micro4x4": {"AUTOENC_FAST_CHANNELWISE_FC_COLS": "4x4"},
                        "paired": {"AUTOENC_FAST_CHANNELWISE_FC_PAIRED": "1"},
-                       "paired_cols4": {"AUTOENC_FAST_CHANNELWISE_FC_PAIRED": "1",
-                                        "AUTOENC_FAST_CHANNELWISE_FC_COLS": "4"}},
+                       "paired_micro4x4": {"AUTOENC_FAST_CHANNELWISE_FC_PAIRED": "1",
+                                           "AUTOENC_FAST_CHANNELWISE_FC_COLS": "4x4"}},
     "spade_norm": {"split": {"AUTOENC_FAST_SPADE_NORM_FUSED": "0"},
                    "per_group": {"AUTOENC_FAST_SPADE_NORM_FUSED": "1"}},
 }

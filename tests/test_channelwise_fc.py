@@ -394,25 +394,37 @@ def test_bmm_baseline_of_the_benchmarks_matches_reference(bias):
     torch.testing.assert_close(channelwise_fc_bmm(x, weight, b), ref64(x, weight, b), rtol=1e-12, atol=1e-12)
 
 
+# The kernel variants the GPU check times, as the environment selects them.
+CUDA_VARIANTS = {"cols2": {"AUTOENC_FAST_CHANNELWISE_FC_COLS": "2"},
+                 "cols4": {"AUTOENC_FAST_CHANNELWISE_FC_COLS": "4"},
+                 "micro4x4": {"AUTOENC_FAST_CHANNELWISE_FC_COLS": "4x4"},
+                 "paired": {"AUTOENC_FAST_CHANNELWISE_FC_PAIRED": "1"}}
+
+
 @requires_cuda
-@pytest.mark.parametrize("cols", ["2", "4"])
+@pytest.mark.parametrize("variant", list(CUDA_VARIANTS))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
-def test_cuda_column_blocked_variants_equal_the_default_kernel(cols, dtype, monkeypatch):
-    """AUTOENC_FAST_CHANNELWISE_FC_COLS=2 or 4 selects the register-blocked variants the
-    GPU check times. Each output sums the same products in the same order as the default
-    kernel's, so forward and backward must equal it bit for bit, for every test shape,
-    the benchmark shapes and every layout; other values are refused, naming the variable."""
+def test_cuda_kernel_variants_equal_the_default_kernel(variant, dtype, monkeypatch):
+    """AUTOENC_FAST_CHANNELWISE_FC_COLS=2, 4 or 4x4 (register-blocked columns, 4x4 micro
+    tiles) and AUTOENC_FAST_CHANNELWISE_FC_PAIRED=1 (the backward in one launch) select the
+    variants the GPU check times. Each output sums the same products in the same order as
+    the default kernel's, so forward and backward must equal it bit for bit, for every test
+    shape, the benchmark shapes and every layout; other values are refused, naming the
+    variable."""
     for shape in SHAPES + [(64, 256, 6, 6), (64, 512, 4, 4), (3, 2, 12, 12)]:
         for layout in LAYOUTS:
             x = make_x(shape, layout, dtype, "cuda")
             weight, bias = make_params(*shape[1:], dtype=dtype, device="cuda")
             grad_y = torch.randn(shape, dtype=dtype, device="cuda")
             results = []
-            for value in ("1", cols):
-                monkeypatch.setenv("AUTOENC_FAST_CHANNELWISE_FC_COLS", value)
+            for variables in ({}, CUDA_VARIANTS[variant]):
+                for name, value in variables.items():
+                    monkeypatch.setenv(name, value)
                 results.append((OPS.channelwise_fc(x, weight, bias), *OPS.channelwise_fc_backward(grad_y, x, weight)))
-            for name, default, variant in zip(("y", "grad_x", "grad_weight", "grad_bias"), *results):
-                assert torch.equal(default, variant), f"{name} differs at {shape} {layout} with {cols} columns"
+            for name, default, result in zip(("y", "grad_x", "grad_weight", "grad_bias"), *results):
+                assert torch.equal(default, result), f"{name} differs at {shape} {layout} with {variant}"
+            for name in CUDA_VARIANTS[variant]:
+                monkeypatch.delenv(name)
     monkeypatch.setenv("AUTOENC_FAST_CHANNELWISE_FC_COLS", "3")
-    with pytest.raises(RuntimeError, match="AUTOENC_FAST_CHANNELWISE_FC_COLS must be 1, 2 or 4"):
+    with pytest.raises(RuntimeError, match="AUTOENC_FAST_CHANNELWISE_FC_COLS must be 1, 2, 4 or 4x4; got '3'"):
         OPS.channelwise_fc(x, weight, bias)

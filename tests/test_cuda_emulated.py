@@ -74,7 +74,9 @@ def test_channelwise_fc_matches_the_cpu_kernel(emu, shape, layout):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-def test_channelwise_fc_reduced_precision_against_float64(emu, dtype):
+@pytest.mark.parametrize("columns", ["1", "4x4"])
+def test_channelwise_fc_reduced_precision_against_float64(emu, dtype, columns, monkeypatch):
+    monkeypatch.setenv("AUTOENC_FAST_CHANNELWISE_FC_COLS", columns)
     B, C, H, W = 6, 3, 6, 6
     x, grad_y = torch.randn(B, C, H, W), torch.randn(B, C, H, W)
     weight, bias = torch.randn(C, H * W, H * W) / 6, torch.randn(C, H * W)
@@ -90,23 +92,24 @@ def test_channelwise_fc_reduced_precision_against_float64(emu, dtype):
 
 @pytest.mark.parametrize("shape", [(5, 3, 6, 6), (70, 2, 4, 4), (4, 2, 9, 9)], ids=shape_id)
 def test_channelwise_fc_column_variants_are_bit_identical(emu, shape, monkeypatch):
-    # AUTOENC_FAST_CHANNELWISE_FC_COLS = 2 or 4 gives each thread more output columns; the
-    # sums and their order are the same, so the results must be identical (70 rows of 4x4:
-    # the 4-column variant's narrower blocks span more than one row tile).
+    # AUTOENC_FAST_CHANNELWISE_FC_COLS = 2 or 4 gives each thread more output columns, 4x4 a
+    # 4x4 micro-tile from 16-byte shared loads; the sums and their order are the same, so
+    # the results must be identical (70 rows of 4x4: the narrower variants' blocks span more
+    # than one row tile).
     B, C, H, W = shape
     x, grad_y = torch.randn(shape), torch.randn(shape)
     weight, bias = torch.randn(C, H * W, H * W), torch.randn(C, H * W)
     results = {}
-    for columns in ("1", "2", "4"):
+    for columns in ("1", "2", "4", "4x4"):
         monkeypatch.setenv("AUTOENC_FAST_CHANNELWISE_FC_COLS", columns)
         results[columns] = (emu.channelwise_fc(x, weight, bias), *emu.channelwise_fc_backward(grad_y, x, weight))
-    for columns in ("2", "4"):
+    for columns in ("2", "4", "4x4"):
         for actual, expected in zip(results[columns], results["1"]):
             assert torch.equal(actual, expected), columns
     assert relative_error(results["1"][0], torch.ops.autoenc_fast.channelwise_fc(x, weight, bias)) < 1e-5
 
 
-@pytest.mark.parametrize("columns", ["1", "2", "4"])
+@pytest.mark.parametrize("columns", ["1", "2", "4", "4x4"])
 def test_channelwise_fc_paired_backward_is_bit_identical(emu, columns, monkeypatch):
     # AUTOENC_FAST_CHANNELWISE_FC_PAIRED=1 runs grad_x and the weight gradient in one launch
     # (different row counts, so one product's extra row tiles are empty blocks).
@@ -251,7 +254,7 @@ def test_results_do_not_depend_on_the_thread_schedule(emu, fused, monkeypatch):
     # Threads run in order, then in reverse: a read of shared memory that another thread
     # writes without a barrier between them sees different data under the two orders.
     monkeypatch.setenv("AUTOENC_FAST_SPADE_NORM_FUSED", fused)
-    monkeypatch.setenv("AUTOENC_FAST_CHANNELWISE_FC_COLS", "4" if fused == "1" else "1")
+    monkeypatch.setenv("AUTOENC_FAST_CHANNELWISE_FC_COLS", "4x4" if fused == "1" else "1")
     monkeypatch.setenv("AUTOENC_FAST_CHANNELWISE_FC_PAIRED", fused)
     in_order = run_every_kernel(emu)
     monkeypatch.setenv("AUTOENC_FAST_EMU_SCHEDULE", "reverse")

@@ -64,10 +64,11 @@ def main() -> int:
         return 2
     torch.manual_seed(0)
     ok = True
-    # Every columns-per-thread variant of the kernel (AUTOENC_FAST_CHANNELWISE_FC_COLS),
+    # Every columns-per-thread variant of the kernel and the 4x4 micro tiles
+    # (AUTOENC_FAST_CHANNELWISE_FC_COLS),
     # each with its own launch geometry, under the sanitizer: the default (1) on every case,
     # the variants on fewer (racecheck is slow per launch, and the check has minutes).
-    for cols in ("1", "2", "4"):
+    for cols in ("1", "2", "4", "4x4"):
         os.environ["AUTOENC_FAST_CHANNELWISE_FC_COLS"] = cols
         print(f"-- {cols} column(s) per thread")
         shapes = [(3, 4, 6, 6), (5, 3, 4, 4), (2, 2, 3, 5), (70, 2, 9, 9), (0, 2, 4, 4)]

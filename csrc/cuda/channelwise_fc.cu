@@ -41,6 +41,7 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kRowsPerThread = 4;
 constexpr int kMaxTile = 64;              // largest tile_n and tile_k
+constexpr int kMicro = 0;                 // the "kCols" of the 4x4 micro-tiled variant (see channel_gemm_micro)
 constexpr int kSharedBytes = 48 * 1024;   // the default dynamic shared memory limit
 constexpr int64_t kMaxGridYZ = 65535;
 
@@ -134,10 +135,11 @@ struct StoreWeightGrad {
   }
 };
 
-// tile[i * ld + j] = load(i, j) for i < rows, j < cols, by every thread of the block.
-// Consecutive threads take consecutive i when kFirstAdjacent, else consecutive j. Each
-// thread divides once and then steps its (i, j) by the block size with adds only.
-template <bool kFirstAdjacent, typename acc_t, typename Load>
+// tile[i * ld + j] (kTransposed: tile[j * ld + i]) = load(i, j) for i < rows, j < cols, by
+// every thread of the block. Consecutive threads take consecutive i when kFirstAdjacent,
+// else consecutive j. Each thread divides once and then steps its (i, j) by the block
+// size with adds only.
+template <bool kFirstAdjacent, bool kTransposed = false, typename acc_t, typename Load>
 __device__ __forceinline__ void stage_tile(int rows, int cols, acc_t* tile, int ld, const Load& load) {
   const int fast_extent = kFirstAdjacent ? rows : cols, slow_extent = kFirstAdjacent ? cols : rows;
   const int fast_step = static_cast<int>(blockDim.x) % fast_extent;
@@ -145,7 +147,7 @@ __device__ __forceinline__ void stage_tile(int rows, int cols, acc_t* tile, int 
   int fast = static_cast<int>(threadIdx.x) % fast_extent, slow = static_cast<int>(threadIdx.x) / fast_extent;
   while (slow < slow_extent) {
     const int i = kFirstAdjacent ? fast : slow, j = kFirstAdjacent ? slow : fast;
-    tile[i * ld + j] = load(i, j);
+    tile[kTransposed ? j * ld + i : i * ld + j] = load(i, j);
     fast += fast_step;
     slow += slow_step;
     if (fast >= fast_extent) fast -= fast_extent, ++slow;
@@ -182,7 +184,7 @@ struct ChannelGemm {
 // multiply-adds), at the price of fewer threads per column tile. Every output sums its
 // products in the same order (k ascending) whatever kCols is: the results are identical.
 template <int kCols, typename acc_t, typename Gemm>
-__device__ __forceinline__ void channel_gemm_block(const Gemm& gemm, int64_t c, acc_t* shared) {
+__device__ __forceinline__ void channel_gemm_columns(const Gemm& gemm, int64_t c, acc_t* shared) {
   using ALoad = typename Gemm::A;
   using BLoad = typename Gemm::B;
   const int64_t M = gemm.M, N = gemm.N, K = gemm.K;
@@ -246,6 +248,79 @@ __device__ __forceinline__ void channel_gemm_block(const Gemm& gemm, int64_t c, 
   }
 }
 
+__host__ __device__ constexpr int round_up4(int n) { return (n + 3) / 4 * 4; }
+
+template <typename acc_t>
+struct alignas(16) Quad {
+  acc_t v[4];
+};
+
+// Channel c's product with 4x4 micro-tiles (AUTOENC_FAST_CHANNELWISE_FC_COLS=4x4): thread
+// (rg, cg) computes rows 4rg..4rg+3 of columns 4cg..4cg+3. A is staged transposed
+// (a_t[k][m]) and B as it is (b_s[k][n]), both in rows a multiple of 4 long, so each k
+// step reads its four A and four B values with two 16-byte shared loads for 16
+// multiply-adds (the column variants: 4 + kCols scalar loads for 4 * kCols). The same
+// sums in the same order as they: identical results.
+template <typename acc_t, typename Gemm>
+__device__ __forceinline__ void channel_gemm_micro(const Gemm& gemm, int64_t c, acc_t* shared) {
+  using ALoad = typename Gemm::A;
+  using BLoad = typename Gemm::B;
+  const int64_t M = gemm.M, N = gemm.N, K = gemm.K;
+  const int tile_n = gemm.tile_n, tile_k = gemm.tile_k;
+  const int ldn = round_up4(tile_n), col_groups = ldn / 4;
+  const int row_groups = blockDim.x / col_groups;  // threads past row_groups * col_groups only load
+  const int tile_m = row_groups * 4;
+  acc_t* a_t = shared;                 // [tile_k][tile_m]
+  acc_t* b_s = a_t + tile_k * tile_m;  // [tile_k][ldn]
+  const int cg = threadIdx.x % col_groups, rg = threadIdx.x / col_groups;
+  const bool computes = rg < row_groups;
+  const int64_t n0 = static_cast<int64_t>(blockIdx.z) * tile_n;
+  for (int64_t m0 = static_cast<int64_t>(blockIdx.y) * tile_m; m0 < M; m0 += static_cast<int64_t>(gridDim.y) * tile_m) {
+    acc_t acc[4][4] = {};
+    for (int64_t k0 = 0; k0 < K; k0 += tile_k) {
+      stage_tile<ALoad::kFirstAdjacent, true>(tile_m, tile_k, a_t, tile_m, [&](int r, int kk) {
+        return m0 + r < M && k0 + kk < K ? gemm.a(c, m0 + r, k0 + kk) : acc_t(0);
+      });
+      stage_tile<BLoad::kFirstAdjacent>(tile_k, ldn, b_s, ldn, [&](int kk, int col) {
+        return k0 + kk < K && col < tile_n && n0 + col < N ? gemm.b(c, k0 + kk, n0 + col) : acc_t(0);
+      });
+      __syncthreads();
+      if (computes) {
+        for (int kk = 0; kk < tile_k; ++kk) {
+          const Quad<acc_t> av = *reinterpret_cast<const Quad<acc_t>*>(a_t + kk * tile_m + rg * 4);
+          const Quad<acc_t> bv = *reinterpret_cast<const Quad<acc_t>*>(b_s + kk * ldn + cg * 4);
+#pragma unroll
+          for (int i = 0; i < 4; ++i) {
+#pragma unroll
+            for (int j = 0; j < 4; ++j) acc[i][j] += av.v[i] * bv.v[j];
+          }
+        }
+      }
+      __syncthreads();  // the next step overwrites the tiles
+    }
+    if (computes) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int64_t m = m0 + rg * 4 + i;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          const int col = cg * 4 + j;
+          if (m < M && col < tile_n && n0 + col < N) gemm.store(c, m, n0 + col, acc[i][j]);
+        }
+      }
+    }
+  }
+}
+
+template <int kCols, typename acc_t, typename Gemm>
+__device__ __forceinline__ void channel_gemm_block(const Gemm& gemm, int64_t c, acc_t* shared) {
+  if constexpr (kCols == kMicro) {
+    channel_gemm_micro(gemm, c, shared);
+  } else {
+    channel_gemm_columns<kCols>(gemm, c, shared);
+  }
+}
+
 // The product for channel c = blockIdx.x.
 template <int kCols, typename acc_t, typename Gemm>
 __global__ void __launch_bounds__(kThreads) channel_gemm_kernel(Gemm gemm) {
@@ -275,6 +350,10 @@ __global__ void __launch_bounds__(kThreads) channel_gemm_pair_kernel(Gemm1 first
 template <int kCols>
 int threads_for(int64_t M, int tile_n) {
   if (kCols == 1) return kThreads;
+  if (kCols == kMicro) {  // the row groups M needs, in whole warps
+    const int64_t wanted = (round_up4(tile_n) / 4) * ((M + 3) / 4);
+    return static_cast<int>(std::clamp<int64_t>((wanted + 31) / 32 * 32, kMaxTile, kThreads));
+  }
   const int col_threads = (tile_n + kCols - 1) / kCols;
   const int64_t groups_needed = (M + kRowsPerThread - 1) / kRowsPerThread;
   return static_cast<int>(std::clamp<int64_t>(col_threads * groups_needed, kMaxTile, kThreads));
@@ -290,13 +369,17 @@ struct GemmLaunch {
 // row and column tile counts and its shared memory bytes.
 template <int kCols, typename acc_t, typename Gemm>
 GemmLaunch plan(Gemm& gemm, int threads) {
-  const int col_threads = (gemm.tile_n + kCols - 1) / kCols;
-  const int tile_m = (threads / col_threads) * kRowsPerThread;
+  constexpr bool kMicroTiles = kCols == kMicro;
+  const int col_threads = kMicroTiles ? round_up4(gemm.tile_n) / 4 : (gemm.tile_n + kCols - 1) / kCols;
+  const int tile_m = (threads / col_threads) * (kMicroTiles ? 4 : kRowsPerThread);
+  // Shared memory: A in tile_m rows of tile_k + 1 (the column variants) or, transposed, in
+  // tile_k rows of tile_m (the micro tiles); then B in tile_k rows of ldb.
+  const int a_padding = kMicroTiles ? 0 : tile_m;
+  const int ldb = kMicroTiles ? round_up4(gemm.tile_n) : b_tile_ld<typename Gemm::B>(gemm.tile_n);
   const int64_t budget = kSharedBytes / static_cast<int64_t>(sizeof(acc_t));
-  const int ldb = b_tile_ld<typename Gemm::B>(gemm.tile_n);
-  const int64_t fit = (budget - tile_m) / (tile_m + ldb);
+  const int64_t fit = (budget - a_padding) / (tile_m + ldb);
   gemm.tile_k = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({std::max<int64_t>(gemm.K, 1), kMaxTile, fit})));
-  const size_t shared = sizeof(acc_t) * (static_cast<size_t>(tile_m) * (gemm.tile_k + 1) +
+  const size_t shared = sizeof(acc_t) * (static_cast<size_t>(tile_m) * gemm.tile_k + a_padding +
                                          static_cast<size_t>(gemm.tile_k) * ldb);
   return {(gemm.M + tile_m - 1) / tile_m, (gemm.N + gemm.tile_n - 1) / gemm.tile_n, shared};
 }
@@ -342,9 +425,9 @@ int columns_per_thread() {
   const char* env = std::getenv("AUTOENC_FAST_CHANNELWISE_FC_COLS");
   if (env == nullptr || *env == '\0') return 1;
   const std::string value(env);
-  TORCH_CHECK(value == "1" || value == "2" || value == "4",
-              "channelwise_fc: AUTOENC_FAST_CHANNELWISE_FC_COLS must be 1, 2 or 4; got '", value, "'");
-  return std::stoi(value);
+  TORCH_CHECK(value == "1" || value == "2" || value == "4" || value == "4x4",
+              "channelwise_fc: AUTOENC_FAST_CHANNELWISE_FC_COLS must be 1, 2, 4 or 4x4; got '", value, "'");
+  return value == "4x4" ? kMicro : std::stoi(value);
 }
 
 template <typename acc_t, typename Gemm>
@@ -352,6 +435,7 @@ void launch_channel_gemm(int64_t C, const Gemm& gemm) {
   switch (columns_per_thread()) {
     case 2: return launch_with<2, acc_t>(C, gemm);
     case 4: return launch_with<4, acc_t>(C, gemm);
+    case kMicro: return launch_with<kMicro, acc_t>(C, gemm);
     default: return launch_with<1, acc_t>(C, gemm);
   }
 }
@@ -374,6 +458,7 @@ void launch_channel_gemm_pair(int64_t C, const Gemm1& first, const Gemm2& second
   switch (columns_per_thread()) {
     case 2: return launch_pair_with<2, acc_t>(C, first, second);
     case 4: return launch_pair_with<4, acc_t>(C, first, second);
+    case kMicro: return launch_pair_with<kMicro, acc_t>(C, first, second);
     default: return launch_pair_with<1, acc_t>(C, first, second);
   }
 }
