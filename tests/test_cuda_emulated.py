@@ -217,6 +217,41 @@ def test_spade_norm_reduced_precision_against_float64(emu, dtype, layout, fused,
         assert relative_error(actual, expected) < 2 * TOLERANCE[dtype]
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("fused", ["0", "1"], ids=["split", "per-group"])
+@pytest.mark.parametrize("instance", [False, True])
+def test_spade_norm_reads_gamma_and_beta_as_halves_of_one_tensor(emu, layout, fused, instance, monkeypatch):
+    # nn.SPADE hands the op the two channel halves of one (N, 2C, H, W) convolution output:
+    # the CUDA kernels read them in place (NCHW) instead of copying them. Same results as
+    # the CPU kernels on contiguous copies, every op that reads gamma and beta.
+    monkeypatch.setenv("AUTOENC_FAST_SPADE_NORM_FUSED", fused)
+    N, C, H, W = 3, 4, 4, 6
+    x, grad_y = (in_layout(torch.randn(N, C, H, W, dtype=torch.float64), layout) for _ in range(2))
+    merged = in_layout(torch.randn(N, 2 * C, H, W, dtype=torch.float64), layout)
+    gamma, beta = merged.chunk(2, dim=1)
+    assert not gamma.is_contiguous() and gamma.stride(0) == 2 * C * H * W or layout == "channels_last"
+    dense = (gamma.contiguous(), beta.contiguous())
+    ops = torch.ops.autoenc_fast
+    args = (None, None, True, instance, 1e-5, 0.2)
+    y, mean, var = emu.spade_norm(x, gamma, beta, *args)
+    for actual, expected in zip((y, mean, var), ops.spade_norm(x, *dense, *args)):
+        assert relative_error(actual, expected) < 1e-12
+    invstd = (var + 1e-5).rsqrt()
+    for actual, expected in zip(emu.spade_norm_backward(grad_y, x, gamma, beta, mean, invstd, True, 0.2),
+                                ops.spade_norm_backward(grad_y, x, *dense, mean, invstd, True, 0.2)):
+        assert relative_error(actual, expected) < 1e-12
+    assert relative_error(emu.spade_norm_apply(x, gamma, beta, mean, invstd, 0.2),
+                          ops.spade_norm_apply(x, *dense, mean, invstd, 0.2)) < 1e-12
+    if not instance:
+        sums = emu.spade_norm_backward_reduce(grad_y, x, gamma, beta, mean, invstd, 0.2)
+        for actual, expected in zip(sums, ops.spade_norm_backward_reduce(grad_y, x, *dense, mean, invstd, 0.2)):
+            assert relative_error(actual, expected) < 1e-12
+        means = [t / (N * H * W) for t in sums]
+        for actual, expected in zip(emu.spade_norm_backward_elemt(grad_y, x, gamma, beta, mean, invstd, *means, 0.2),
+                                    ops.spade_norm_backward_elemt(grad_y, x, *dense, mean, invstd, *means, 0.2)):
+            assert relative_error(actual, expected) < 1e-12
+
+
 def test_spade_norm_fused_switch_rejects_unknown_values(emu, monkeypatch):
     monkeypatch.setenv("AUTOENC_FAST_SPADE_NORM_FUSED", "yes")
     x = torch.randn(2, 4, 4, 4)

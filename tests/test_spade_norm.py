@@ -444,6 +444,21 @@ class GauGANSPADE(nn.Module):
         return out if self.slope is None else F.leaky_relu(out, self.slope)
 
 
+def assert_modules_agree(plain, ours, x, seg, grad, what=""):
+    """ours(x, seg) equals plain(x, seg): the output, x's gradient and every parameter's."""
+    results = []
+    for m in (plain, ours):
+        m.zero_grad()
+        xl = x.clone().requires_grad_()
+        y = m(xl, seg)
+        y.backward(grad)
+        results.append((y, xl.grad, {n: p.grad for n, p in m.named_parameters()}))
+    torch.testing.assert_close(results[1][0], results[0][0], msg=f"y {what}")
+    torch.testing.assert_close(results[1][1], results[0][1], msg=f"dx {what}")
+    for name, g in results[0][2].items():
+        torch.testing.assert_close(results[1][2][name], g, msg=name)
+
+
 @pytest.mark.parametrize("module_cls", [SPADE, R.SPADE])
 @pytest.mark.parametrize("norm", ["batch", "instance", "syncbatch"])
 @pytest.mark.parametrize("slope", [None, 0.2])
@@ -457,18 +472,7 @@ def test_module_matches_gaugan_spade(module_cls, norm, slope):
         ours.train(train)
         x = torch.randn(3, 5, 6, 7, dtype=torch.float64) + 1
         seg = torch.rand(3, 3, 3, 4, dtype=torch.float64)
-        grad = torch.randn(3, 5, 6, 7, dtype=torch.float64)
-        outs = []
-        for m in (plain, ours):
-            m.zero_grad()
-            xl = x.clone().requires_grad_()
-            y = m(xl, seg)
-            y.backward(grad)
-            outs.append((y, xl.grad, {n: p.grad for n, p in m.named_parameters()}))
-        torch.testing.assert_close(outs[1][0], outs[0][0], msg=f"y, step {step}")
-        torch.testing.assert_close(outs[1][1], outs[0][1], msg=f"dx, step {step}")
-        for name in outs[0][2]:
-            torch.testing.assert_close(outs[1][2][name], outs[0][2][name], msg=name)
+        assert_modules_agree(plain, ours, x, seg, torch.randn(3, 5, 6, 7, dtype=torch.float64), f"step {step}")
         for name, buf in plain.named_buffers():
             torch.testing.assert_close(dict(ours.named_buffers())[name], buf, msg=name)
 
@@ -497,17 +501,26 @@ def test_module_modulates_in_x_layout_whatever_the_segmap_layout(x_layout, seg_l
     assert conv_inputs[0].is_contiguous(memory_format=expected_conv_layout)
     for t in (gamma, beta):
         assert t.is_contiguous(memory_format=x_layout) and t.shape == x.shape
-    grad = torch.randn_like(x)
-    results = []
-    for m in (plain, ours):
-        xl = x.clone().requires_grad_()
-        y = m(xl, seg)
-        y.backward(grad)
-        results.append((y, xl.grad, {n: p.grad for n, p in m.named_parameters()}))
-    torch.testing.assert_close(results[1][0], results[0][0])
-    torch.testing.assert_close(results[1][1], results[0][1])
-    for name, g in results[0][2].items():
-        torch.testing.assert_close(results[1][2][name], g, msg=name)
+    assert_modules_agree(plain, ours, x, seg, torch.randn_like(x))
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU; this machine has none")
+@pytest.mark.parametrize("norm", ["batch", "instance"])
+def test_cuda_module_passes_gamma_and_beta_in_place_and_matches_gaugan(norm):
+    # On CUDA with an NCHW x, the kernels read gamma and beta as the two channel halves of
+    # the merged convolution's output (no copies); the module still equals GauGAN's, in
+    # training and eval, outputs and gradients.
+    plain = GauGANSPADE(6, 4, 8, 3, norm, 0.2).double().cuda()
+    ours = SPADE(6, 4, hidden=8, norm=norm, negative_slope=0.2).double().cuda()
+    ours.load_state_dict(plain.state_dict(), strict=True)
+    seg = torch.rand(2, 4, 5, 7, dtype=torch.float64, device="cuda")
+    x = torch.randn(2, 6, 10, 14, dtype=torch.float64, device="cuda") + 1
+    gamma, beta = ours.modulation(seg, x)
+    assert not gamma.is_contiguous() and gamma.stride(0) == 12 * 10 * 14 and beta.data_ptr() > gamma.data_ptr()
+    for train in (True, False):
+        plain.train(train)
+        ours.train(train)
+        assert_modules_agree(plain, ours, x, seg, torch.randn_like(x))
 
 
 def test_module_refuses_an_unknown_conv_layout():

@@ -48,7 +48,11 @@ class SPADE(ReferenceSPADE):
         weight = torch.cat([self.mlp_gamma.weight, self.mlp_beta.weight])
         bias = torch.cat([self.mlp_gamma.bias, self.mlp_beta.bias])
         both = F.conv2d(actv, weight, bias, padding=self.mlp_gamma.padding)
-        # Copy the two channel halves once here, dense in x's layout, so that the tensors
-        # saved for backward are the dense ones and the backward copies nothing again.
         gamma, beta = both.chunk(2, dim=1)
+        if x.is_cuda and layout == torch.contiguous_format and both.is_contiguous():
+            # The CUDA kernels read the two NCHW channel halves in place (their rows of
+            # H*W stay adjacent), forward and backward: no copy at all.
+            return gamma, beta
+        # Else copy the halves once here, dense in x's layout, so that the tensors saved
+        # for backward are the dense ones and the backward copies nothing again.
         return gamma.contiguous(memory_format=layout), beta.contiguous(memory_format=layout)

@@ -94,6 +94,10 @@ struct Inputs {
   const acc_t* invstd;  // backward and elementwise
   acc_t slope;
   bool has_slope;
+  // gamma/beta element of x's element at `off` (NCHW): off + sample * param_extra. Zero
+  // when they are contiguous like x; their batch stride minus C*H*W when they are the
+  // two channel halves of SPADE's merged (N, 2C, H, W) convolution output, read in place.
+  int64_t param_extra;
 };
 
 struct Shape {
@@ -122,10 +126,11 @@ __device__ __forceinline__ acc_t leaky_select(acc_t z, acc_t v, const Inputs<sca
   return in.has_slope && !(z > acc_t(0)) ? v * in.slope : v;
 }
 
-// Adds the two reduction terms of VEC elements at `off` (params p0/p1 per element):
-// stats (x - k, (x - k)^2) with p0 = k, or backward (dxhat, dxhat * xhat).
+// Adds the two reduction terms of VEC elements at `off` (gamma/beta at `poff`; params
+// p0/p1 per element): stats (x - k, (x - k)^2) with p0 = k, or backward (dxhat,
+// dxhat * xhat).
 template <bool kBackward, int VEC, typename scalar_t, typename acc_t>
-__device__ __forceinline__ void accumulate(const Inputs<scalar_t, acc_t>& in, int64_t off,
+__device__ __forceinline__ void accumulate(const Inputs<scalar_t, acc_t>& in, int64_t off, int64_t poff,
                                            const acc_t (&p0)[VEC], const acc_t (&p1)[VEC],
                                            acc_t (&s1)[VEC], acc_t (&s2)[VEC]) {
   const Pack<scalar_t, VEC> xv = load_pack<VEC>(in.x + off);
@@ -138,8 +143,8 @@ __device__ __forceinline__ void accumulate(const Inputs<scalar_t, acc_t>& in, in
     }
   } else {
     const Pack<scalar_t, VEC> dyv = load_pack<VEC>(in.dy + off);
-    const Pack<scalar_t, VEC> gv = load_pack<VEC>(in.gamma + off);
-    const Pack<scalar_t, VEC> bv = load_pack<VEC>(in.beta + off);
+    const Pack<scalar_t, VEC> gv = load_pack<VEC>(in.gamma + poff);
+    const Pack<scalar_t, VEC> bv = load_pack<VEC>(in.beta + poff);
 #pragma unroll
     for (int j = 0; j < VEC; ++j) {
       const Affine<acc_t> a = affine(xv.v[j], gv.v[j], bv.v[j], p0[j], p1[j]);
@@ -165,8 +170,9 @@ __global__ void reduce_nchw_kernel(Inputs<scalar_t, acc_t> in, Shape s, int64_t 
     for (int j = 0; j < VEC; ++j) p0[j] = k0, p1[j] = k1, s1[j] = 0, s2[j] = 0;
     const int64_t begin = row * s.HW + blockIdx.x * slice;
     const int64_t end = min(row * s.HW + s.HW, begin + slice);
+    const int64_t param_shift = (row / s.C) * in.param_extra;
     for (int64_t off = begin + threadIdx.x * VEC; off < end; off += blockDim.x * VEC) {
-      accumulate<kBackward, VEC>(in, off, p0, p1, s1, s2);
+      accumulate<kBackward, VEC>(in, off, off + param_shift, p0, p1, s1, s2);
     }
     acc_t a = 0, b = 0;
 #pragma unroll
@@ -206,7 +212,8 @@ __global__ void reduce_nhwc_kernel(Inputs<scalar_t, acc_t> in, Shape s, int64_t 
   }
   if (active) {
     for (int64_t r = r_begin + ty; r < r_end; r += kRowLanes) {
-      accumulate<kBackward, VEC>(in, (row0 + r) * s.C + c0, p0, p1, s1, s2);
+      const int64_t off = (row0 + r) * s.C + c0;  // channels_last: gamma and beta are contiguous
+      accumulate<kBackward, VEC>(in, off, off, p0, p1, s1, s2);
     }
   }
 #pragma unroll
@@ -269,13 +276,15 @@ __device__ __forceinline__ index_t group_of(index_t off, index_t C, index_t HW, 
   return instance ? (off / (HW * C)) * C + c : c;
 }
 
-// y at the VEC elements from `off`, each normalized with its own group's mean and invstd.
+// y at the VEC elements from `off` (gamma/beta at `poff`), each normalized with its own
+// group's mean and invstd.
 template <int VEC, typename scalar_t, typename acc_t, typename index_t>
-__device__ __forceinline__ void apply_pack(const Inputs<scalar_t, acc_t>& in, index_t off, const acc_t (&mean)[VEC],
-                                           const acc_t (&invstd)[VEC], scalar_t* __restrict__ y) {
+__device__ __forceinline__ void apply_pack(const Inputs<scalar_t, acc_t>& in, index_t off, int64_t poff,
+                                           const acc_t (&mean)[VEC], const acc_t (&invstd)[VEC],
+                                           scalar_t* __restrict__ y) {
   const Pack<scalar_t, VEC> xv = load_pack<VEC>(in.x + off);
-  const Pack<scalar_t, VEC> gv = load_pack<VEC>(in.gamma + off);
-  const Pack<scalar_t, VEC> bv = load_pack<VEC>(in.beta + off);
+  const Pack<scalar_t, VEC> gv = load_pack<VEC>(in.gamma + poff);
+  const Pack<scalar_t, VEC> bv = load_pack<VEC>(in.beta + poff);
   Pack<scalar_t, VEC> out;
 #pragma unroll
   for (int j = 0; j < VEC; ++j) {
@@ -289,15 +298,15 @@ __device__ __forceinline__ void apply_pack(const Inputs<scalar_t, acc_t>& in, in
 // (mean_dxhat and mean_dxhat_xhat unused). Arrays by reference, not pointers: a pointer
 // to a local array puts it in local memory.
 template <int VEC, typename scalar_t, typename acc_t, typename index_t>
-__device__ __forceinline__ void backward_pack(const Inputs<scalar_t, acc_t>& in, index_t off,
+__device__ __forceinline__ void backward_pack(const Inputs<scalar_t, acc_t>& in, index_t off, int64_t poff,
                                               const acc_t (&mean)[VEC], const acc_t (&invstd)[VEC], bool with_means,
                                               const acc_t (&mean_dxhat)[VEC], const acc_t (&mean_dxhat_xhat)[VEC],
                                               scalar_t* __restrict__ dx, scalar_t* __restrict__ dgamma,
                                               scalar_t* __restrict__ dbeta) {
   const Pack<scalar_t, VEC> dyv = load_pack<VEC>(in.dy + off);
   const Pack<scalar_t, VEC> xv = load_pack<VEC>(in.x + off);
-  const Pack<scalar_t, VEC> gv = load_pack<VEC>(in.gamma + off);
-  const Pack<scalar_t, VEC> bv = load_pack<VEC>(in.beta + off);
+  const Pack<scalar_t, VEC> gv = load_pack<VEC>(in.gamma + poff);
+  const Pack<scalar_t, VEC> bv = load_pack<VEC>(in.beta + poff);
   Pack<scalar_t, VEC> dxv, dgv, dbv;
 #pragma unroll
   for (int j = 0; j < VEC; ++j) {
@@ -312,6 +321,14 @@ __device__ __forceinline__ void backward_pack(const Inputs<scalar_t, acc_t>& in,
   *reinterpret_cast<Pack<scalar_t, VEC>*>(dx + off) = dxv;
   *reinterpret_cast<Pack<scalar_t, VEC>*>(dgamma + off) = dgv;
   *reinterpret_cast<Pack<scalar_t, VEC>*>(dbeta + off) = dbv;
+}
+
+// Offset of the gamma/beta element paired with x's element at `off` (see Inputs).
+template <typename scalar_t, typename acc_t, typename index_t>
+__device__ __forceinline__ int64_t param_offset(const Inputs<scalar_t, acc_t>& in, index_t off, index_t C,
+                                                index_t HW) {
+  return in.param_extra == 0 ? static_cast<int64_t>(off)
+                             : static_cast<int64_t>(off) + static_cast<int64_t>(off / (C * HW)) * in.param_extra;
 }
 
 // The groups' values of `per_group` for the VEC elements from `off` (group g, step 0 or 1).
@@ -331,7 +348,7 @@ __global__ void apply_kernel(Inputs<scalar_t, acc_t> in, index_t numel, index_t 
     acc_t mean[VEC], invstd[VEC];
     gather_groups(in.mean, g, cl, mean);
     gather_groups(in.invstd, g, cl, invstd);
-    apply_pack(in, off, mean, invstd, y);
+    apply_pack(in, off, param_offset(in, off, C, HW), mean, invstd, y);
   }
 }
 
@@ -353,19 +370,26 @@ __global__ void backward_elemt_kernel(Inputs<scalar_t, acc_t> in, const acc_t* _
       gather_groups(mean_dxhat, g, cl, m1);
       gather_groups(mean_dxhat_xhat, g, cl, m2);
     }
-    backward_pack(in, off, mean, invstd, with_means, m1, m2, dx, dgamma, dbeta);
+    backward_pack(in, off, param_offset(in, off, C, HW), mean, invstd, with_means, m1, m2, dx, dgamma, dbeta);
   }
 }
 
 // ---------------------------------------------------------------- one block per group (small NCHW groups)
 
-// Offset of pack `pack` of group g: its rows are the one row (n, c) = g for instance
-// norm, the N rows (n, c) of channel c = g for batch norm, each row_packs packs long.
-template <int VEC>
-__device__ __forceinline__ int64_t group_pack_offset(const Shape& s, int64_t g, int pack, int row_packs) {
+// Offsets of pack `pack` of group g in x and in gamma/beta: its rows are the one row
+// (n, c) = g for instance norm, the N rows (n, c) of channel c = g for batch norm, each
+// row_packs packs long.
+struct PackOffsets {
+  int64_t x, param;
+};
+
+template <int VEC, typename scalar_t, typename acc_t>
+__device__ __forceinline__ PackOffsets group_pack_offsets(const Inputs<scalar_t, acc_t>& in, const Shape& s,
+                                                          int64_t g, int pack, int row_packs) {
   const int r = pack / row_packs, j = pack - r * row_packs;
-  const int64_t row = s.instance ? g : static_cast<int64_t>(r) * s.C + g;
-  return row * s.HW + static_cast<int64_t>(j) * VEC;
+  const int64_t sample = s.instance ? g / s.C : r;
+  const int64_t off = (s.instance ? g : static_cast<int64_t>(r) * s.C + g) * s.HW + static_cast<int64_t>(j) * VEC;
+  return {off, off + sample * in.param_extra};
 }
 
 template <int VEC>
@@ -380,7 +404,8 @@ __device__ __forceinline__ void group_sums(const Inputs<scalar_t, acc_t>& in, co
   const int row_packs = static_cast<int>(s.HW / VEC), packs = group_packs<VEC>(s);
   acc_t s1[VEC] = {}, s2[VEC] = {};
   for (int pack = threadIdx.x; pack < packs; pack += blockDim.x) {
-    accumulate<kBackward, VEC>(in, group_pack_offset<VEC>(s, g, pack, row_packs), p0, p1, s1, s2);
+    const PackOffsets at = group_pack_offsets<VEC>(in, s, g, pack, row_packs);
+    accumulate<kBackward, VEC>(in, at.x, at.param, p0, p1, s1, s2);
   }
   a = 0, b = 0;
 #pragma unroll
@@ -407,7 +432,8 @@ __global__ void __launch_bounds__(kThreads)
   for (int j = 0; j < VEC; ++j) mean[j] = k + d, invstd[j] = acc_t(1) / sqrt(var + eps);
   if (threadIdx.x == 0) mean_out[g] = mean[0], var_out[g] = var;
   for (int pack = threadIdx.x; pack < packs; pack += blockDim.x) {
-    apply_pack(in, group_pack_offset<VEC>(s, g, pack, row_packs), mean, invstd, y);
+    const PackOffsets at = group_pack_offsets<VEC>(in, s, g, pack, row_packs);
+    apply_pack(in, at.x, at.param, mean, invstd, y);
   }
 }
 
@@ -428,7 +454,8 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
   for (int j = 0; j < VEC; ++j) m1[j] = a / m, m2[j] = b / m;
   for (int pack = threadIdx.x; pack < packs; pack += blockDim.x) {
-    backward_pack(in, group_pack_offset<VEC>(s, g, pack, row_packs), mean, invstd, true, m1, m2, dx, dgamma, dbeta);
+    const PackOffsets at = group_pack_offsets<VEC>(in, s, g, pack, row_packs);
+    backward_pack(in, at.x, at.param, mean, invstd, true, m1, m2, dx, dgamma, dbeta);
   }
 }
 
@@ -555,11 +582,35 @@ void with_pack_and_index(const Shape& s, int64_t numel, std::initializer_list<co
 template <typename scalar_t, typename acc_t>
 Inputs<scalar_t, acc_t> inputs_of(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& gamma,
                                   const at::Tensor& beta, const at::Tensor& mean, const at::Tensor& invstd,
-                                  std::optional<double> slope) {
+                                  std::optional<double> slope, int64_t param_extra = 0) {
   const auto data = [](const at::Tensor& t) { return t.defined() ? t.const_data_ptr<scalar_t>() : nullptr; };
   const auto stats = [](const at::Tensor& t) { return t.defined() ? t.const_data_ptr<acc_t>() : nullptr; };
   return {data(dy), data(x), data(gamma), data(beta), stats(mean), stats(invstd),
-          static_cast<acc_t>(slope.value_or(0.0)), slope.has_value()};
+          static_cast<acc_t>(slope.value_or(0.0)), slope.has_value(), param_extra};
+}
+
+// gamma and beta as the kernels read them, with Inputs::param_extra. In place when x is
+// NCHW and both have rows of H*W adjacent elements and one batch stride, a multiple of
+// H*W (so 16-byte packs stay aligned): the two channel halves of nn.SPADE's merged
+// (N, 2C, H, W) convolution output, which would otherwise be copied forward every step.
+// Else contiguous in x's layout (copies when they are not already).
+struct Params {
+  at::Tensor gamma, beta;
+  int64_t extra;
+};
+
+Params params_of(const at::Tensor& gamma, const at::Tensor& beta, const at::Tensor& x) {
+  const auto fmt = spade_memory_format(x);
+  const int64_t C = x.size(1), H = x.size(2), W = x.size(3);
+  const auto rows_adjacent = [&](const at::Tensor& t) {
+    return t.stride(3) == 1 && t.stride(2) == W && t.stride(1) == H * W && t.stride(0) >= C * H * W &&
+           t.stride(0) % (H * W) == 0;
+  };
+  if (fmt == at::MemoryFormat::Contiguous && x.size(0) > 1 && H * W > 0 && rows_adjacent(gamma) &&
+      rows_adjacent(beta) && gamma.stride(0) == beta.stride(0)) {
+    return {gamma, beta, gamma.stride(0) - C * H * W};
+  }
+  return {gamma.contiguous(fmt), beta.contiguous(fmt), 0};
 }
 
 void check_cuda_inputs(const at::Tensor& x, const char* op) {
@@ -585,14 +636,15 @@ std::tuple<at::Tensor, at::Tensor> stats_impl(const at::Tensor& x_in, bool insta
 at::Tensor apply_impl(const at::Tensor& x_in, const at::Tensor& gamma_in, const at::Tensor& beta_in,
                       const at::Tensor& mean_in, const at::Tensor& invstd_in, std::optional<double> slope) {
   const auto fmt = spade_memory_format(x_in);
-  const at::Tensor x = x_in.contiguous(fmt), gamma = gamma_in.contiguous(fmt), beta = beta_in.contiguous(fmt);
+  const at::Tensor x = x_in.contiguous(fmt);
+  const Params params = params_of(gamma_in, beta_in, x);
   const at::Tensor mean = mean_in.contiguous(), invstd = invstd_in.contiguous();
   at::Tensor y = spade_empty_like_x(x_in);
   if (x.numel() == 0) return y;
   const Shape s = shape_of(x, mean.dim() == 2);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "spade_norm_apply_cuda", [&] {
     using acc_t = at::acc_type<scalar_t, true>;
-    const auto in = inputs_of<scalar_t, acc_t>({}, x, gamma, beta, mean, invstd, slope);
+    const auto in = inputs_of<scalar_t, acc_t>({}, x, params.gamma, params.beta, mean, invstd, slope, params.extra);
     scalar_t* yp = y.mutable_data_ptr<scalar_t>();
     with_pack_and_index<scalar_t>(s, x.numel(), {in.x, in.gamma, in.beta, yp}, [&](auto vec, auto index) {
       constexpr int VEC = decltype(vec)::value;
@@ -625,12 +677,13 @@ bool use_fused_groups(const at::Tensor& x, bool instance) {
 std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_forward(const at::Tensor& x_in, const at::Tensor& gamma_in,
                                                              const at::Tensor& beta_in, bool instance, double eps,
                                                              std::optional<double> slope) {
-  const at::Tensor x = x_in.contiguous(), gamma = gamma_in.contiguous(), beta = beta_in.contiguous();
+  const at::Tensor x = x_in.contiguous();
+  const Params params = params_of(gamma_in, beta_in, x);
   at::Tensor y = spade_empty_like_x(x_in), mean = spade_empty_stats(x, instance), var = spade_empty_stats(x, instance);
   const Shape s = shape_of(x, instance);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "spade_norm_fused_forward_cuda", [&] {
     using acc_t = at::acc_type<scalar_t, true>;
-    const auto in = inputs_of<scalar_t, acc_t>({}, x, gamma, beta, {}, {}, slope);
+    const auto in = inputs_of<scalar_t, acc_t>({}, x, params.gamma, params.beta, {}, {}, slope, params.extra);
     scalar_t* yp = y.mutable_data_ptr<scalar_t>();
     with_pack<scalar_t>(s, {in.x, in.gamma, in.beta, yp}, [&](auto vec) {
       constexpr int VEC = decltype(vec)::value;
@@ -649,14 +702,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_backward(const at::Tensor& 
                                                               const at::Tensor& mean_in, const at::Tensor& invstd_in,
                                                               std::optional<double> slope) {
   const at::Tensor dy = grad_y.contiguous(), x = x_in.contiguous();
-  const at::Tensor gamma = gamma_in.contiguous(), beta = beta_in.contiguous();
+  const Params params = params_of(gamma_in, beta_in, x);
   const at::Tensor mean = mean_in.contiguous(), invstd = invstd_in.contiguous();
   at::Tensor dx = spade_empty_like_x(x_in), dgamma = spade_empty_like_x(x_in), dbeta = spade_empty_like_x(x_in);
   const bool instance = mean.dim() == 2;
   const Shape s = shape_of(x, instance);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "spade_norm_fused_backward_cuda", [&] {
     using acc_t = at::acc_type<scalar_t, true>;
-    const auto in = inputs_of<scalar_t, acc_t>(dy, x, gamma, beta, mean, invstd, slope);
+    const auto in = inputs_of<scalar_t, acc_t>(dy, x, params.gamma, params.beta, mean, invstd, slope, params.extra);
     scalar_t *dxp = dx.mutable_data_ptr<scalar_t>(), *dgp = dgamma.mutable_data_ptr<scalar_t>();
     scalar_t* dbp = dbeta.mutable_data_ptr<scalar_t>();
     with_pack<scalar_t>(s, {in.dy, in.x, in.gamma, in.beta, dxp, dgp, dbp}, [&](auto vec) {
@@ -715,13 +768,13 @@ std::tuple<at::Tensor, at::Tensor> spade_norm_backward_reduce_cuda(
   const c10::cuda::CUDAGuard guard(x_in.device());
   const auto fmt = spade_memory_format(x_in);
   const at::Tensor dy = grad_y.contiguous(fmt), x = x_in.contiguous(fmt);
-  const at::Tensor gamma = gamma_in.contiguous(fmt), beta = beta_in.contiguous(fmt);
+  const Params params = params_of(gamma_in, beta_in, x);
   const at::Tensor mean = mean_in.contiguous(), invstd = invstd_in.contiguous();
   at::Tensor sum1 = at::zeros_like(mean), sum2 = at::zeros_like(mean);
   if (x.numel() == 0) return {sum1, sum2};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "spade_norm_backward_reduce_cuda", [&] {
     using acc_t = at::acc_type<scalar_t, true>;
-    const auto in = inputs_of<scalar_t, acc_t>(dy, x, gamma, beta, mean, invstd, slope);
+    const auto in = inputs_of<scalar_t, acc_t>(dy, x, params.gamma, params.beta, mean, invstd, slope, params.extra);
     reduce<true>(in, shape_of(x, mean.dim() == 2), x, sum1, sum2);
   });
   return {sum1, sum2};
@@ -738,7 +791,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> spade_norm_backward_elemt_cuda(
   const c10::cuda::CUDAGuard guard(x_in.device());
   const auto fmt = spade_memory_format(x_in);
   const at::Tensor dy = grad_y.contiguous(fmt), x = x_in.contiguous(fmt);
-  const at::Tensor gamma = gamma_in.contiguous(fmt), beta = beta_in.contiguous(fmt);
+  const Params params = params_of(gamma_in, beta_in, x);
   const at::Tensor mean = mean_in.contiguous(), invstd = invstd_in.contiguous();
   const at::Tensor m1 = mean_dxhat.has_value() ? mean_dxhat->contiguous() : at::Tensor();
   const at::Tensor m2 = mean_dxhat_xhat.has_value() ? mean_dxhat_xhat->contiguous() : at::Tensor();
@@ -747,7 +800,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> spade_norm_backward_elemt_cuda(
   const Shape s = shape_of(x, mean.dim() == 2);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "spade_norm_backward_elemt_cuda", [&] {
     using acc_t = at::acc_type<scalar_t, true>;
-    const auto in = inputs_of<scalar_t, acc_t>(dy, x, gamma, beta, mean, invstd, slope);
+    const auto in = inputs_of<scalar_t, acc_t>(dy, x, params.gamma, params.beta, mean, invstd, slope, params.extra);
     const acc_t* m1p = m1.defined() ? m1.const_data_ptr<acc_t>() : nullptr;
     const acc_t* m2p = m2.defined() ? m2.const_data_ptr<acc_t>() : nullptr;
     scalar_t *dxp = dx.mutable_data_ptr<scalar_t>(), *dgp = dgamma.mutable_data_ptr<scalar_t>();
