@@ -252,6 +252,29 @@ def test_spade_norm_reads_gamma_and_beta_as_halves_of_one_tensor(emu, layout, fu
             assert relative_error(actual, expected) < 1e-12
 
 
+@pytest.mark.parametrize("fused", ["0", "1"], ids=["split", "per-group"])
+def test_spade_norm_misaligned_tensors_take_the_scalar_path(emu, fused, monkeypatch):
+    # Views that start one element into their storage: 16-byte packs would fault on the
+    # GPU (and fail the AddressSanitizer run's alignment check here); the kernels must
+    # notice and read element by element.
+    monkeypatch.setenv("AUTOENC_FAST_SPADE_NORM_FUSED", fused)
+    shape = (2, 4, 4, 4)
+
+    def misaligned():
+        return torch.randn(torch.Size(shape).numel() + 1)[1:].view(shape)
+
+    x, gamma, beta, grad_y = misaligned(), misaligned(), misaligned(), misaligned()
+    ops = torch.ops.autoenc_fast
+    args = (None, None, True, False, 1e-5, 0.2)
+    y, mean, var = emu.spade_norm(x, gamma, beta, *args)
+    for actual, expected in zip((y, mean, var), ops.spade_norm(x, gamma, beta, *args)):
+        assert relative_error(actual, expected) < 1e-5
+    invstd = (var + 1e-5).rsqrt()
+    for actual, expected in zip(emu.spade_norm_backward(grad_y, x, gamma, beta, mean, invstd, True, 0.2),
+                                ops.spade_norm_backward(grad_y, x, gamma, beta, mean, invstd, True, 0.2)):
+        assert relative_error(actual, expected) < 1e-5
+
+
 def test_spade_norm_fused_switch_rejects_unknown_values(emu, monkeypatch):
     monkeypatch.setenv("AUTOENC_FAST_SPADE_NORM_FUSED", "yes")
     x = torch.randn(2, 4, 4, 4)

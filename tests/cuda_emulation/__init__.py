@@ -73,8 +73,9 @@ def rewrite(source: str) -> str:
 
 def sanitizing() -> bool:
     """Whether this process runs under AddressSanitizer (LD_PRELOAD of libasan: the
-    emulated kernels are then built with -fsanitize=address, the CPU side of compute-
-    sanitizer's memcheck: a load or store past a tensor's allocation stops the process)."""
+    emulated kernels are then built with -fsanitize=address,alignment, the CPU side of
+    compute-sanitizer's memcheck: a load or store past a tensor's allocation, or a vector
+    load from a misaligned address, stops the process)."""
     return "libasan" in os.environ.get("LD_PRELOAD", "")
 
 
@@ -94,9 +95,10 @@ def load():
         sources.append(str(target))
     flags = ["-O1", "-fno-strict-aliasing", "-Wno-unknown-pragmas"]
     if sanitizing():
-        flags += ["-fsanitize=address", "-fno-omit-frame-pointer"]
+        # And misaligned vector loads, which fault on the GPU and pass silently on the CPU.
+        flags += ["-fsanitize=address,alignment", "-fno-sanitize-recover=alignment", "-fno-omit-frame-pointer"]
     load_extension(name="autoenc_fast_cuda_emulated" + ("_asan" if sanitizing() else ""), sources=sources,
                    build_directory=str(build), extra_include_paths=[str(HERE)], extra_cflags=flags,
-                   extra_ldflags=["-fsanitize=address"] if sanitizing() else [], is_python_module=False,
+                   extra_ldflags=["-fsanitize=address,alignment"] if sanitizing() else [], is_python_module=False,
                    verbose=False)
     return torch.ops.autoenc_fast_emu
