@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import functools
 import itertools
+import json
+import os
 import statistics
 from typing import Callable
 
@@ -42,6 +44,16 @@ def keep_freed_memory() -> bool:
     m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3
     return all(mallopt(option, value) == 1 for option, value in (
         (m_mmap_threshold, 1 << 30), (m_trim_threshold, (1 << 31) - 1), (m_top_pad, 64 << 20)))
+
+
+def write_json(path: str, data) -> None:
+    """data to path as JSON, atomically: a reader (or a run cut short while writing) never
+    leaves half a file. The benchmark scripts rewrite their file after every row, so a run
+    stopped at a time limit keeps every row it finished."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=1)
+    os.replace(tmp, path)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -363,7 +375,7 @@ def _machine_fields(dev: torch.device) -> dict:
 
 
 def _model_rows(dev: torch.device, quick: bool, min_run_time: float, families=None, amps=(None,),
-                layouts=("contiguous",)) -> list[dict]:
+                layouts=("contiguous",), on_row=None) -> list[dict]:
     rows = []
     size = "quick" if quick else dev.type
     # --quick skips compiling the models (tens of seconds each on a CPU): a smoke run.
@@ -380,17 +392,21 @@ def _model_rows(dev: torch.device, quick: bool, min_run_time: float, families=No
                "speedup_vs_compiled": times["compiled"] / times["ours"] if "compiled" in times else None,
                **_peak_fields(steps, dev)}
         rows.append(row)
+        if on_row is not None:
+            on_row(row)
     return rows
 
 
 def run_benchmarks(device: str = "auto", quick: bool = False, ops=None, modes=("full",),
-                   models: bool = True, families=None, amps=(None,), layouts=("contiguous",)) -> list[dict]:
+                   models: bool = True, families=None, amps=(None,), layouts=("contiguous",),
+                   on_row=None) -> list[dict]:
     """Median ms of every provider for every op case and model training step, speedups,
     GB/s on CUDA for the memory-bound ops and each step's peak memory on CUDA. `ops` /
     `families` keep only those op cases / model steps (naming only one kind leaves the
     other out); `amps` lists the model steps' precisions (None: float32, "bf16":
     bfloat16 autocast) and `layouts` their memory formats ("contiguous",
-    "channels_last")."""
+    "channels_last"). on_row(row) is called as each row is measured (a caller bounded in
+    time keeps what it has)."""
     for name, given, known in (("ops", ops, OPS), ("families", families, tuple(MODEL_CONFIGS)),
                                ("amps", [a for a in amps if a is not None], tuple(AMP_DTYPES)),
                                ("layouts", layouts, tuple(LAYOUTS))):
@@ -417,8 +433,10 @@ def run_benchmarks(device: str = "auto", quick: bool = False, ops=None, modes=("
                 row["ours_gbps"] = full_bytes / (times["ours"] * 1e-3) / 1e9
                 row["copy_gbps"] = copy_gbps(full_bytes, dev)
             rows.append(row)
+            if on_row is not None:
+                on_row(row)
     if run_families:
-        rows += _model_rows(dev, quick, min_run_time, run_families, amps, layouts)
+        rows += _model_rows(dev, quick, min_run_time, run_families, amps, layouts, on_row)
     return rows
 
 

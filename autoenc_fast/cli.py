@@ -17,15 +17,26 @@ def _cmd_info(args) -> int:
 
 
 def _cmd_bench(args) -> int:
-    from .bench import format_table, keep_freed_memory, run_benchmarks
+    from .bench import format_table, keep_freed_memory, run_benchmarks, write_json
 
     malloc = "system default" if args.system_malloc or not keep_freed_memory() else "freed memory kept"
     amps = tuple(None if a == "fp32" else a for a in dict.fromkeys(args.amp or ["fp32"]))
+    measured = []
+
+    def keep(row):
+        # Each row as it is measured: a progress line (stderr; the table comes last on stdout),
+        # and the JSON file rewritten, so a run cut short (the GPU check bounds it in time)
+        # keeps every row it finished.
+        row["malloc"] = malloc
+        measured.append(row)
+        print(f"  {row['op']} {'x'.join(map(str, row['shape']))} {row['mode']}: ours {row['ours_ms']:.3f} ms,"
+              f" {row['speedup_vs_eager']:.2f}x eager", file=sys.stderr, flush=True)
+        if args.json:
+            write_json(args.json, measured)
+
     rows = run_benchmarks(device=args.device, quick=args.quick, ops=args.op, modes=args.mode or ("full",),
                           models=not args.no_models, families=args.model, amps=amps,
-                          layouts=tuple(dict.fromkeys(args.layout or ["contiguous"])))
-    for row in rows:
-        row["malloc"] = malloc
+                          layouts=tuple(dict.fromkeys(args.layout or ["contiguous"])), on_row=keep)
     print(format_table(rows))
     if args.png:
         from .bench import save_chart
@@ -33,10 +44,10 @@ def _cmd_bench(args) -> int:
         save_chart(rows, args.png)
         print(f"wrote {args.png}")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1)
+        write_json(args.json, rows)
         print(f"wrote {args.json}")
     return 0
+
 
 
 def _cmd_train(args) -> int:

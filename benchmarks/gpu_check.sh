@@ -121,5 +121,6 @@ check() {
 
 check 2>&1 | tee "$OUT/check.txt"
 status=${PIPESTATUS[0]}
+rm -f "$OUT"/*.tmp  # a JSON file being rewritten when its step hit its time limit
 tar -czf "$OUT/logs.tar.gz" -C "$LOGS" .
 exit "$status"

@@ -13,13 +13,12 @@ one block per group.
     python benchmarks/gpu_kernel_times.py --device cpu --quick   # smoke run (the test suite's)
 """
 import argparse
-import json
 import os
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from autoenc_fast.bench import PROVIDERS, _cases, copy_gbps
+from autoenc_fast.bench import PROVIDERS, _cases, copy_gbps, write_json
 
 STEPS = 10
 
@@ -126,9 +125,8 @@ def main() -> None:
                      f" fused {row['triton_fused_device_ms']:.4f} ms")
         rows.append(row)
         print(line, flush=True)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1)
+        if args.json:  # after every row: the GPU check bounds this script in time
+            write_json(args.json, rows)
 
 
 if __name__ == "__main__":

@@ -23,13 +23,12 @@ On the CPU (`--device cpu --size quick`) it profiles CPU time instead: a smoke r
 from __future__ import annotations
 
 import argparse
-import json
 import re
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from autoenc_fast.bench import LAYOUTS, MODEL_CONFIGS, make_model_step
+from autoenc_fast.bench import LAYOUTS, MODEL_CONFIGS, make_model_step, write_json
 from autoenc_fast.nn import SPADE
 
 STEPS = 5
@@ -112,6 +111,8 @@ def main() -> None:
     variants = list(runs)
     for variant, (provider, layout, conv_layout) in runs.items():
         result[variant] = profile_step(args.family, provider, device, size, args.amp, layout, conv_layout)
+        if args.json:  # after every variant: the GPU check bounds this script in time
+            write_json(args.json, result)
     print(f"{args.family} ({size} config{', bf16 autocast' if args.amp else ''}), "
           f"{'device' if device.type == 'cuda' else 'CPU'} ms per step, self time:")
     groups = {v: by_group(result[v]) for v in variants}
@@ -127,8 +128,7 @@ def main() -> None:
         for name, ms in sorted(result[variant].items(), key=lambda kv: -kv[1])[:args.top]:
             print(f"  {ms:9.3f}  [{group_of(name)}] {name[:110]}")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
+        write_json(args.json, result)
 
 
 if __name__ == "__main__":

@@ -213,6 +213,21 @@ def test_bench_quick(capsys):
         assert "malloc: freed memory kept" in out
 
 
+def test_bench_keeps_each_row_as_it_is_measured(tmp_path, capsys):
+    # The GPU check stops the bench at a time limit: every finished row must already be in
+    # the JSON file and on stderr by then, not only at the end.
+    from autoenc_fast.bench import run_benchmarks
+
+    seen = []
+    rows = run_benchmarks(device="cpu", quick=True, ops=["channelwise_fc"], families=["vae"], on_row=seen.append)
+    assert seen == rows and [r["op"] for r in rows] == ["channelwise_fc", "step:vae"]
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--quick", "--device", "cpu", "--op", "channelwise_fc", "--json", str(out)]) == 0
+    assert "channelwise_fc 16x256x6x6 full: ours" in capsys.readouterr().err
+    assert [r["op"] for r in json.loads(out.read_text())] == ["channelwise_fc"]
+    assert not (tmp_path / "bench.json.tmp").exists()
+
+
 def test_bench_runs_only_what_is_named(capsys):
     assert main(["bench", "--quick", "--device", "cpu", "--model", "vae"]) == 0
     rows = [line.split()[0] for line in capsys.readouterr().out.splitlines()[2:] if line.strip()]
