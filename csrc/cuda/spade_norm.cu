@@ -103,6 +103,10 @@ struct Inputs {
 struct Shape {
   int64_t N, C, HW;
   bool instance, channels_last;
+  // Statistics groups: (n, c) pairs for instance norm, channels for batch norm.
+  __host__ __device__ int64_t groups() const { return instance ? N * C : C; }
+  // The (n, c) rows of H*W elements in one group: 1 for instance norm, N for batch norm.
+  __host__ __device__ int64_t rows_per_group() const { return instance ? 1 : N; }
 };
 
 // One element's xhat = (x - mean) * invstd, 1 + gamma and z = xhat * (1 + gamma) + beta.
@@ -179,8 +183,8 @@ __global__ void reduce_nchw_kernel(Inputs<scalar_t, acc_t> in, Shape s, int64_t 
     for (int j = 0; j < VEC; ++j) a += s1[j], b += s2[j];
     block_sum_pair(a, b);
     if (threadIdx.x == 0) {
-      const int64_t per_group = s.instance ? 1 : s.N, in_group = s.instance ? 0 : row / s.C;
-      const int64_t idx = (g * per_group + in_group) * gridDim.x + blockIdx.x;
+      const int64_t in_group = s.instance ? 0 : row / s.C;
+      const int64_t idx = (g * s.rows_per_group() + in_group) * gridDim.x + blockIdx.x;
       partial[2 * idx] = a;
       partial[2 * idx + 1] = b;
     }
@@ -237,7 +241,7 @@ template <bool kBackward, typename scalar_t, typename acc_t>
 __global__ void finalize_kernel(const acc_t* __restrict__ partial, const scalar_t* __restrict__ x,
                                 Shape s, int64_t parts, acc_t* __restrict__ out1,
                                 acc_t* __restrict__ out2) {
-  const int64_t groups = s.instance ? s.N * s.C : s.C;
+  const int64_t groups = s.groups();
   const int64_t g = static_cast<int64_t>(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   if (g >= groups) return;
@@ -393,8 +397,8 @@ __device__ __forceinline__ PackOffsets group_pack_offsets(const Inputs<scalar_t,
 }
 
 template <int VEC>
-__device__ __forceinline__ int group_packs(const Shape& s) {
-  return static_cast<int>((s.instance ? 1 : s.N) * (s.HW / VEC));
+__host__ __device__ __forceinline__ int group_packs(const Shape& s) {
+  return static_cast<int>(s.rows_per_group() * (s.HW / VEC));
 }
 
 // Block totals (in every thread) of accumulate's two terms over group g's elements.
@@ -523,7 +527,7 @@ void launch_reduce(const Inputs<scalar_t, acc_t>& in, const Shape& s, const at::
     reduce_nchw_kernel<kBackward, VEC><<<grid, threads, 0, stream>>>(in, s, slice,
                                                                      partial.mutable_data_ptr<acc_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    parts = (s.instance ? 1 : s.N) * used;
+    parts = s.rows_per_group() * used;
   } else {
     const int64_t tiles = (s.C + 32 * VEC - 1) / (32 * VEC);
     const int64_t z = s.instance ? s.N : 1, rows = s.instance ? s.HW : s.N * s.HW;
@@ -540,7 +544,7 @@ void launch_reduce(const Inputs<scalar_t, acc_t>& in, const Shape& s, const at::
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     parts = used;
   }
-  const int64_t groups = s.instance ? s.N * s.C : s.C;
+  const int64_t groups = s.groups();
   constexpr int kWarps = kThreads / 32;
   finalize_kernel<kBackward><<<static_cast<unsigned>((groups + kWarps - 1) / kWarps), kThreads, 0, stream>>>(
       partial.const_data_ptr<acc_t>(), in.x, s, parts, out1.mutable_data_ptr<acc_t>(),
@@ -664,7 +668,7 @@ at::Tensor apply_impl(const at::Tensor& x_in, const at::Tensor& gamma_in, const 
 // says 0 (never) or 1 (every NCHW input). Read per call, so a benchmark can switch it.
 bool use_fused_groups(const at::Tensor& x, bool instance) {
   const Shape s = shape_of(x, instance);
-  const int64_t elems = (instance ? 1 : s.N) * s.HW;
+  const int64_t elems = s.rows_per_group() * s.HW;
   if (s.channels_last || x.numel() == 0 || elems > std::numeric_limits<int32_t>::max()) return false;
   const char* env = std::getenv("AUTOENC_FAST_SPADE_NORM_FUSED");
   const std::string mode = env != nullptr ? env : "";
@@ -687,8 +691,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_forward(const at::Tensor& x
     scalar_t* yp = y.mutable_data_ptr<scalar_t>();
     with_pack<scalar_t>(s, {in.x, in.gamma, in.beta, yp}, [&](auto vec) {
       constexpr int VEC = decltype(vec)::value;
-      const int64_t groups = instance ? s.N * s.C : s.C;
-      fused_forward_kernel<VEC><<<static_cast<unsigned>(groups), threads_for((instance ? 1 : s.N) * s.HW / VEC), 0,
+      fused_forward_kernel<VEC><<<static_cast<unsigned>(s.groups()), threads_for(group_packs<VEC>(s)), 0,
                                   c10::cuda::getCurrentCUDAStream()>>>(
           in, s, static_cast<acc_t>(eps), yp, mean.mutable_data_ptr<acc_t>(), var.mutable_data_ptr<acc_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -714,8 +717,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_backward(const at::Tensor& 
     scalar_t* dbp = dbeta.mutable_data_ptr<scalar_t>();
     with_pack<scalar_t>(s, {in.dy, in.x, in.gamma, in.beta, dxp, dgp, dbp}, [&](auto vec) {
       constexpr int VEC = decltype(vec)::value;
-      const int64_t groups = instance ? s.N * s.C : s.C;
-      fused_backward_kernel<VEC><<<static_cast<unsigned>(groups), threads_for((instance ? 1 : s.N) * s.HW / VEC), 0,
+      fused_backward_kernel<VEC><<<static_cast<unsigned>(s.groups()), threads_for(group_packs<VEC>(s)), 0,
                                    c10::cuda::getCurrentCUDAStream()>>>(in, s, dxp, dgp, dbp);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });

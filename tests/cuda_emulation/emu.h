@@ -135,22 +135,24 @@ inline unsigned linear_thread() {
 
 enum class Opened { kYes, kNo, kDivergent };
 
-// Opens the block barrier if every live thread waits at it (at the same call).
-inline Opened open_block_barrier(Block& b) {
+// Opens `barrier` for threads [first, end) (a warp's lanes, or the whole block) if every
+// live one of them waits at it, at the same call. (Shuffles record no call site.)
+inline Opened open_barrier(Block& b, size_t first, size_t end, State barrier) {
   bool waiting = false, all = true;
   int site = 0;
-  for (const Fiber& f : b.fibers) {
-    waiting |= f.state == State::kAtBlockBarrier;
-    all &= f.state == State::kAtBlockBarrier || f.state == State::kDone;
-    if (f.state != State::kAtBlockBarrier) continue;
+  for (size_t i = first; i < end; ++i) {
+    const Fiber& f = b.fibers[i];
+    waiting |= f.state == barrier;
+    all &= f.state == barrier || f.state == State::kDone;
+    if (f.state != barrier) continue;
     // The hardware would count arrivals at different __syncthreads() calls as one
     // barrier; CUDA leaves it undefined, so it is an error here.
     if (site != 0 && f.barrier_site != site) return Opened::kDivergent;
     site = f.barrier_site;
   }
   if (!(waiting && all)) return Opened::kNo;
-  for (Fiber& f : b.fibers)
-    if (f.state == State::kAtBlockBarrier) f.state = State::kRunnable;
+  for (size_t i = first; i < end; ++i)
+    if (b.fibers[i].state == barrier) b.fibers[i].state = State::kRunnable;
   return Opened::kYes;
 }
 
@@ -175,14 +177,7 @@ inline bool run_warp(Block& b, size_t first, size_t end, bool reverse) {
       swapcontext(&b.scheduler, &b.fibers[i].context);
       ran_any = true;
     }
-    bool waiting = false, all = true;
-    for (size_t i = first; i < end; ++i) {
-      waiting |= b.fibers[i].state == State::kAtWarpBarrier;
-      all &= b.fibers[i].state == State::kAtWarpBarrier || b.fibers[i].state == State::kDone;
-    }
-    if (!(waiting && all)) return ran_any;
-    for (size_t i = first; i < end; ++i)
-      if (b.fibers[i].state == State::kAtWarpBarrier) b.fibers[i].state = State::kRunnable;
+    if (open_barrier(b, first, end, State::kAtWarpBarrier) != Opened::kYes) return ran_any;
   }
 }
 
@@ -206,7 +201,7 @@ inline void run_block(Block& b, const char* kernel, bool reverse) {
     }
     if (ran) continue;
     if (std::all_of(b.fibers.begin(), b.fibers.end(), [](const Fiber& f) { return f.state == State::kDone; })) return;
-    const Opened opened = open_block_barrier(b);
+    const Opened opened = open_barrier(b, 0, n, State::kAtBlockBarrier);
     if (opened == Opened::kYes) continue;
     const std::string where = std::string(kernel) + " (block " + std::to_string(blockIdx.x) + "," +
                               std::to_string(blockIdx.y) + "," + std::to_string(blockIdx.z) + ")";
