@@ -5,9 +5,9 @@ step must move (bench.py) over that device time. spade_norm rows also time the T
 candidate kernels (autoenc_fast/triton/spade_norm.py, two-kernel and fused passes)
 against the CUDA C++ ones; channelwise_fc rows also torch.bmm on a permuted copy, every
 provider in bfloat16. Our kernels' variants that an environment variable selects are
-timed beside the default (ENV_VARIANTS): channelwise_fc with 2 and 4 columns per thread, with
-4x4 micro-tiles, and with the backward's two products in one launch, spade_norm with the split kernels and with
-one block per group.
+timed beside the default (ENV_VARIANTS): channelwise_fc with 2 and 4 columns per thread,
+with 4x4 micro-tiles, and with the backward's two products in one launch; spade_norm with
+the split kernels and with one block per group.
 
     python benchmarks/gpu_kernel_times.py [--json FILE]
     python benchmarks/gpu_kernel_times.py --device cpu --quick   # smoke run (the test suite's)

@@ -127,8 +127,6 @@ def main() -> None:
         print(f"largest {args.top} of {variant}:")
         for name, ms in sorted(result[variant].items(), key=lambda kv: -kv[1])[:args.top]:
             print(f"  {ms:9.3f}  [{group_of(name)}] {name[:110]}")
-    if args.json:
-        write_json(args.json, result)
 
 
 if __name__ == "__main__":

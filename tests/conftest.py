@@ -87,3 +87,25 @@ def assert_double_backward_refused(loss, inputs, op: str) -> None:
         torch.testing.assert_close(with_graph, without, atol=0, rtol=0)
     with pytest.raises(RuntimeError, match=f"autoenc_fast::{op}_backward: differentiating this op's gradient again"):
         sum(g.square().sum() for g in first).backward()
+
+
+# Memory layouts of a 4-D test input (make_x).
+LAYOUTS = ["contiguous", "channels_last", "strided", "channel_slice"]
+
+
+def make_x(shape, layout, dtype=torch.float32, device="cpu"):
+    """Fresh standard-normal x of `shape` laid out as asked."""
+    B, C, H, W = shape
+    if layout == "strided":
+        # Every other channel and column of a larger tensor, rows offset by one: a view
+        # that is neither contiguous nor channels_last.
+        big = torch.randn(B, 2 * C, H + 1, 2 * W, dtype=dtype, device=device)
+        x = big[:, ::2, 1:, ::2]
+        assert not x.is_contiguous() and not x.is_contiguous(memory_format=torch.channels_last) or C * H * W == 1
+        return x
+    if layout == "channel_slice":
+        # The first C channels of a 2C-channel tensor (as chunk() gives): rows of a sample
+        # adjacent, samples 2*C*H*W apart; the CPU kernel reads and writes these in place.
+        return torch.randn(B, 2 * C, H, W, dtype=dtype, device=device)[:, :C]
+    x = torch.randn(shape, dtype=dtype, device=device)
+    return x.contiguous(memory_format=torch.channels_last) if layout == "channels_last" else x

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 import autoenc_fast
 from autoenc_fast import _ext, functional, reference
 from autoenc_fast.nn import ChannelwiseFC, ChannelwiseFCBottleneck
-from conftest import HAS_CUDA, TOLERANCES, assert_double_backward_refused, devices, requires_cuda
+from conftest import (HAS_CUDA, LAYOUTS, TOLERANCES, assert_double_backward_refused, devices, make_x,
+                      requires_cuda)
 
 pytestmark = pytest.mark.skipif(not _ext.LOADED, reason=f"compiled extension not loaded: {_ext.STATUS}")
 
@@ -21,27 +22,6 @@ OPS = torch.ops.autoenc_fast
 # views still have flat positions: flat_position_stride's H == 1 and W == 1 cases).
 SHAPES = [(2, 3, 4, 5), (1, 3, 4, 4), (3, 1, 2, 3), (4, 5, 1, 1), (5, 4, 6, 6), (3, 7, 4, 4),
           (2, 2, 3, 7), (9, 2, 5, 3), (130, 2, 3, 3), (2, 2, 9, 9), (2, 3, 1, 5), (3, 2, 5, 1)]
-LAYOUTS = ["contiguous", "channels_last", "strided", "channel_slice"]
-
-
-def make_x(shape, layout, dtype=torch.float32, device="cpu"):
-    """Fresh standard-normal x of `shape` laid out as asked."""
-    B, C, H, W = shape
-    if layout == "strided":
-        # Every other channel and column of a larger tensor, rows offset by one: a view
-        # that is neither contiguous nor channels_last.
-        big = torch.randn(B, 2 * C, H + 1, 2 * W, dtype=dtype, device=device)
-        x = big[:, ::2, 1:, ::2]
-        assert not x.is_contiguous() and not x.is_contiguous(memory_format=torch.channels_last) or C * H * W == 1
-        return x
-    if layout == "channel_slice":
-        # The first C channels of a 2C-channel tensor (as chunk() gives): rows of a sample
-        # adjacent, samples 2*C*H*W apart; the CPU kernel reads and writes these in place.
-        return torch.randn(B, 2 * C, H, W, dtype=dtype, device=device)[:, :C]
-    x = torch.randn(shape, dtype=dtype, device=device)
-    return x.contiguous(memory_format=torch.channels_last) if layout == "channels_last" else x
-
-
 def make_params(C, H, W, bias=True, dtype=torch.float32, device="cpu"):
     P = H * W
     weight = torch.randn(C, P, P, dtype=dtype, device=device) / P**0.5

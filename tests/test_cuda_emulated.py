@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import autoenc_fast  # noqa: F401  (registers the CPU ops compared against)
+from conftest import LAYOUTS, make_x
 
 pytestmark = pytest.mark.skipif(shutil.which("ninja") is None,
                                 reason="the CUDA emulator's build needs ninja (pip install ninja)")
@@ -42,14 +43,6 @@ def shape_id(shape) -> str:
     return "x".join(map(str, shape))
 
 
-def in_layout(t: torch.Tensor, layout: str) -> torch.Tensor:
-    if layout == "channels_last":
-        return t.contiguous(memory_format=torch.channels_last)
-    if layout == "strided":  # every other sample of a batch twice the size
-        return torch.cat([t, torch.randn_like(t)], dim=0).view(2, *t.shape).transpose(0, 1)[:, 0]
-    return t
-
-
 # -------------------------------------------------------------------- channelwise_fc
 
 # (B, C, H, W): the Context Encoder's 6x6 and 4x4 maps at a small batch, 1x1 maps, H != W,
@@ -58,13 +51,13 @@ CHANNELWISE_SHAPES = [(5, 3, 6, 6), (9, 2, 4, 4), (1, 1, 1, 1), (3, 2, 3, 5), (4
 
 
 @pytest.mark.parametrize("shape", CHANNELWISE_SHAPES, ids=shape_id)
-@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
+@pytest.mark.parametrize("layout", LAYOUTS)
 def test_channelwise_fc_matches_the_cpu_kernel(emu, shape, layout):
     B, C, H, W = shape
     P = H * W
-    x = in_layout(torch.randn(shape, dtype=torch.float64), layout)
+    x = make_x(shape, layout, torch.float64)
     weight, bias = torch.randn(C, P, P, dtype=torch.float64) / P**0.5, torch.randn(C, P, dtype=torch.float64)
-    grad_y = in_layout(torch.randn(shape, dtype=torch.float64), layout)
+    grad_y = make_x(shape, layout, torch.float64)
     ops = torch.ops.autoenc_fast
     for with_bias in (bias, None):
         assert relative_error(emu.channelwise_fc(x, weight, with_bias), ops.channelwise_fc(x, weight, with_bias)) < 1e-13
@@ -144,8 +137,8 @@ SPADE_SHAPES = [(3, 4, 4, 4), (2, 3, 3, 5), (2, 2, 40, 40), (2, 8, 6, 6)]
 
 
 def spade_inputs(shape, dtype=torch.float64, layout="contiguous"):
-    x = in_layout(torch.randn(shape, dtype=dtype) * 2 + 0.5, layout)
-    gamma, beta, grad_y = (in_layout(torch.randn(shape, dtype=dtype), layout) for _ in range(3))
+    x = make_x(shape, layout, dtype) * 2 + 0.5  # keeps the layout
+    gamma, beta, grad_y = (make_x(shape, layout, dtype) for _ in range(3))
     return x, gamma, beta, grad_y
 
 
@@ -226,8 +219,8 @@ def test_spade_norm_reads_gamma_and_beta_as_halves_of_one_tensor(emu, layout, fu
     # the CPU kernels on contiguous copies, every op that reads gamma and beta.
     monkeypatch.setenv("AUTOENC_FAST_SPADE_NORM_FUSED", fused)
     N, C, H, W = 3, 4, 4, 6
-    x, grad_y = (in_layout(torch.randn(N, C, H, W, dtype=torch.float64), layout) for _ in range(2))
-    merged = in_layout(torch.randn(N, 2 * C, H, W, dtype=torch.float64), layout)
+    x, grad_y = (make_x((N, C, H, W), layout, torch.float64) for _ in range(2))
+    merged = make_x((N, 2 * C, H, W), layout, torch.float64)
     gamma, beta = merged.chunk(2, dim=1)
     assert not gamma.is_contiguous() and gamma.stride(0) == 2 * C * H * W or layout == "channels_last"
     dense = (gamma.contiguous(), beta.contiguous())

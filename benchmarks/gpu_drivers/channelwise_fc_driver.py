@@ -6,8 +6,8 @@
 Runs forward and backward once per case on small random inputs (every layout, with
 and without bias, float32/float16/bfloat16/float64, a map wider than one 64-position
 tile, an empty batch) through torch.ops.autoenc_fast and checks them against the
-float64 einsum reference, with each columns-per-thread variant of the kernel (1, 2, 4).
-Exits non-zero on any mismatch.
+float64 einsum reference, with each variant of the kernel (1, 2 or 4 columns per thread,
+4x4 micro-tiles, the paired backward). Exits non-zero on any mismatch.
 """
 from __future__ import annotations
 
@@ -64,10 +64,10 @@ def main() -> int:
         return 2
     torch.manual_seed(0)
     ok = True
-    # Every columns-per-thread variant of the kernel and the 4x4 micro tiles
-    # (AUTOENC_FAST_CHANNELWISE_FC_COLS),
-    # each with its own launch geometry, under the sanitizer: the default (1) on every case,
-    # the variants on fewer (racecheck is slow per launch, and the check has minutes).
+    # Every columns-per-thread variant of the kernel and the 4x4 micro-tiles
+    # (AUTOENC_FAST_CHANNELWISE_FC_COLS), each with its own launch geometry, under the
+    # sanitizer: the default (1) on every case, the variants on fewer (racecheck is slow
+    # per launch, and the check has minutes).
     for cols in ("1", "2", "4", "4x4"):
         os.environ["AUTOENC_FAST_CHANNELWISE_FC_COLS"] = cols
         print(f"-- {cols} column(s) per thread")

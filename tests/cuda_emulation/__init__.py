@@ -84,7 +84,8 @@ def load():
     """Compiles (or reuses) the emulated kernels and returns torch.ops.autoenc_fast_emu."""
     from torch.utils.cpp_extension import load as load_extension
 
-    build = BUILD / ("asan" if sanitizing() else "plain")
+    asan = sanitizing()
+    build = BUILD / ("asan" if asan else "plain")
     build.mkdir(parents=True, exist_ok=True)
     sources = []
     for name in KERNEL_FILES:
@@ -94,11 +95,11 @@ def load():
             target.write_text(text)
         sources.append(str(target))
     flags = ["-O1", "-fno-strict-aliasing", "-Wno-unknown-pragmas"]
-    if sanitizing():
+    if asan:
         # And misaligned vector loads, which fault on the GPU and pass silently on the CPU.
         flags += ["-fsanitize=address,alignment", "-fno-sanitize-recover=alignment", "-fno-omit-frame-pointer"]
-    load_extension(name="autoenc_fast_cuda_emulated" + ("_asan" if sanitizing() else ""), sources=sources,
+    load_extension(name="autoenc_fast_cuda_emulated" + ("_asan" if asan else ""), sources=sources,
                    build_directory=str(build), extra_include_paths=[str(HERE)], extra_cflags=flags,
-                   extra_ldflags=["-fsanitize=address,alignment"] if sanitizing() else [], is_python_module=False,
+                   extra_ldflags=["-fsanitize=address,alignment"] if asan else [], is_python_module=False,
                    verbose=False)
     return torch.ops.autoenc_fast_emu
