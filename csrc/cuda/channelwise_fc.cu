@@ -32,6 +32,7 @@
 #include <cstdlib>
 #include <limits>
 #include <string>
+#include <type_traits>
 
 #include "../channelwise_fc_checks.h"
 
@@ -430,14 +431,20 @@ int columns_per_thread() {
   return value == "4x4" ? kMicro : std::stoi(value);
 }
 
+// Calls fn(kCols constant) with the variant columns_per_thread() selects.
+template <typename Fn>
+void with_columns(const Fn& fn) {
+  switch (columns_per_thread()) {
+    case 2: return fn(std::integral_constant<int, 2>());
+    case 4: return fn(std::integral_constant<int, 4>());
+    case kMicro: return fn(std::integral_constant<int, kMicro>());
+    default: return fn(std::integral_constant<int, 1>());
+  }
+}
+
 template <typename acc_t, typename Gemm>
 void launch_channel_gemm(int64_t C, const Gemm& gemm) {
-  switch (columns_per_thread()) {
-    case 2: return launch_with<2, acc_t>(C, gemm);
-    case 4: return launch_with<4, acc_t>(C, gemm);
-    case kMicro: return launch_with<kMicro, acc_t>(C, gemm);
-    default: return launch_with<1, acc_t>(C, gemm);
-  }
+  with_columns([&](auto cols) { launch_with<decltype(cols)::value, acc_t>(C, gemm); });
 }
 
 // The backward's two products in one launch when AUTOENC_FAST_CHANNELWISE_FC_PAIRED=1,
@@ -455,12 +462,7 @@ void launch_channel_gemm_pair(int64_t C, const Gemm1& first, const Gemm2& second
     launch_channel_gemm<acc_t>(C, second);
     return;
   }
-  switch (columns_per_thread()) {
-    case 2: return launch_pair_with<2, acc_t>(C, first, second);
-    case 4: return launch_pair_with<4, acc_t>(C, first, second);
-    case kMicro: return launch_pair_with<kMicro, acc_t>(C, first, second);
-    default: return launch_pair_with<1, acc_t>(C, first, second);
-  }
+  with_columns([&](auto cols) { launch_pair_with<decltype(cols)::value, acc_t>(C, first, second); });
 }
 
 at::Tensor channelwise_fc_cuda(const at::Tensor& x, const at::Tensor& weight_in,
