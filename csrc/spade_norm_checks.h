@@ -33,6 +33,32 @@ inline at::Tensor spade_empty_stats(const at::Tensor& x, bool instance) {
   return instance ? at::empty({x.size(0), x.size(1)}, opts) : at::empty({x.size(1)}, opts);
 }
 
+// gamma and beta as the kernels read them. In place when x is NCHW and both have rows of
+// H*W adjacent elements and one batch stride, a multiple of H*W (so the CUDA kernels'
+// 16-byte packs stay aligned): the two channel halves of nn.SPADE's merged (N, 2C, H, W)
+// convolution output, which would otherwise be copied every step. `extra` is then that
+// stride's excess over C*H*W: x's element at n*C*H*W + r is gamma's and beta's at
+// n*(C*H*W + extra) + r. Else they are made contiguous in x's layout (a copy unless they
+// are already) and `extra` is 0. x: already in its kernel layout (spade_memory_format).
+struct SpadeParams {
+  at::Tensor gamma, beta;
+  int64_t extra;
+};
+
+inline SpadeParams spade_params_of(const at::Tensor& gamma, const at::Tensor& beta, const at::Tensor& x) {
+  const auto fmt = spade_memory_format(x);
+  const int64_t C = x.size(1), H = x.size(2), W = x.size(3);
+  const auto rows_adjacent = [&](const at::Tensor& t) {
+    return t.stride(3) == 1 && t.stride(2) == W && t.stride(1) == H * W && t.stride(0) >= C * H * W &&
+           t.stride(0) % (H * W) == 0;
+  };
+  if (fmt == at::MemoryFormat::Contiguous && x.size(0) > 1 && H * W > 0 && rows_adjacent(gamma) &&
+      rows_adjacent(beta) && gamma.stride(0) == beta.stride(0)) {
+    return {gamma, beta, gamma.stride(0) - C * H * W};
+  }
+  return {gamma.contiguous(fmt), beta.contiguous(fmt), 0};
+}
+
 inline void check_spade_x(const at::Tensor& x, const char* op) {
   TORCH_CHECK(x.dim() == 4, op, ": `x` must be 4-D (N, C, H, W); got ", x.dim(), "-D of shape ",
               x.sizes());

@@ -482,10 +482,12 @@ def test_module_matches_gaugan_spade(module_cls, norm, slope):
 @pytest.mark.parametrize("seg_layout", [torch.contiguous_format, torch.channels_last])
 def test_module_modulates_in_x_layout_whatever_the_segmap_layout(x_layout, seg_layout, conv_layout):
     """A one-hot segmap made with permute(0, 3, 1, 2) is channels_last; gamma and beta
-    still come out dense in x's layout (the kernels' own), so neither the op nor the
-    merged convolution's backward transposes them (seen: a third of the CPU GauGAN
-    step's copies), and the module still equals GauGAN's. With conv_layout="segmap" the
-    convolutions run in the segmap's layout and only gamma and beta are transposed."""
+    still come out in x's layout (the kernels' own), so neither the op nor the merged
+    convolution's backward transposes them (seen: a third of the CPU GauGAN step's
+    copies), and the module still equals GauGAN's. With conv_layout="segmap" the
+    convolutions run in the segmap's layout and only gamma and beta are transposed.
+    When the merged convolution's output is NCHW, as x, gamma and beta are its two
+    channel halves, which the kernels read in place; else dense copies in x's layout."""
     plain = GauGANSPADE(6, 4, 8, 3, "batch", 0.2).double()
     ours = SPADE(6, 4, hidden=8, negative_slope=0.2).double()
     ours.load_state_dict(plain.state_dict(), strict=True)
@@ -499,22 +501,75 @@ def test_module_modulates_in_x_layout_whatever_the_segmap_layout(x_layout, seg_l
     hook.remove()
     expected_conv_layout = x_layout if conv_layout == "x" else seg_layout
     assert conv_inputs[0].is_contiguous(memory_format=expected_conv_layout)
+    halves_in_place = x_layout == expected_conv_layout == torch.contiguous_format
+    N, C, H, W = x.shape
     for t in (gamma, beta):
-        assert t.is_contiguous(memory_format=x_layout) and t.shape == x.shape
+        assert t.shape == x.shape
+        if halves_in_place:
+            assert t.stride() == (2 * C * H * W, H * W, W, 1)
+        else:
+            assert t.is_contiguous(memory_format=x_layout)
+    if halves_in_place:
+        assert beta.data_ptr() == gamma.data_ptr() + C * H * W * gamma.element_size()
     assert_modules_agree(plain, ours, x, seg, torch.randn_like(x))
 
 
-@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU; this machine has none")
+# (N, C, H, W) for each NCHW path of the CPU kernels: a small tensor (group-blocked
+# passes), rows of >= 1024 (group-blocked passes), short rows of a tensor over 512 KiB
+# (two-sweep backward, separate stats / apply passes).
+CPU_PATH_SHAPES = {"small": (3, 4, 5, 6), "long_rows": (2, 3, 33, 32), "large_short_rows": (8, 40, 16, 16)}
+
+
+@needs_ext
+@pytest.mark.parametrize("shape", CPU_PATH_SHAPES.values(), ids=CPU_PATH_SHAPES.keys())
+@pytest.mark.parametrize("instance", [False, True], ids=["batch", "instance"])
+def test_cpu_kernels_read_gamma_and_beta_as_halves_of_one_tensor(shape, instance):
+    # nn.SPADE hands the ops the two channel halves of one NCHW (N, 2C, H, W) tensor; the
+    # CPU kernels read them in place, without copying (no aten::copy_ under the op), and
+    # every op that reads gamma and beta gives what it gives for dense copies.
+    N, C, H, W = shape
+    x = torch.randn(shape, dtype=torch.float64) * 2 + 1
+    grad_y = torch.randn(shape, dtype=torch.float64)
+    gamma, beta = torch.randn(N, 2 * C, H, W, dtype=torch.float64).chunk(2, dim=1)
+    assert gamma.stride(0) == 2 * C * H * W
+    dense = (gamma.contiguous(), beta.contiguous())
+    ops = torch.ops.autoenc_fast
+    args = (None, None, True, instance, 1e-5, 0.2)
+    with torch.profiler.profile() as prof:
+        y, mean, var = ops.spade_norm(x, gamma, beta, *args)
+    assert "aten::copy_" not in {event.name for event in prof.events()}
+    for actual, expected in zip((y, mean, var), ops.spade_norm(x, *dense, *args)):
+        torch.testing.assert_close(actual, expected, rtol=0, atol=0)
+    invstd = (var + 1e-5).rsqrt()
+    for use_input_stats in (True, False):
+        for actual, expected in zip(ops.spade_norm_backward(grad_y, x, gamma, beta, mean, invstd, use_input_stats, 0.2),
+                                    ops.spade_norm_backward(grad_y, x, *dense, mean, invstd, use_input_stats, 0.2)):
+            torch.testing.assert_close(actual, expected, rtol=0, atol=0)
+    torch.testing.assert_close(ops.spade_norm_apply(x, gamma, beta, mean, invstd, 0.2),
+                               ops.spade_norm_apply(x, *dense, mean, invstd, 0.2), rtol=0, atol=0)
+    sums = ops.spade_norm_backward_reduce(grad_y, x, gamma, beta, mean, invstd, 0.2)
+    for actual, expected in zip(sums, ops.spade_norm_backward_reduce(grad_y, x, *dense, mean, invstd, 0.2)):
+        torch.testing.assert_close(actual, expected, rtol=0, atol=0)
+    means = [t / (H * W if instance else N * H * W) for t in sums]
+    for actual, expected in zip(ops.spade_norm_backward_elemt(grad_y, x, gamma, beta, mean, invstd, *means, 0.2),
+                                ops.spade_norm_backward_elemt(grad_y, x, *dense, mean, invstd, *means, 0.2)):
+        torch.testing.assert_close(actual, expected, rtol=0, atol=0)
+    # and the result is the reference's (float64)
+    y_ref = R.spade_norm(x, *dense, norm="instance" if instance else "batch", negative_slope=0.2)
+    torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("device", devices())
 @pytest.mark.parametrize("norm", ["batch", "instance"])
-def test_cuda_module_passes_gamma_and_beta_in_place_and_matches_gaugan(norm):
-    # On CUDA with an NCHW x, the kernels read gamma and beta as the two channel halves of
-    # the merged convolution's output (no copies); the module still equals GauGAN's, in
+def test_module_passes_gamma_and_beta_in_place_and_matches_gaugan(norm, device):
+    # With an NCHW x, the kernels read gamma and beta as the two channel halves of the
+    # merged convolution's output (no copies); the module still equals GauGAN's, in
     # training and eval, outputs and gradients.
-    plain = GauGANSPADE(6, 4, 8, 3, norm, 0.2).double().cuda()
-    ours = SPADE(6, 4, hidden=8, norm=norm, negative_slope=0.2).double().cuda()
+    plain = GauGANSPADE(6, 4, 8, 3, norm, 0.2).double().to(device)
+    ours = SPADE(6, 4, hidden=8, norm=norm, negative_slope=0.2).double().to(device)
     ours.load_state_dict(plain.state_dict(), strict=True)
-    seg = torch.rand(2, 4, 5, 7, dtype=torch.float64, device="cuda")
-    x = torch.randn(2, 6, 10, 14, dtype=torch.float64, device="cuda") + 1
+    seg = torch.rand(2, 4, 5, 7, dtype=torch.float64, device=device)
+    x = torch.randn(2, 6, 10, 14, dtype=torch.float64, device=device) + 1
     gamma, beta = ours.modulation(seg, x)
     assert not gamma.is_contiguous() and gamma.stride(0) == 12 * 10 * 14 and beta.data_ptr() > gamma.data_ptr()
     for train in (True, False):

@@ -63,16 +63,20 @@ using Params = std::array<Vec<T>, 4>;
 template <typename T>
 using ParamPtrs = std::array<const T*, 4>;
 
+// param_extra: gamma's and beta's batch stride beyond C * HW (SpadeParams::extra; NCHW only).
 struct Geometry {
   int64_t N, C, HW;
   bool instance, channels_last;
+  int64_t param_extra;
   int64_t groups() const { return instance ? N * C : C; }
   int64_t group_elems() const { return instance ? HW : N * HW; }
+  // Where NCHW row r (sample r / C) starts in gamma and beta; in x and the outputs at r * HW.
+  int64_t param_row(int64_t r) const { return r * HW + (param_extra == 0 ? 0 : (r / C) * param_extra); }
 };
 
-Geometry geometry_of(const at::Tensor& x, bool instance) {
+Geometry geometry_of(const at::Tensor& x, bool instance, int64_t param_extra = 0) {
   return {x.size(0), x.size(1), x.size(2) * x.size(3), instance,
-          spade_memory_format(x) == at::MemoryFormat::ChannelsLast};
+          spade_memory_format(x) == at::MemoryFormat::ChannelsLast, param_extra};
 }
 
 // Parallel tasks per at::parallel_for chunk for items of `item_elems` elements, so a chunk
@@ -108,8 +112,9 @@ Params<T> load_params(const ParamPtrs<T>& p, int64_t g0, int64_t count) {
 // original, reached through a reference, had them loaded again after every vector store
 // (intrinsic stores may alias anything; seen in the profile of the channels_last passes).
 
-// Runs fn(offset, count, params) over every vector step of the tensor; params hold
-// the per-group parameters of the step's elements.
+// Runs fn(offset, param_offset, count, params) over every vector step of the tensor:
+// offset in x (and dy and the outputs), param_offset in gamma and beta; params hold the
+// per-group parameters of the step's elements.
 template <typename T, typename Fn>
 void for_each_step(const Geometry& geo, const ParamPtrs<T>& p, const Fn& fn) {
   constexpr int64_t L = Vec<T>::size();
@@ -119,7 +124,8 @@ void for_each_step(const Geometry& geo, const ParamPtrs<T>& p, const Fn& fn) {
       const Fn local = fn;
       for (int64_t r = begin; r < end; ++r) {
         const Params<T> v = broadcast_params(p, geo.instance ? r : r % geo.C);
-        for (int64_t i = 0; i < geo.HW; i += L) local(r * geo.HW + i, std::min(L, geo.HW - i), v);
+        const int64_t base = r * geo.HW, pbase = geo.param_row(r);
+        for (int64_t i = 0; i < geo.HW; i += L) local(base + i, pbase + i, std::min(L, geo.HW - i), v);
       }
       end_of_streaming_task();
     });
@@ -139,7 +145,10 @@ void for_each_step(const Geometry& geo, const ParamPtrs<T>& p, const Fn& fn) {
         for (int64_t cv = 0; cv < vecs; ++cv) params[cv] = load_params(p, g0 + cv * L, std::min(L, geo.C - cv * L));
         params_g0 = g0;
       }
-      for (int64_t cv = 0; cv < vecs; ++cv) local(r * geo.C + cv * L, std::min(L, geo.C - cv * L), params[cv]);
+      for (int64_t cv = 0; cv < vecs; ++cv) {
+        const int64_t off = r * geo.C + cv * L;  // gamma and beta are dense here (param_extra 0)
+        local(off, off, std::min(L, geo.C - cv * L), params[cv]);
+      }
     }
     end_of_streaming_task();
   });
@@ -154,10 +163,11 @@ double lane_sum(const Vec<T>& v) {
   return sum;
 }
 
-// (S1, S2) of fn over the `len` contiguous elements at `base`, all of one group: vector
-// partial sums over at most kChunk elements, added into float64.
+// (S1, S2) of fn over the `len` contiguous elements at `base` (at `pbase` in gamma and
+// beta), all of one group: vector partial sums over at most kChunk elements, added into
+// float64.
 template <typename T, typename Fn>
-std::pair<double, double> row_sums(int64_t base, int64_t len, const Params<T>& v, const Fn& fn) {
+std::pair<double, double> row_sums(int64_t base, int64_t pbase, int64_t len, const Params<T>& v, const Fn& fn) {
   constexpr int64_t L = Vec<T>::size();
   const Fn local = fn;
   const Params<T> lv = v;
@@ -165,7 +175,7 @@ std::pair<double, double> row_sums(int64_t base, int64_t len, const Params<T>& v
   for (int64_t i0 = 0; i0 < len; i0 += kChunk) {
     Vec<T> a1(T(0)), a2(T(0));
     const int64_t i1 = std::min(len, i0 + kChunk);
-    for (int64_t i = i0; i < i1; i += L) local(base + i, std::min(L, i1 - i), lv, a1, a2);
+    for (int64_t i = i0; i < i1; i += L) local(base + i, pbase + i, std::min(L, i1 - i), lv, a1, a2);
     t1 += lane_sum(a1);
     t2 += lane_sum(a2);
   }
@@ -184,7 +194,8 @@ void reduce_groups(const Geometry& geo, const ParamPtrs<T>& p, const Fn& fn,
     std::vector<double> part1(rows), part2(rows);
     at::parallel_for(0, rows, grain_for(geo.HW), [&](int64_t b, int64_t e) {
       for (int64_t r = b; r < e; ++r) {
-        const auto sums = row_sums(r * geo.HW, geo.HW, broadcast_params(p, geo.instance ? r : r % geo.C), fn);
+        const auto sums = row_sums(r * geo.HW, geo.param_row(r), geo.HW,
+                                   broadcast_params(p, geo.instance ? r : r % geo.C), fn);
         part1[r] = sums.first;
         part2[r] = sums.second;
       }
@@ -218,7 +229,7 @@ void reduce_groups(const Geometry& geo, const ParamPtrs<T>& p, const Fn& fn,
       for (int64_t h = h0; h < h1; ++h) {
         const int64_t row = (n * geo.HW + h) * geo.C;
         for (int64_t cv = 0; cv < vecs; ++cv)
-          local(row + cv * L, std::min(L, geo.C - cv * L), params[cv], acc1[cv], acc2[cv]);
+          local(row + cv * L, row + cv * L, std::min(L, geo.C - cv * L), params[cv], acc1[cv], acc2[cv]);
       }
       for (int64_t cv = 0; cv < vecs; ++cv) {
         acc1[cv].store(lanes1);
@@ -240,13 +251,14 @@ void reduce_groups(const Geometry& geo, const ParamPtrs<T>& p, const Fn& fn,
   }
 }
 
-// z = xhat * (1 + gamma) + beta for one vector step; xhat is returned through xhat_out.
+// z = xhat * (1 + gamma) + beta for one vector step (x at i, gamma and beta at pi); xhat
+// is returned through xhat_out.
 template <typename T>
-inline Vec<T> affine_step(const T* x, const T* gamma, const T* beta, int64_t i, int64_t count,
+inline Vec<T> affine_step(const T* x, const T* gamma, const T* beta, int64_t i, int64_t pi, int64_t count,
                           const Params<T>& v, Vec<T>& one_g, Vec<T>& xhat) {
   xhat = (Vec<T>::loadu(x + i, count) - v[0]) * v[1];
-  one_g = Vec<T>(T(1)) + Vec<T>::loadu(gamma + i, count);
-  return at::vec::fmadd(xhat, one_g, Vec<T>::loadu(beta + i, count));
+  one_g = Vec<T>(T(1)) + Vec<T>::loadu(gamma + pi, count);
+  return at::vec::fmadd(xhat, one_g, Vec<T>::loadu(beta + pi, count));
 }
 
 // leaky_relu(z) (the value) or its derivative times g (the gradient), selected on z > 0.
@@ -279,7 +291,7 @@ Pointers<T> pointers(const at::Tensor& dy, const at::Tensor& x, const at::Tensor
 // Statistics terms (x - k, (x - k)^2), params[0] = k; lanes past `count` masked to 0.
 template <typename T>
 auto stats_term(const T* xp) {
-  return [xp](int64_t i, int64_t count, const Params<T>& v, Vec<T>& a1, Vec<T>& a2) {
+  return [xp](int64_t i, int64_t /*pi*/, int64_t count, const Params<T>& v, Vec<T>& a1, Vec<T>& a2) {
     const Vec<T> d = Vec<T>::set(Vec<T>(T(0)), Vec<T>::loadu(xp + i, count) - v[0], count);
     a1 = a1 + d;
     a2 = at::vec::fmadd(d, d, a2);
@@ -289,9 +301,9 @@ auto stats_term(const T* xp) {
 // y = act(xhat * (1 + gamma) + beta), params = (mean, invstd).
 template <typename T>
 auto apply_step(const Pointers<T>& p) {
-  return [p](int64_t i, int64_t count, const Params<T>& v) {
+  return [p](int64_t i, int64_t pi, int64_t count, const Params<T>& v) {
     Vec<T> one_g, xhat;
-    const Vec<T> z = affine_step(p.x, p.gamma, p.beta, i, count, v, one_g, xhat);
+    const Vec<T> z = affine_step(p.x, p.gamma, p.beta, i, pi, count, v, one_g, xhat);
     store_out<T>(leaky_select(z, z, p.has_slope, p.slope), p.out0 + i, count, p.stream);
   };
 }
@@ -301,9 +313,9 @@ auto apply_step(const Pointers<T>& p) {
 // no reduced sums, dgamma = dz * xhat (out1) and dbeta = dz (out2).
 template <typename T, bool kWriteParamGrads = false>
 auto backward_term(const Pointers<T>& p) {
-  return [p](int64_t i, int64_t count, const Params<T>& v, Vec<T>& a1, Vec<T>& a2) {
+  return [p](int64_t i, int64_t pi, int64_t count, const Params<T>& v, Vec<T>& a1, Vec<T>& a2) {
     Vec<T> one_g, xhat;
-    const Vec<T> z = affine_step(p.x, p.gamma, p.beta, i, count, v, one_g, xhat);
+    const Vec<T> z = affine_step(p.x, p.gamma, p.beta, i, pi, count, v, one_g, xhat);
     const Vec<T> dz = leaky_select(z, Vec<T>::loadu(p.dy + i, count), p.has_slope, p.slope);
     const Vec<T> dxhat = dz * one_g;
     if constexpr (kWriteParamGrads) {
@@ -319,9 +331,9 @@ auto backward_term(const Pointers<T>& p) {
 // backward_step's.
 template <typename T>
 auto backward_dx_step(const Pointers<T>& p) {
-  return [p](int64_t i, int64_t count, const Params<T>& v) {
+  return [p](int64_t i, int64_t pi, int64_t count, const Params<T>& v) {
     const Vec<T> xhat = (Vec<T>::loadu(p.x + i, count) - v[0]) * v[1];
-    const Vec<T> dxhat = Vec<T>::loadu(p.dy + i, count) * (Vec<T>(T(1)) + Vec<T>::loadu(p.gamma + i, count));
+    const Vec<T> dxhat = Vec<T>::loadu(p.dy + i, count) * (Vec<T>(T(1)) + Vec<T>::loadu(p.gamma + pi, count));
     store_out<T>((dxhat - v[2] - xhat * v[3]) * v[1], p.out0 + i, count, p.stream);
   };
 }
@@ -330,9 +342,9 @@ auto backward_dx_step(const Pointers<T>& p) {
 // zero with fixed statistics, where dx = invstd * dxhat.
 template <typename T>
 auto backward_step(const Pointers<T>& p) {
-  return [p](int64_t i, int64_t count, const Params<T>& v) {
+  return [p](int64_t i, int64_t pi, int64_t count, const Params<T>& v) {
     Vec<T> one_g, xhat;
-    const Vec<T> z = affine_step(p.x, p.gamma, p.beta, i, count, v, one_g, xhat);
+    const Vec<T> z = affine_step(p.x, p.gamma, p.beta, i, pi, count, v, one_g, xhat);
     const Vec<T> dz = leaky_select(z, Vec<T>::loadu(p.dy + i, count), p.has_slope, p.slope);
     const Vec<T> dxhat = dz * one_g;
     store_out<T>((dxhat - v[2] - xhat * v[3]) * v[1], p.out0 + i, count, p.stream);
@@ -417,7 +429,8 @@ template <typename T, typename Fn>
 std::pair<double, double> group_sums(const Geometry& geo, int64_t g, const Params<T>& v, const Fn& term) {
   double t1 = 0, t2 = 0;
   for (int64_t k = 0; k < (geo.instance ? 1 : geo.N); ++k) {
-    const auto sums = row_sums((g + k * geo.C) * geo.HW, geo.HW, v, term);
+    const int64_t r = g + k * geo.C;
+    const auto sums = row_sums(r * geo.HW, geo.param_row(r), geo.HW, v, term);
     t1 += sums.first;
     t2 += sums.second;
   }
@@ -430,8 +443,8 @@ void group_steps(const Geometry& geo, int64_t g, const Params<T>& v, const Fn& s
   const Fn local = step;
   const Params<T> lv = v;
   for (int64_t k = 0; k < (geo.instance ? 1 : geo.N); ++k) {
-    const int64_t base = (g + k * geo.C) * geo.HW;
-    for (int64_t i = 0; i < geo.HW; i += L) local(base + i, std::min(L, geo.HW - i), lv);
+    const int64_t r = g + k * geo.C, base = r * geo.HW, pbase = geo.param_row(r);
+    for (int64_t i = 0; i < geo.HW; i += L) local(base + i, pbase + i, std::min(L, geo.HW - i), lv);
   }
 }
 
@@ -497,16 +510,20 @@ std::tuple<at::Tensor, at::Tensor> stats_impl(const at::Tensor& x_in, bool insta
   return {mean, var};
 }
 
-// The inputs of an elementwise or backward pass, in x's layout.
+// The inputs of an elementwise or backward pass: dy and x in x's layout, gamma and beta
+// as spade_params_of gives them (in place for the halves of one NCHW tensor).
 struct LaidOut {
   at::Tensor dy, x, gamma, beta;
+  int64_t param_extra;
+  Geometry geometry(bool instance) const { return geometry_of(x, instance, param_extra); }
 };
 
-LaidOut lay_out(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& gamma,
+LaidOut lay_out(const at::Tensor& dy, const at::Tensor& x_in, const at::Tensor& gamma,
                 const at::Tensor& beta) {
-  const auto fmt = spade_memory_format(x);
-  return {dy.defined() ? dy.contiguous(fmt) : at::Tensor(), x.contiguous(fmt), gamma.contiguous(fmt),
-          beta.contiguous(fmt)};
+  const auto fmt = spade_memory_format(x_in);
+  const at::Tensor x = x_in.contiguous(fmt);
+  const SpadeParams params = spade_params_of(gamma, beta, x);
+  return {dy.defined() ? dy.contiguous(fmt) : at::Tensor(), x, params.gamma, params.beta, params.extra};
 }
 
 at::Tensor apply_impl(const at::Tensor& x_in, const at::Tensor& gamma, const at::Tensor& beta,
@@ -516,7 +533,7 @@ at::Tensor apply_impl(const at::Tensor& x_in, const at::Tensor& gamma, const at:
   if (t.x.numel() == 0) return y;
   AT_DISPATCH_FLOATING_TYPES(t.x.scalar_type(), "spade_norm_apply_cpu", [&] {
     apply_kernel<scalar_t>(pointers<scalar_t>(t.dy, t.x, t.gamma, t.beta, slope), mean.contiguous(),
-                           invstd.contiguous(), geometry_of(t.x, mean.dim() == 2), y);
+                           invstd.contiguous(), t.geometry(mean.dim() == 2), y);
   });
   return y;
 }
@@ -530,7 +547,7 @@ std::tuple<at::Tensor, at::Tensor> backward_reduce_impl(const LaidOut& t, const 
   AT_DISPATCH_FLOATING_TYPES(t.x.scalar_type(), "spade_norm_backward_reduce_cpu", [&] {
     backward_reduce_kernel<scalar_t>(pointers<scalar_t>(t.dy, t.x, t.gamma, t.beta, slope),
                                      mean.contiguous(), invstd.contiguous(),
-                                     geometry_of(t.x, mean.dim() == 2), sum1, sum2);
+                                     t.geometry(mean.dim() == 2), sum1, sum2);
   });
   return {sum1, sum2};
 }
@@ -545,7 +562,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_elemt_impl(
                                     mean.contiguous(), invstd.contiguous(),
                                     mean_dxhat.defined() ? mean_dxhat.contiguous() : at::Tensor(),
                                     mean_dxhat_xhat.defined() ? mean_dxhat_xhat.contiguous() : at::Tensor(),
-                                    geometry_of(t.x, mean.dim() == 2), dx, dgamma, dbeta);
+                                    t.geometry(mean.dim() == 2), dx, dgamma, dbeta);
   });
   return {dx, dgamma, dbeta};
 }
@@ -557,7 +574,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> spade_norm_cpu(
   check_spade_forward_inputs(x_in, gamma, beta, running_mean, running_var, use_input_stats, instance);
   check_cpu_dtype(x_in, "spade_norm");
   const LaidOut t = lay_out(at::Tensor(), x_in, gamma, beta);
-  const Geometry geo = geometry_of(t.x, instance);
+  const Geometry geo = t.geometry(instance);
   if (use_input_stats && use_blocked_passes(geo, t.x)) {
     // cache-blocked stats + apply
     at::Tensor y = spade_empty_like_x(x_in), mean = spade_empty_stats(t.x, instance), var = spade_empty_stats(t.x, instance);
@@ -655,7 +672,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> spade_norm_backward_cpu(
   check_spade_backward_inputs(grad_y, x, gamma, beta, mean, invstd, "spade_norm_backward");
   check_cpu_dtype(x, "spade_norm_backward");
   const LaidOut t = lay_out(grad_y, x, gamma, beta);
-  const Geometry geo = geometry_of(t.x, mean.dim() == 2);
+  const Geometry geo = t.geometry(mean.dim() == 2);
   if (use_input_stats && !geo.channels_last && !use_blocked_passes(geo, t.x)) {
     return backward_two_sweeps(t, mean, invstd, geo, slope);
   }

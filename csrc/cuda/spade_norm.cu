@@ -593,30 +593,6 @@ Inputs<scalar_t, acc_t> inputs_of(const at::Tensor& dy, const at::Tensor& x, con
           static_cast<acc_t>(slope.value_or(0.0)), slope.has_value(), param_extra};
 }
 
-// gamma and beta as the kernels read them, with Inputs::param_extra. In place when x is
-// NCHW and both have rows of H*W adjacent elements and one batch stride, a multiple of
-// H*W (so 16-byte packs stay aligned): the two channel halves of nn.SPADE's merged
-// (N, 2C, H, W) convolution output, which would otherwise be copied forward every step.
-// Else contiguous in x's layout (copies when they are not already).
-struct Params {
-  at::Tensor gamma, beta;
-  int64_t extra;
-};
-
-Params params_of(const at::Tensor& gamma, const at::Tensor& beta, const at::Tensor& x) {
-  const auto fmt = spade_memory_format(x);
-  const int64_t C = x.size(1), H = x.size(2), W = x.size(3);
-  const auto rows_adjacent = [&](const at::Tensor& t) {
-    return t.stride(3) == 1 && t.stride(2) == W && t.stride(1) == H * W && t.stride(0) >= C * H * W &&
-           t.stride(0) % (H * W) == 0;
-  };
-  if (fmt == at::MemoryFormat::Contiguous && x.size(0) > 1 && H * W > 0 && rows_adjacent(gamma) &&
-      rows_adjacent(beta) && gamma.stride(0) == beta.stride(0)) {
-    return {gamma, beta, gamma.stride(0) - C * H * W};
-  }
-  return {gamma.contiguous(fmt), beta.contiguous(fmt), 0};
-}
-
 void check_cuda_inputs(const at::Tensor& x, const char* op) {
   TORCH_CHECK(x.is_cuda(), op, ": `x` must be a CUDA tensor for the CUDA kernel; got ", x.device());
 }
@@ -641,7 +617,7 @@ at::Tensor apply_impl(const at::Tensor& x_in, const at::Tensor& gamma_in, const 
                       const at::Tensor& mean_in, const at::Tensor& invstd_in, std::optional<double> slope) {
   const auto fmt = spade_memory_format(x_in);
   const at::Tensor x = x_in.contiguous(fmt);
-  const Params params = params_of(gamma_in, beta_in, x);
+  const SpadeParams params = spade_params_of(gamma_in, beta_in, x);
   const at::Tensor mean = mean_in.contiguous(), invstd = invstd_in.contiguous();
   at::Tensor y = spade_empty_like_x(x_in);
   if (x.numel() == 0) return y;
@@ -682,7 +658,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_forward(const at::Tensor& x
                                                              const at::Tensor& beta_in, bool instance, double eps,
                                                              std::optional<double> slope) {
   const at::Tensor x = x_in.contiguous();
-  const Params params = params_of(gamma_in, beta_in, x);
+  const SpadeParams params = spade_params_of(gamma_in, beta_in, x);
   at::Tensor y = spade_empty_like_x(x_in), mean = spade_empty_stats(x, instance), var = spade_empty_stats(x, instance);
   const Shape s = shape_of(x, instance);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "spade_norm_fused_forward_cuda", [&] {
@@ -705,7 +681,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_backward(const at::Tensor& 
                                                               const at::Tensor& mean_in, const at::Tensor& invstd_in,
                                                               std::optional<double> slope) {
   const at::Tensor dy = grad_y.contiguous(), x = x_in.contiguous();
-  const Params params = params_of(gamma_in, beta_in, x);
+  const SpadeParams params = spade_params_of(gamma_in, beta_in, x);
   const at::Tensor mean = mean_in.contiguous(), invstd = invstd_in.contiguous();
   at::Tensor dx = spade_empty_like_x(x_in), dgamma = spade_empty_like_x(x_in), dbeta = spade_empty_like_x(x_in);
   const bool instance = mean.dim() == 2;
@@ -770,7 +746,7 @@ std::tuple<at::Tensor, at::Tensor> spade_norm_backward_reduce_cuda(
   const c10::cuda::CUDAGuard guard(x_in.device());
   const auto fmt = spade_memory_format(x_in);
   const at::Tensor dy = grad_y.contiguous(fmt), x = x_in.contiguous(fmt);
-  const Params params = params_of(gamma_in, beta_in, x);
+  const SpadeParams params = spade_params_of(gamma_in, beta_in, x);
   const at::Tensor mean = mean_in.contiguous(), invstd = invstd_in.contiguous();
   at::Tensor sum1 = at::zeros_like(mean), sum2 = at::zeros_like(mean);
   if (x.numel() == 0) return {sum1, sum2};
@@ -793,7 +769,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> spade_norm_backward_elemt_cuda(
   const c10::cuda::CUDAGuard guard(x_in.device());
   const auto fmt = spade_memory_format(x_in);
   const at::Tensor dy = grad_y.contiguous(fmt), x = x_in.contiguous(fmt);
-  const Params params = params_of(gamma_in, beta_in, x);
+  const SpadeParams params = spade_params_of(gamma_in, beta_in, x);
   const at::Tensor mean = mean_in.contiguous(), invstd = invstd_in.contiguous();
   const at::Tensor m1 = mean_dxhat.has_value() ? mean_dxhat->contiguous() : at::Tensor();
   const at::Tensor m2 = mean_dxhat_xhat.has_value() ? mean_dxhat_xhat->contiguous() : at::Tensor();
