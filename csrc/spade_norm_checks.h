@@ -33,30 +33,44 @@ inline at::Tensor spade_empty_stats(const at::Tensor& x, bool instance) {
   return instance ? at::empty({x.size(0), x.size(1)}, opts) : at::empty({x.size(1)}, opts);
 }
 
-// gamma and beta as the kernels read them. In place when x is NCHW and both have rows of
-// H*W adjacent elements and one batch stride, a multiple of H*W (so the CUDA kernels'
-// 16-byte packs stay aligned): the two channel halves of nn.SPADE's merged (N, 2C, H, W)
-// convolution output, which would otherwise be copied every step. `extra` is then that
-// stride's excess over C*H*W: x's element at n*C*H*W + r is gamma's and beta's at
-// n*(C*H*W + extra) + r. Else they are made contiguous in x's layout (a copy unless they
-// are already) and `extra` is 0. x: already in its kernel layout (spade_memory_format).
+// gamma and beta as the kernels read them: the two channel halves of nn.SPADE's merged
+// (N, 2C, H, W) modulation convolution output are read in place, which would otherwise
+// be copied every step.
+// - NCHW x: in place when both have rows of H*W adjacent elements and one batch stride,
+//   a multiple of H*W (so the CUDA kernels' 16-byte packs stay aligned). `extra` is then
+//   that stride's excess over C*H*W: x's element at n*C*H*W + r is gamma's and beta's at
+//   n*(C*H*W + extra) + r.
+// - channels_last x, with `channels_last_in_place` (the CPU kernels): in place when both
+//   have their C channels adjacent and one pixel stride S >= C for every pixel (rows of
+//   W*S, samples H*W*S apart): x's element at p*C + c (pixel p) is theirs at p*S + c;
+//   `pixel_stride` is S.
+// Else they are made contiguous in x's layout (a copy unless they are already), extra 0
+// and pixel_stride C. x: already in its kernel layout (spade_memory_format).
 struct SpadeParams {
   at::Tensor gamma, beta;
-  int64_t extra;
+  int64_t extra, pixel_stride;
 };
 
-inline SpadeParams spade_params_of(const at::Tensor& gamma, const at::Tensor& beta, const at::Tensor& x) {
+inline SpadeParams spade_params_of(const at::Tensor& gamma, const at::Tensor& beta, const at::Tensor& x,
+                                   bool channels_last_in_place = false) {
   const auto fmt = spade_memory_format(x);
   const int64_t C = x.size(1), H = x.size(2), W = x.size(3);
-  const auto rows_adjacent = [&](const at::Tensor& t) {
-    return t.stride(3) == 1 && t.stride(2) == W && t.stride(1) == H * W && t.stride(0) >= C * H * W &&
-           t.stride(0) % (H * W) == 0;
-  };
-  if (fmt == at::MemoryFormat::Contiguous && x.size(0) > 1 && H * W > 0 && rows_adjacent(gamma) &&
-      rows_adjacent(beta) && gamma.stride(0) == beta.stride(0)) {
-    return {gamma, beta, gamma.stride(0) - C * H * W};
+  const bool same_strides = gamma.strides() == beta.strides();
+  if (fmt == at::MemoryFormat::Contiguous) {
+    const auto rows_adjacent = [&](const at::Tensor& t) {
+      return t.stride(3) == 1 && t.stride(2) == W && t.stride(1) == H * W && t.stride(0) >= C * H * W &&
+             t.stride(0) % (H * W) == 0;
+    };
+    if (x.size(0) > 1 && H * W > 0 && same_strides && rows_adjacent(gamma)) {
+      return {gamma, beta, gamma.stride(0) - C * H * W, C};
+    }
+  } else if (channels_last_in_place) {
+    const int64_t S = gamma.stride(3);
+    if (same_strides && gamma.stride(1) == 1 && S >= C && gamma.stride(2) == W * S && gamma.stride(0) == H * W * S) {
+      return {gamma, beta, 0, S};
+    }
   }
-  return {gamma.contiguous(fmt), beta.contiguous(fmt), 0};
+  return {gamma.contiguous(fmt), beta.contiguous(fmt), 0, C};
 }
 
 inline void check_spade_x(const at::Tensor& x, const char* op) {

@@ -486,8 +486,8 @@ def test_module_modulates_in_x_layout_whatever_the_segmap_layout(x_layout, seg_l
     convolution's backward transposes them (seen: a third of the CPU GauGAN step's
     copies), and the module still equals GauGAN's. With conv_layout="segmap" the
     convolutions run in the segmap's layout and only gamma and beta are transposed.
-    When the merged convolution's output is NCHW, as x, gamma and beta are its two
-    channel halves, which the kernels read in place; else dense copies in x's layout."""
+    When the merged convolution's output is in x's layout, gamma and beta are its two
+    channel halves, which the CPU kernels read in place; else dense copies in x's layout."""
     plain = GauGANSPADE(6, 4, 8, 3, "batch", 0.2).double()
     ours = SPADE(6, 4, hidden=8, negative_slope=0.2).double()
     ours.load_state_dict(plain.state_dict(), strict=True)
@@ -501,38 +501,45 @@ def test_module_modulates_in_x_layout_whatever_the_segmap_layout(x_layout, seg_l
     hook.remove()
     expected_conv_layout = x_layout if conv_layout == "x" else seg_layout
     assert conv_inputs[0].is_contiguous(memory_format=expected_conv_layout)
-    halves_in_place = x_layout == expected_conv_layout == torch.contiguous_format
+    halves_in_place = x_layout == expected_conv_layout
     N, C, H, W = x.shape
+    halves_strides = {torch.contiguous_format: (2 * C * H * W, H * W, W, 1),
+                      torch.channels_last: (2 * C * H * W, 1, 2 * C * W, 2 * C)}[x_layout]
     for t in (gamma, beta):
         assert t.shape == x.shape
         if halves_in_place:
-            assert t.stride() == (2 * C * H * W, H * W, W, 1)
+            assert t.stride() == halves_strides
         else:
             assert t.is_contiguous(memory_format=x_layout)
     if halves_in_place:
-        assert beta.data_ptr() == gamma.data_ptr() + C * H * W * gamma.element_size()
+        offset = C * H * W if x_layout == torch.contiguous_format else C
+        assert beta.data_ptr() == gamma.data_ptr() + offset * gamma.element_size()
     assert_modules_agree(plain, ours, x, seg, torch.randn_like(x))
 
 
-# (N, C, H, W) for each NCHW path of the CPU kernels: a small tensor (group-blocked
+# (N, C, H, W) for each path of the CPU kernels: NCHW, a small tensor (group-blocked
 # passes), rows of >= 1024 (group-blocked passes), short rows of a tensor over 512 KiB
-# (two-sweep backward, separate stats / apply passes).
-CPU_PATH_SHAPES = {"small": (3, 4, 5, 6), "long_rows": (2, 3, 33, 32), "large_short_rows": (8, 40, 16, 16)}
+# (two-sweep backward, separate stats / apply passes); channels_last (separate passes),
+# C below and above one vector.
+CPU_PATH_SHAPES = {"small": (3, 4, 5, 6), "long_rows": (2, 3, 33, 32), "large_short_rows": (8, 40, 16, 16),
+                   "channels_last": (3, 5, 4, 6), "channels_last_wide": (2, 19, 5, 3)}
 
 
 @needs_ext
-@pytest.mark.parametrize("shape", CPU_PATH_SHAPES.values(), ids=CPU_PATH_SHAPES.keys())
+@pytest.mark.parametrize("shape_id", CPU_PATH_SHAPES)
 @pytest.mark.parametrize("instance", [False, True], ids=["batch", "instance"])
-def test_cpu_kernels_read_gamma_and_beta_as_halves_of_one_tensor(shape, instance):
-    # nn.SPADE hands the ops the two channel halves of one NCHW (N, 2C, H, W) tensor; the
-    # CPU kernels read them in place, without copying (no aten::copy_ under the op), and
-    # every op that reads gamma and beta gives what it gives for dense copies.
-    N, C, H, W = shape
-    x = torch.randn(shape, dtype=torch.float64) * 2 + 1
-    grad_y = torch.randn(shape, dtype=torch.float64)
-    gamma, beta = torch.randn(N, 2 * C, H, W, dtype=torch.float64).chunk(2, dim=1)
-    assert gamma.stride(0) == 2 * C * H * W
-    dense = (gamma.contiguous(), beta.contiguous())
+def test_cpu_kernels_read_gamma_and_beta_as_halves_of_one_tensor(shape_id, instance):
+    # nn.SPADE hands the ops the two channel halves of one (N, 2C, H, W) tensor in x's
+    # layout; the CPU kernels read them in place, without copying (no aten::copy_ under
+    # the op), and every op that reads gamma and beta gives what it gives for dense copies.
+    N, C, H, W = shape = CPU_PATH_SHAPES[shape_id]
+    layout = torch.channels_last if shape_id.startswith("channels_last") else torch.contiguous_format
+    x = (torch.randn(shape, dtype=torch.float64) * 2 + 1).contiguous(memory_format=layout)
+    grad_y = torch.randn(shape, dtype=torch.float64).contiguous(memory_format=layout)
+    merged = torch.randn(N, 2 * C, H, W, dtype=torch.float64).contiguous(memory_format=layout)
+    gamma, beta = merged.chunk(2, dim=1)
+    assert not gamma.is_contiguous(memory_format=layout)
+    dense = (gamma.contiguous(memory_format=layout), beta.contiguous(memory_format=layout))
     ops = torch.ops.autoenc_fast
     args = (None, None, True, instance, 1e-5, 0.2)
     with torch.profiler.profile() as prof:

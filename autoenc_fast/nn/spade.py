@@ -49,9 +49,10 @@ class SPADE(ReferenceSPADE):
         bias = torch.cat([self.mlp_gamma.bias, self.mlp_beta.bias])
         both = F.conv2d(actv, weight, bias, padding=self.mlp_gamma.padding)
         gamma, beta = both.chunk(2, dim=1)
-        if layout == torch.contiguous_format and both.is_contiguous():
-            # The kernels (CPU and CUDA) read the two NCHW channel halves in place (their
-            # rows of H*W stay adjacent), forward and backward: no copy at all.
+        if both.is_contiguous(memory_format=layout) and (layout == torch.contiguous_format or not x.is_cuda):
+            # The kernels read the two channel halves in place, forward and backward: no
+            # copy at all. NCHW: every kernel (their rows of H*W stay adjacent);
+            # channels_last (pixels 2C apart): the CPU kernels only.
             return gamma, beta
         # Else copy the halves once here, dense in x's layout, so that the tensors saved
         # for backward are the dense ones and the backward copies nothing again.

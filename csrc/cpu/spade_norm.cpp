@@ -63,20 +63,25 @@ using Params = std::array<Vec<T>, 4>;
 template <typename T>
 using ParamPtrs = std::array<const T*, 4>;
 
-// param_extra: gamma's and beta's batch stride beyond C * HW (SpadeParams::extra; NCHW only).
+// param_extra, param_pixel_stride: how gamma and beta are laid out (SpadeParams).
 struct Geometry {
   int64_t N, C, HW;
   bool instance, channels_last;
-  int64_t param_extra;
+  int64_t param_extra, param_pixel_stride;
   int64_t groups() const { return instance ? N * C : C; }
   int64_t group_elems() const { return instance ? HW : N * HW; }
-  // Where NCHW row r (sample r / C) starts in gamma and beta; in x and the outputs at r * HW.
-  int64_t param_row(int64_t r) const { return r * HW + (param_extra == 0 ? 0 : (r / C) * param_extra); }
+  // Where row r starts in gamma and beta; in x and the outputs it starts at r * HW (NCHW:
+  // row (n, c), sample r / C) or r * C (channels_last: row = pixel (n, h, w)).
+  int64_t param_row(int64_t r) const {
+    if (channels_last) return r * param_pixel_stride;
+    return r * HW + (param_extra == 0 ? 0 : (r / C) * param_extra);
+  }
 };
 
-Geometry geometry_of(const at::Tensor& x, bool instance, int64_t param_extra = 0) {
+Geometry geometry_of(const at::Tensor& x, bool instance, const SpadeParams* params = nullptr) {
   return {x.size(0), x.size(1), x.size(2) * x.size(3), instance,
-          spade_memory_format(x) == at::MemoryFormat::ChannelsLast, param_extra};
+          spade_memory_format(x) == at::MemoryFormat::ChannelsLast, params ? params->extra : 0,
+          params ? params->pixel_stride : x.size(1)};
 }
 
 // Parallel tasks per at::parallel_for chunk for items of `item_elems` elements, so a chunk
@@ -145,10 +150,8 @@ void for_each_step(const Geometry& geo, const ParamPtrs<T>& p, const Fn& fn) {
         for (int64_t cv = 0; cv < vecs; ++cv) params[cv] = load_params(p, g0 + cv * L, std::min(L, geo.C - cv * L));
         params_g0 = g0;
       }
-      for (int64_t cv = 0; cv < vecs; ++cv) {
-        const int64_t off = r * geo.C + cv * L;  // gamma and beta are dense here (param_extra 0)
-        local(off, off, std::min(L, geo.C - cv * L), params[cv]);
-      }
+      const int64_t base = r * geo.C, pbase = geo.param_row(r);
+      for (int64_t cv = 0; cv < vecs; ++cv) local(base + cv * L, pbase + cv * L, std::min(L, geo.C - cv * L), params[cv]);
     }
     end_of_streaming_task();
   });
@@ -227,9 +230,9 @@ void reduce_groups(const Geometry& geo, const ParamPtrs<T>& p, const Fn& fn,
         acc1[cv] = acc2[cv] = Vec<T>(T(0));
       }
       for (int64_t h = h0; h < h1; ++h) {
-        const int64_t row = (n * geo.HW + h) * geo.C;
+        const int64_t row = (n * geo.HW + h) * geo.C, prow = geo.param_row(n * geo.HW + h);
         for (int64_t cv = 0; cv < vecs; ++cv)
-          local(row + cv * L, row + cv * L, std::min(L, geo.C - cv * L), params[cv], acc1[cv], acc2[cv]);
+          local(row + cv * L, prow + cv * L, std::min(L, geo.C - cv * L), params[cv], acc1[cv], acc2[cv]);
       }
       for (int64_t cv = 0; cv < vecs; ++cv) {
         acc1[cv].store(lanes1);
@@ -511,19 +514,19 @@ std::tuple<at::Tensor, at::Tensor> stats_impl(const at::Tensor& x_in, bool insta
 }
 
 // The inputs of an elementwise or backward pass: dy and x in x's layout, gamma and beta
-// as spade_params_of gives them (in place for the halves of one NCHW tensor).
+// as spade_params_of gives them (in place for the halves of one tensor in x's layout).
 struct LaidOut {
-  at::Tensor dy, x, gamma, beta;
-  int64_t param_extra;
-  Geometry geometry(bool instance) const { return geometry_of(x, instance, param_extra); }
+  at::Tensor dy, x;
+  SpadeParams params;
+  Geometry geometry(bool instance) const { return geometry_of(x, instance, &params); }
 };
 
 LaidOut lay_out(const at::Tensor& dy, const at::Tensor& x_in, const at::Tensor& gamma,
                 const at::Tensor& beta) {
   const auto fmt = spade_memory_format(x_in);
   const at::Tensor x = x_in.contiguous(fmt);
-  const SpadeParams params = spade_params_of(gamma, beta, x);
-  return {dy.defined() ? dy.contiguous(fmt) : at::Tensor(), x, params.gamma, params.beta, params.extra};
+  return {dy.defined() ? dy.contiguous(fmt) : at::Tensor(), x,
+          spade_params_of(gamma, beta, x, /*channels_last_in_place=*/true)};
 }
 
 at::Tensor apply_impl(const at::Tensor& x_in, const at::Tensor& gamma, const at::Tensor& beta,
@@ -532,7 +535,7 @@ at::Tensor apply_impl(const at::Tensor& x_in, const at::Tensor& gamma, const at:
   at::Tensor y = spade_empty_like_x(x_in);
   if (t.x.numel() == 0) return y;
   AT_DISPATCH_FLOATING_TYPES(t.x.scalar_type(), "spade_norm_apply_cpu", [&] {
-    apply_kernel<scalar_t>(pointers<scalar_t>(t.dy, t.x, t.gamma, t.beta, slope), mean.contiguous(),
+    apply_kernel<scalar_t>(pointers<scalar_t>(t.dy, t.x, t.params.gamma, t.params.beta, slope), mean.contiguous(),
                            invstd.contiguous(), t.geometry(mean.dim() == 2), y);
   });
   return y;
@@ -545,7 +548,7 @@ std::tuple<at::Tensor, at::Tensor> backward_reduce_impl(const LaidOut& t, const 
   at::Tensor sum2 = at::zeros_like(mean, at::MemoryFormat::Contiguous);
   if (t.x.numel() == 0) return {sum1, sum2};
   AT_DISPATCH_FLOATING_TYPES(t.x.scalar_type(), "spade_norm_backward_reduce_cpu", [&] {
-    backward_reduce_kernel<scalar_t>(pointers<scalar_t>(t.dy, t.x, t.gamma, t.beta, slope),
+    backward_reduce_kernel<scalar_t>(pointers<scalar_t>(t.dy, t.x, t.params.gamma, t.params.beta, slope),
                                      mean.contiguous(), invstd.contiguous(),
                                      t.geometry(mean.dim() == 2), sum1, sum2);
   });
@@ -558,7 +561,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_elemt_impl(
   at::Tensor dx = spade_empty_like_x(t.x), dgamma = spade_empty_like_x(t.x), dbeta = spade_empty_like_x(t.x);
   if (t.x.numel() == 0) return {dx, dgamma, dbeta};
   AT_DISPATCH_FLOATING_TYPES(t.x.scalar_type(), "spade_norm_backward_elemt_cpu", [&] {
-    backward_elemt_kernel<scalar_t>(pointers<scalar_t>(t.dy, t.x, t.gamma, t.beta, slope),
+    backward_elemt_kernel<scalar_t>(pointers<scalar_t>(t.dy, t.x, t.params.gamma, t.params.beta, slope),
                                     mean.contiguous(), invstd.contiguous(),
                                     mean_dxhat.defined() ? mean_dxhat.contiguous() : at::Tensor(),
                                     mean_dxhat_xhat.defined() ? mean_dxhat_xhat.contiguous() : at::Tensor(),
@@ -579,7 +582,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> spade_norm_cpu(
     // cache-blocked stats + apply
     at::Tensor y = spade_empty_like_x(x_in), mean = spade_empty_stats(t.x, instance), var = spade_empty_stats(t.x, instance);
     AT_DISPATCH_FLOATING_TYPES(t.x.scalar_type(), "spade_norm_cpu", [&] {
-      fused_forward_nchw<scalar_t>(pointers<scalar_t>(t.dy, t.x, t.gamma, t.beta, slope), geo, eps, y,
+      fused_forward_nchw<scalar_t>(pointers<scalar_t>(t.dy, t.x, t.params.gamma, t.params.beta, slope), geo, eps, y,
                                    mean, var);
     });
     return {y, mean, var};
@@ -592,7 +595,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> spade_norm_cpu(
     var = running_var->to(spade_stats_dtype(x_in), false, true).contiguous();
   }
   const at::Tensor invstd = (var + eps).rsqrt();
-  return {apply_impl(t.x, t.gamma, t.beta, mean, invstd, slope), mean, var};
+  return {apply_impl(t.x, t.params.gamma, t.params.beta, mean, invstd, slope), mean, var};
 }
 
 std::tuple<at::Tensor, at::Tensor> spade_norm_stats_cpu(const at::Tensor& x, bool instance) {
@@ -640,7 +643,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_two_sweeps(const LaidOut
                                                                    std::optional<double> slope) {
   at::Tensor dx = spade_empty_like_x(t.x), dgamma = spade_empty_like_x(t.x), dbeta = spade_empty_like_x(t.x);
   AT_DISPATCH_FLOATING_TYPES(t.x.scalar_type(), "spade_norm_backward_cpu", [&] {
-    Pointers<scalar_t> p = pointers<scalar_t>(t.dy, t.x, t.gamma, t.beta, slope);
+    Pointers<scalar_t> p = pointers<scalar_t>(t.dy, t.x, t.params.gamma, t.params.beta, slope);
     p.out1 = dgamma.mutable_data_ptr<scalar_t>();
     p.out2 = dbeta.mutable_data_ptr<scalar_t>();
     const at::Tensor mean_c = mean.contiguous(), invstd_c = invstd.contiguous();
@@ -688,7 +691,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> spade_norm_backward_cpu(
   }
   at::Tensor dx = spade_empty_like_x(t.x), dgamma = spade_empty_like_x(t.x), dbeta = spade_empty_like_x(t.x);
   AT_DISPATCH_FLOATING_TYPES(t.x.scalar_type(), "spade_norm_backward_cpu", [&] {
-    fused_backward_nchw<scalar_t>(pointers<scalar_t>(t.dy, t.x, t.gamma, t.beta, slope),
+    fused_backward_nchw<scalar_t>(pointers<scalar_t>(t.dy, t.x, t.params.gamma, t.params.beta, slope),
                                   mean.contiguous(), invstd.contiguous(), use_input_stats, geo, dx,
                                   dgamma, dbeta);
   });
