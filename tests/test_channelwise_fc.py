@@ -21,7 +21,8 @@ OPS = torch.ops.autoenc_fast
 # one 64-position CUDA tile (9x9), and single-row and single-column maps (whose strided
 # views still have flat positions: flat_position_stride's H == 1 and W == 1 cases).
 SHAPES = [(2, 3, 4, 5), (1, 3, 4, 4), (3, 1, 2, 3), (4, 5, 1, 1), (5, 4, 6, 6), (3, 7, 4, 4),
-          (2, 2, 3, 7), (9, 2, 5, 3), (130, 2, 3, 3), (2, 2, 9, 9), (2, 3, 1, 5), (3, 2, 5, 1)]
+          (2, 2, 3, 7), (9, 2, 5, 3), (130, 2, 3, 3), (2, 2, 9, 9), (2, 3, 1, 5), (3, 2, 5, 1),
+          (2, 3, 2, 5), (3, 2, 3, 9)]  # the last two: rows ending in 2 and 3 of 8 lanes
 def make_params(C, H, W, bias=True, dtype=torch.float32, device="cpu"):
     P = H * W
     weight = torch.randn(C, P, P, dtype=dtype, device=device) / P**0.5

@@ -57,13 +57,39 @@ constexpr int tile_rows() {
 // The first n (0 < n < Vec::size()) lanes of a vector from or to memory. at::vec's
 // loadu(p, n) and store(p, n) go through a stack buffer and a memcpy call; a row of 36
 // positions ends in such a partial vector, in the micro-kernel's stores and every row
-// copy, so AVX2's masked moves (one instruction each, no fault past n) do it instead.
+// copy. Loads: AVX2's masked move (one instruction, no fault past n). Stores: the
+// vector's 128-, 64- and 32-bit pieces that n spans; AVX2's masked store is microcoded
+// on AMD Zen (measured here: 3.3 ns per store against 0.4 for a plain one), and a
+// forward + backward step at the Context Encoder's 6x6 shape made 59,000 of them.
 #if defined(CPU_CAPABILITY_AVX2)
 inline __m256i first_lanes_mask32(int64_t n) {
   return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
 inline __m256i first_lanes_mask64(int64_t n) {
   return _mm256_cmpgt_epi64(_mm256_set1_epi64x(n), _mm256_setr_epi64x(0, 1, 2, 3));
+}
+inline void store_first_lanes(__m256 v, float* p, int64_t n) {
+  __m128 piece = _mm256_castps256_ps128(v);
+  if (n & 4) {
+    _mm_storeu_ps(p, piece);
+    piece = _mm256_extractf128_ps(v, 1);
+    p += 4;
+  }
+  if (n & 2) {
+    _mm_storel_pi(reinterpret_cast<__m64*>(p), piece);
+    piece = _mm_movehl_ps(piece, piece);
+    p += 2;
+  }
+  if (n & 1) _mm_store_ss(p, piece);
+}
+inline void store_first_lanes(__m256d v, double* p, int64_t n) {
+  __m128d piece = _mm256_castpd256_pd128(v);
+  if (n & 2) {
+    _mm_storeu_pd(p, piece);
+    piece = _mm256_extractf128_pd(v, 1);
+    p += 2;
+  }
+  if (n & 1) _mm_store_sd(p, piece);
 }
 #endif
 
@@ -79,8 +105,7 @@ inline at::vec::Vectorized<scalar_t> load_first(const scalar_t* p, int64_t n) {
 template <typename scalar_t>
 inline void store_first(const at::vec::Vectorized<scalar_t>& v, scalar_t* p, int64_t n) {
 #if defined(CPU_CAPABILITY_AVX2)
-  if constexpr (std::is_same_v<scalar_t, float>) return _mm256_maskstore_ps(p, first_lanes_mask32(n), v);
-  if constexpr (std::is_same_v<scalar_t, double>) return _mm256_maskstore_pd(p, first_lanes_mask64(n), v);
+  if constexpr (std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, double>) return store_first_lanes(v, p, n);
 #endif
   v.store(p, n);
 }
