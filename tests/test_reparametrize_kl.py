@@ -372,6 +372,24 @@ def test_gradcheck_float64(uses, noise, device):
 
 
 @pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("uses", ["both", "z_only", "kl_only"])
+def test_gradcheck_float64_with_a_given_eps_that_requires_grad(uses, device):
+    # dz/deps = sigma: a given eps that requires grad gets its gradient (it came back None
+    # before, silently), and gradcheck covers all three inputs.
+    mu, logvar, eps = make_inputs((3, 7), torch.float64, device, requires_grad=True)
+    eps.requires_grad_(True)
+
+    def fn(mu, logvar, eps):
+        z, kl = OP(mu, logvar, eps, None)
+        return {"both": (z, kl), "z_only": (z,), "kl_only": (kl,)}[uses]
+
+    assert torch.autograd.gradcheck(fn, (mu, logvar, eps))
+    z, _ = OP(mu, logvar, eps, None)
+    (grad_eps,) = torch.autograd.grad(z.sum(), eps)
+    torch.testing.assert_close(grad_eps, (0.5 * logvar.detach()).exp())
+
+
+@pytest.mark.parametrize("device", devices())
 def test_gradients_match_reference(device):
     mu, logvar, eps = make_inputs((6, 33), torch.float64, device, requires_grad=True)
     z, kl = F.reparametrize_kl(mu, logvar, eps)

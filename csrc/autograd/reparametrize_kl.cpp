@@ -43,6 +43,7 @@ class ReparametrizeKlFunction : public torch::autograd::Function<ReparametrizeKl
                                const std::optional<at::Tensor>& eps, const std::optional<at::Tensor>& seed) {
     auto [z, kl] = reparametrize_kl_below_autograd(mu, logvar, eps, seed);
     ctx->save_for_backward({mu, logvar, z});
+    ctx->saved_data["eps_needs_grad"] = eps.has_value() && eps->defined() && eps->requires_grad();
     ctx->set_materialize_grads(false);
     return {z, kl};
   }
@@ -53,6 +54,11 @@ class ReparametrizeKlFunction : public torch::autograd::Function<ReparametrizeKl
     const variable_list saved = ctx->get_saved_variables();
     std::tie(result[0], result[1]) = reparametrize_kl_backward_autograd(
         defined_or_none(grads[0]), defined_or_none(grads[1]), saved[0], saved[1], saved[2]);
+    // A given eps that requires grad (rare: the noise is normally data): dz/deps = sigma =
+    // exp(logvar / 2); kl does not depend on eps. ATen ops, so it differentiates again.
+    if (ctx->saved_data["eps_needs_grad"].toBool() && grads[0].defined()) {
+      result[2] = grads[0].mul(saved[1].mul(0.5).exp());
+    }
     return result;
   }
 };
