@@ -28,6 +28,8 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdint>
+#include <cstring>
 #include <type_traits>
 #include <vector>
 
@@ -68,28 +70,23 @@ inline __m256i first_lanes_mask32(int64_t n) {
 inline __m256i first_lanes_mask64(int64_t n) {
   return _mm256_cmpgt_epi64(_mm256_set1_epi64x(n), _mm256_setr_epi64x(0, 1, 2, 3));
 }
-inline void store_first_lanes(__m256 v, float* p, int64_t n) {
-  __m128 piece = _mm256_castps256_ps128(v);
-  if (n & 4) {
-    _mm_storeu_ps(p, piece);
-    piece = _mm256_extractf128_ps(v, 1);
-    p += 4;
+// The first `bytes` (a multiple of 4 below 32) of v, as its 16-, 8- and 4-byte pieces.
+inline void store_first_bytes(__m256i v, char* p, int64_t bytes) {
+  __m128i piece = _mm256_castsi256_si128(v);
+  if (bytes & 16) {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p), piece);
+    piece = _mm256_extracti128_si256(v, 1);
+    p += 16;
   }
-  if (n & 2) {
-    _mm_storel_pi(reinterpret_cast<__m64*>(p), piece);
-    piece = _mm_movehl_ps(piece, piece);
-    p += 2;
+  if (bytes & 8) {
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(p), piece);
+    piece = _mm_srli_si128(piece, 8);
+    p += 8;
   }
-  if (n & 1) _mm_store_ss(p, piece);
-}
-inline void store_first_lanes(__m256d v, double* p, int64_t n) {
-  __m128d piece = _mm256_castpd256_pd128(v);
-  if (n & 2) {
-    _mm_storeu_pd(p, piece);
-    piece = _mm256_extractf128_pd(v, 1);
-    p += 2;
+  if (bytes & 4) {
+    const int32_t word = _mm_cvtsi128_si32(piece);
+    std::memcpy(p, &word, sizeof(word));
   }
-  if (n & 1) _mm_store_sd(p, piece);
 }
 #endif
 
@@ -105,7 +102,12 @@ inline at::vec::Vectorized<scalar_t> load_first(const scalar_t* p, int64_t n) {
 template <typename scalar_t>
 inline void store_first(const at::vec::Vectorized<scalar_t>& v, scalar_t* p, int64_t n) {
 #if defined(CPU_CAPABILITY_AVX2)
-  if constexpr (std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, double>) return store_first_lanes(v, p, n);
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    return store_first_bytes(_mm256_castps_si256(v), reinterpret_cast<char*>(p), n * 4);
+  }
+  if constexpr (std::is_same_v<scalar_t, double>) {
+    return store_first_bytes(_mm256_castpd_si256(v), reinterpret_cast<char*>(p), n * 8);
+  }
 #endif
   v.store(p, n);
 }
