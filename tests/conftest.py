@@ -109,3 +109,31 @@ def make_x(shape, layout, dtype=torch.float32, device="cpu"):
         return torch.randn(B, 2 * C, H, W, dtype=dtype, device=device)[:, :C]
     x = torch.randn(shape, dtype=dtype, device=device)
     return x.contiguous(memory_format=torch.channels_last) if layout == "channels_last" else x
+
+
+def assert_gamma_beta_readers_agree(ops, ref_ops, x, grad_y, halves, dense, instance, close) -> None:
+    """Every spade_norm op that reads gamma and beta, run through `ops` with `halves` (the
+    two channel halves of one (N, 2C, H, W) tensor, as nn.SPADE hands them over) and
+    through `ref_ops` with `dense` copies of them: close(actual, expected) holds for each
+    output. Slope 0.2; the backward with batch and with fixed statistics."""
+    N, _, H, W = x.shape
+    args = (None, None, True, instance, 1e-5, 0.2)
+    y, mean, var = ops.spade_norm(x, *halves, *args)
+    for actual, expected in zip((y, mean, var), ref_ops.spade_norm(x, *dense, *args), strict=True):
+        close(actual, expected)
+    invstd = (var + 1e-5).rsqrt()
+    for use_input_stats in (True, False):
+        for actual, expected in zip(
+                ops.spade_norm_backward(grad_y, x, *halves, mean, invstd, use_input_stats, 0.2),
+                ref_ops.spade_norm_backward(grad_y, x, *dense, mean, invstd, use_input_stats, 0.2), strict=True):
+            close(actual, expected)
+    close(ops.spade_norm_apply(x, *halves, mean, invstd, 0.2), ref_ops.spade_norm_apply(x, *dense, mean, invstd, 0.2))
+    sums = ops.spade_norm_backward_reduce(grad_y, x, *halves, mean, invstd, 0.2)
+    for actual, expected in zip(sums, ref_ops.spade_norm_backward_reduce(grad_y, x, *dense, mean, invstd, 0.2),
+                                strict=True):
+        close(actual, expected)
+    means = [t / (H * W if instance else N * H * W) for t in sums]
+    for actual, expected in zip(ops.spade_norm_backward_elemt(grad_y, x, *halves, mean, invstd, *means, 0.2),
+                                ref_ops.spade_norm_backward_elemt(grad_y, x, *dense, mean, invstd, *means, 0.2),
+                                strict=True):
+        close(actual, expected)

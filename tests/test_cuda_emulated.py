@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import autoenc_fast  # noqa: F401  (registers the CPU ops compared against)
-from conftest import LAYOUTS, make_x
+from conftest import LAYOUTS, assert_gamma_beta_readers_agree, make_x
 
 pytestmark = pytest.mark.skipif(shutil.which("ninja") is None,
                                 reason="the CUDA emulator's build needs ninja (pip install ninja)")
@@ -224,25 +224,11 @@ def test_spade_norm_reads_gamma_and_beta_as_halves_of_one_tensor(emu, layout, fu
     gamma, beta = merged.chunk(2, dim=1)
     assert not gamma.is_contiguous() and gamma.stride(0) == 2 * C * H * W or layout == "channels_last"
     dense = (gamma.contiguous(), beta.contiguous())
-    ops = torch.ops.autoenc_fast
-    args = (None, None, True, instance, 1e-5, 0.2)
-    y, mean, var = emu.spade_norm(x, gamma, beta, *args)
-    for actual, expected in zip((y, mean, var), ops.spade_norm(x, *dense, *args)):
+
+    def close(actual, expected):
         assert relative_error(actual, expected) < 1e-12
-    invstd = (var + 1e-5).rsqrt()
-    for actual, expected in zip(emu.spade_norm_backward(grad_y, x, gamma, beta, mean, invstd, True, 0.2),
-                                ops.spade_norm_backward(grad_y, x, *dense, mean, invstd, True, 0.2)):
-        assert relative_error(actual, expected) < 1e-12
-    assert relative_error(emu.spade_norm_apply(x, gamma, beta, mean, invstd, 0.2),
-                          ops.spade_norm_apply(x, *dense, mean, invstd, 0.2)) < 1e-12
-    if not instance:
-        sums = emu.spade_norm_backward_reduce(grad_y, x, gamma, beta, mean, invstd, 0.2)
-        for actual, expected in zip(sums, ops.spade_norm_backward_reduce(grad_y, x, *dense, mean, invstd, 0.2)):
-            assert relative_error(actual, expected) < 1e-12
-        means = [t / (N * H * W) for t in sums]
-        for actual, expected in zip(emu.spade_norm_backward_elemt(grad_y, x, gamma, beta, mean, invstd, *means, 0.2),
-                                    ops.spade_norm_backward_elemt(grad_y, x, *dense, mean, invstd, *means, 0.2)):
-            assert relative_error(actual, expected) < 1e-12
+
+    assert_gamma_beta_readers_agree(emu, torch.ops.autoenc_fast, x, grad_y, (gamma, beta), dense, instance, close)
 
 
 @pytest.mark.parametrize("fused", ["0", "1"], ids=["split", "per-group"])

@@ -13,8 +13,8 @@ import autoenc_fast.reference as R
 from autoenc_fast import _ext
 from autoenc_fast.nn import SPADE
 
-from conftest import (HAS_CUDA, TOLERANCES, assert_double_backward_refused, compile_for_sm90, devices,
-                      run_under_triton_interpreter)
+from conftest import (HAS_CUDA, TOLERANCES, assert_double_backward_refused, assert_gamma_beta_readers_agree,
+                      compile_for_sm90, devices, run_under_triton_interpreter)
 
 OPS = ["spade_norm", "spade_norm_stats", "spade_norm_apply", "spade_norm_backward",
        "spade_norm_backward_reduce", "spade_norm_backward_elemt"]
@@ -541,26 +541,12 @@ def test_cpu_kernels_read_gamma_and_beta_as_halves_of_one_tensor(shape_id, insta
     assert not gamma.is_contiguous(memory_format=layout)
     dense = (gamma.contiguous(memory_format=layout), beta.contiguous(memory_format=layout))
     ops = torch.ops.autoenc_fast
-    args = (None, None, True, instance, 1e-5, 0.2)
     with torch.profiler.profile() as prof:
-        y, mean, var = ops.spade_norm(x, gamma, beta, *args)
+        y, _, _ = ops.spade_norm(x, gamma, beta, None, None, True, instance, 1e-5, 0.2)
     assert "aten::copy_" not in {event.name for event in prof.events()}
-    for actual, expected in zip((y, mean, var), ops.spade_norm(x, *dense, *args)):
-        torch.testing.assert_close(actual, expected, rtol=0, atol=0)
-    invstd = (var + 1e-5).rsqrt()
-    for use_input_stats in (True, False):
-        for actual, expected in zip(ops.spade_norm_backward(grad_y, x, gamma, beta, mean, invstd, use_input_stats, 0.2),
-                                    ops.spade_norm_backward(grad_y, x, *dense, mean, invstd, use_input_stats, 0.2)):
-            torch.testing.assert_close(actual, expected, rtol=0, atol=0)
-    torch.testing.assert_close(ops.spade_norm_apply(x, gamma, beta, mean, invstd, 0.2),
-                               ops.spade_norm_apply(x, *dense, mean, invstd, 0.2), rtol=0, atol=0)
-    sums = ops.spade_norm_backward_reduce(grad_y, x, gamma, beta, mean, invstd, 0.2)
-    for actual, expected in zip(sums, ops.spade_norm_backward_reduce(grad_y, x, *dense, mean, invstd, 0.2)):
-        torch.testing.assert_close(actual, expected, rtol=0, atol=0)
-    means = [t / (H * W if instance else N * H * W) for t in sums]
-    for actual, expected in zip(ops.spade_norm_backward_elemt(grad_y, x, gamma, beta, mean, invstd, *means, 0.2),
-                                ops.spade_norm_backward_elemt(grad_y, x, *dense, mean, invstd, *means, 0.2)):
-        torch.testing.assert_close(actual, expected, rtol=0, atol=0)
+    assert_gamma_beta_readers_agree(ops, ops, x, grad_y, (gamma, beta), dense, instance,
+                                    lambda actual, expected: torch.testing.assert_close(actual, expected, rtol=0,
+                                                                                        atol=0))
     # and the result is the reference's (float64)
     y_ref = R.spade_norm(x, *dense, norm="instance" if instance else "batch", negative_slope=0.2)
     torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-10)
