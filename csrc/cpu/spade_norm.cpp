@@ -281,14 +281,27 @@ struct Pointers {
   bool stream;  // streaming stores for the outputs (set with them, from their size)
 };
 
+// The inputs of an elementwise or backward pass: dy and x in x's layout, gamma and beta
+// as spade_params_of gives them (in place for the halves of one tensor in x's layout).
+struct LaidOut {
+  at::Tensor dy, x;
+  SpadeParams params;
+  Geometry geometry(bool instance) const { return geometry_of(x, instance, &params); }
+};
+
+LaidOut lay_out(const at::Tensor& dy, const at::Tensor& x_in, const at::Tensor& gamma,
+                const at::Tensor& beta) {
+  const auto fmt = spade_memory_format(x_in);
+  const at::Tensor x = x_in.contiguous(fmt);
+  return {dy.defined() ? dy.contiguous(fmt) : at::Tensor(), x,
+          spade_params_of(gamma, beta, x, /*channels_last_in_place=*/true)};
+}
+
 template <typename T>
-Pointers<T> pointers(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& gamma,
-                     const at::Tensor& beta, std::optional<double> slope) {
-  return {dy.defined() ? dy.const_data_ptr<T>() : nullptr, x.const_data_ptr<T>(),
-          gamma.defined() ? gamma.const_data_ptr<T>() : nullptr,
-          beta.defined() ? beta.const_data_ptr<T>() : nullptr, nullptr, nullptr, nullptr,
-          slope.has_value(), static_cast<T>(slope.value_or(0.0)),
-          stream_output(x.numel(), sizeof(T))};
+Pointers<T> pointers(const LaidOut& t, std::optional<double> slope) {
+  return {t.dy.defined() ? t.dy.const_data_ptr<T>() : nullptr, t.x.const_data_ptr<T>(),
+          t.params.gamma.const_data_ptr<T>(), t.params.beta.const_data_ptr<T>(), nullptr, nullptr, nullptr,
+          slope.has_value(), static_cast<T>(slope.value_or(0.0)), stream_output(t.x.numel(), sizeof(T))};
 }
 
 // Statistics terms (x - k, (x - k)^2), params[0] = k; lanes past `count` masked to 0.
@@ -513,30 +526,13 @@ std::tuple<at::Tensor, at::Tensor> stats_impl(const at::Tensor& x_in, bool insta
   return {mean, var};
 }
 
-// The inputs of an elementwise or backward pass: dy and x in x's layout, gamma and beta
-// as spade_params_of gives them (in place for the halves of one tensor in x's layout).
-struct LaidOut {
-  at::Tensor dy, x;
-  SpadeParams params;
-  Geometry geometry(bool instance) const { return geometry_of(x, instance, &params); }
-};
-
-LaidOut lay_out(const at::Tensor& dy, const at::Tensor& x_in, const at::Tensor& gamma,
-                const at::Tensor& beta) {
-  const auto fmt = spade_memory_format(x_in);
-  const at::Tensor x = x_in.contiguous(fmt);
-  return {dy.defined() ? dy.contiguous(fmt) : at::Tensor(), x,
-          spade_params_of(gamma, beta, x, /*channels_last_in_place=*/true)};
-}
-
-at::Tensor apply_impl(const at::Tensor& x_in, const at::Tensor& gamma, const at::Tensor& beta,
-                      const at::Tensor& mean, const at::Tensor& invstd, std::optional<double> slope) {
-  const LaidOut t = lay_out(at::Tensor(), x_in, gamma, beta);
-  at::Tensor y = spade_empty_like_x(x_in);
+at::Tensor apply_impl(const LaidOut& t, const at::Tensor& mean, const at::Tensor& invstd,
+                      std::optional<double> slope) {
+  at::Tensor y = spade_empty_like_x(t.x);
   if (t.x.numel() == 0) return y;
   AT_DISPATCH_FLOATING_TYPES(t.x.scalar_type(), "spade_norm_apply_cpu", [&] {
-    apply_kernel<scalar_t>(pointers<scalar_t>(t.dy, t.x, t.params.gamma, t.params.beta, slope), mean.contiguous(),
-                           invstd.contiguous(), t.geometry(mean.dim() == 2), y);
+    apply_kernel<scalar_t>(pointers<scalar_t>(t, slope), mean.contiguous(), invstd.contiguous(),
+                           t.geometry(mean.dim() == 2), y);
   });
   return y;
 }
@@ -548,8 +544,7 @@ std::tuple<at::Tensor, at::Tensor> backward_reduce_impl(const LaidOut& t, const 
   at::Tensor sum2 = at::zeros_like(mean, at::MemoryFormat::Contiguous);
   if (t.x.numel() == 0) return {sum1, sum2};
   AT_DISPATCH_FLOATING_TYPES(t.x.scalar_type(), "spade_norm_backward_reduce_cpu", [&] {
-    backward_reduce_kernel<scalar_t>(pointers<scalar_t>(t.dy, t.x, t.params.gamma, t.params.beta, slope),
-                                     mean.contiguous(), invstd.contiguous(),
+    backward_reduce_kernel<scalar_t>(pointers<scalar_t>(t, slope), mean.contiguous(), invstd.contiguous(),
                                      t.geometry(mean.dim() == 2), sum1, sum2);
   });
   return {sum1, sum2};
@@ -561,8 +556,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_elemt_impl(
   at::Tensor dx = spade_empty_like_x(t.x), dgamma = spade_empty_like_x(t.x), dbeta = spade_empty_like_x(t.x);
   if (t.x.numel() == 0) return {dx, dgamma, dbeta};
   AT_DISPATCH_FLOATING_TYPES(t.x.scalar_type(), "spade_norm_backward_elemt_cpu", [&] {
-    backward_elemt_kernel<scalar_t>(pointers<scalar_t>(t.dy, t.x, t.params.gamma, t.params.beta, slope),
-                                    mean.contiguous(), invstd.contiguous(),
+    backward_elemt_kernel<scalar_t>(pointers<scalar_t>(t, slope), mean.contiguous(), invstd.contiguous(),
                                     mean_dxhat.defined() ? mean_dxhat.contiguous() : at::Tensor(),
                                     mean_dxhat_xhat.defined() ? mean_dxhat_xhat.contiguous() : at::Tensor(),
                                     t.geometry(mean.dim() == 2), dx, dgamma, dbeta);
@@ -582,8 +576,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> spade_norm_cpu(
     // cache-blocked stats + apply
     at::Tensor y = spade_empty_like_x(x_in), mean = spade_empty_stats(t.x, instance), var = spade_empty_stats(t.x, instance);
     AT_DISPATCH_FLOATING_TYPES(t.x.scalar_type(), "spade_norm_cpu", [&] {
-      fused_forward_nchw<scalar_t>(pointers<scalar_t>(t.dy, t.x, t.params.gamma, t.params.beta, slope), geo, eps, y,
-                                   mean, var);
+      fused_forward_nchw<scalar_t>(pointers<scalar_t>(t, slope), geo, eps, y, mean, var);
     });
     return {y, mean, var};
   }
@@ -595,7 +588,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> spade_norm_cpu(
     var = running_var->to(spade_stats_dtype(x_in), false, true).contiguous();
   }
   const at::Tensor invstd = (var + eps).rsqrt();
-  return {apply_impl(t.x, t.params.gamma, t.params.beta, mean, invstd, slope), mean, var};
+  return {apply_impl(t, mean, invstd, slope), mean, var};
 }
 
 std::tuple<at::Tensor, at::Tensor> spade_norm_stats_cpu(const at::Tensor& x, bool instance) {
@@ -609,7 +602,7 @@ at::Tensor spade_norm_apply_cpu(const at::Tensor& x, const at::Tensor& gamma, co
                                 std::optional<double> slope) {
   check_spade_apply_inputs(x, gamma, beta, mean, invstd, "spade_norm_apply");
   check_cpu_dtype(x, "spade_norm_apply");
-  return apply_impl(x, gamma, beta, mean, invstd, slope);
+  return apply_impl(lay_out(at::Tensor(), x, gamma, beta), mean, invstd, slope);
 }
 
 std::tuple<at::Tensor, at::Tensor> spade_norm_backward_reduce_cpu(
@@ -643,7 +636,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_two_sweeps(const LaidOut
                                                                    std::optional<double> slope) {
   at::Tensor dx = spade_empty_like_x(t.x), dgamma = spade_empty_like_x(t.x), dbeta = spade_empty_like_x(t.x);
   AT_DISPATCH_FLOATING_TYPES(t.x.scalar_type(), "spade_norm_backward_cpu", [&] {
-    Pointers<scalar_t> p = pointers<scalar_t>(t.dy, t.x, t.params.gamma, t.params.beta, slope);
+    Pointers<scalar_t> p = pointers<scalar_t>(t, slope);
     p.out1 = dgamma.mutable_data_ptr<scalar_t>();
     p.out2 = dbeta.mutable_data_ptr<scalar_t>();
     const at::Tensor mean_c = mean.contiguous(), invstd_c = invstd.contiguous();
@@ -691,9 +684,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> spade_norm_backward_cpu(
   }
   at::Tensor dx = spade_empty_like_x(t.x), dgamma = spade_empty_like_x(t.x), dbeta = spade_empty_like_x(t.x);
   AT_DISPATCH_FLOATING_TYPES(t.x.scalar_type(), "spade_norm_backward_cpu", [&] {
-    fused_backward_nchw<scalar_t>(pointers<scalar_t>(t.dy, t.x, t.params.gamma, t.params.beta, slope),
-                                  mean.contiguous(), invstd.contiguous(), use_input_stats, geo, dx,
-                                  dgamma, dbeta);
+    fused_backward_nchw<scalar_t>(pointers<scalar_t>(t, slope), mean.contiguous(), invstd.contiguous(),
+                                  use_input_stats, geo, dx, dgamma, dbeta);
   });
   return {dx, dgamma, dbeta};
 }
