@@ -582,15 +582,15 @@ void with_pack_and_index(const Shape& s, int64_t numel, std::initializer_list<co
 }
 
 // The kernels' view of an op's tensors (already contiguous in the op's layout); the
-// undefined ones (dy, mean, invstd in the forward passes) as null.
+// undefined ones (dy, mean, invstd in the forward passes; gamma and beta in the statistics
+// pass) as null.
 template <typename scalar_t, typename acc_t>
-Inputs<scalar_t, acc_t> inputs_of(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& gamma,
-                                  const at::Tensor& beta, const at::Tensor& mean, const at::Tensor& invstd,
-                                  std::optional<double> slope, int64_t param_extra = 0) {
+Inputs<scalar_t, acc_t> inputs_of(const at::Tensor& dy, const at::Tensor& x, const SpadeParams& params,
+                                  const at::Tensor& mean, const at::Tensor& invstd, std::optional<double> slope) {
   const auto data = [](const at::Tensor& t) { return t.defined() ? t.const_data_ptr<scalar_t>() : nullptr; };
   const auto stats = [](const at::Tensor& t) { return t.defined() ? t.const_data_ptr<acc_t>() : nullptr; };
-  return {data(dy), data(x), data(gamma), data(beta), stats(mean), stats(invstd),
-          static_cast<acc_t>(slope.value_or(0.0)), slope.has_value(), param_extra};
+  return {data(dy), data(x), data(params.gamma), data(params.beta), stats(mean), stats(invstd),
+          static_cast<acc_t>(slope.value_or(0.0)), slope.has_value(), params.extra};
 }
 
 void check_cuda_inputs(const at::Tensor& x, const char* op) {
@@ -607,7 +607,7 @@ std::tuple<at::Tensor, at::Tensor> stats_impl(const at::Tensor& x_in, bool insta
   }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "spade_norm_stats_cuda", [&] {
     using acc_t = at::acc_type<scalar_t, true>;
-    const auto in = inputs_of<scalar_t, acc_t>({}, x, {}, {}, {}, {}, std::nullopt);
+    const auto in = inputs_of<scalar_t, acc_t>({}, x, SpadeParams{{}, {}, 0, 0}, {}, {}, std::nullopt);
     reduce<false>(in, shape_of(x, instance), x, mean, var);
   });
   return {mean, var};
@@ -624,7 +624,7 @@ at::Tensor apply_impl(const at::Tensor& x_in, const at::Tensor& gamma_in, const 
   const Shape s = shape_of(x, mean.dim() == 2);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "spade_norm_apply_cuda", [&] {
     using acc_t = at::acc_type<scalar_t, true>;
-    const auto in = inputs_of<scalar_t, acc_t>({}, x, params.gamma, params.beta, mean, invstd, slope, params.extra);
+    const auto in = inputs_of<scalar_t, acc_t>({}, x, params, mean, invstd, slope);
     scalar_t* yp = y.mutable_data_ptr<scalar_t>();
     with_pack_and_index<scalar_t>(s, x.numel(), {in.x, in.gamma, in.beta, yp}, [&](auto vec, auto index) {
       constexpr int VEC = decltype(vec)::value;
@@ -663,7 +663,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_forward(const at::Tensor& x
   const Shape s = shape_of(x, instance);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "spade_norm_fused_forward_cuda", [&] {
     using acc_t = at::acc_type<scalar_t, true>;
-    const auto in = inputs_of<scalar_t, acc_t>({}, x, params.gamma, params.beta, {}, {}, slope, params.extra);
+    const auto in = inputs_of<scalar_t, acc_t>({}, x, params, {}, {}, slope);
     scalar_t* yp = y.mutable_data_ptr<scalar_t>();
     with_pack<scalar_t>(s, {in.x, in.gamma, in.beta, yp}, [&](auto vec) {
       constexpr int VEC = decltype(vec)::value;
@@ -688,7 +688,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_backward(const at::Tensor& 
   const Shape s = shape_of(x, instance);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "spade_norm_fused_backward_cuda", [&] {
     using acc_t = at::acc_type<scalar_t, true>;
-    const auto in = inputs_of<scalar_t, acc_t>(dy, x, params.gamma, params.beta, mean, invstd, slope, params.extra);
+    const auto in = inputs_of<scalar_t, acc_t>(dy, x, params, mean, invstd, slope);
     scalar_t *dxp = dx.mutable_data_ptr<scalar_t>(), *dgp = dgamma.mutable_data_ptr<scalar_t>();
     scalar_t* dbp = dbeta.mutable_data_ptr<scalar_t>();
     with_pack<scalar_t>(s, {in.dy, in.x, in.gamma, in.beta, dxp, dgp, dbp}, [&](auto vec) {
@@ -752,7 +752,7 @@ std::tuple<at::Tensor, at::Tensor> spade_norm_backward_reduce_cuda(
   if (x.numel() == 0) return {sum1, sum2};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "spade_norm_backward_reduce_cuda", [&] {
     using acc_t = at::acc_type<scalar_t, true>;
-    const auto in = inputs_of<scalar_t, acc_t>(dy, x, params.gamma, params.beta, mean, invstd, slope, params.extra);
+    const auto in = inputs_of<scalar_t, acc_t>(dy, x, params, mean, invstd, slope);
     reduce<true>(in, shape_of(x, mean.dim() == 2), x, sum1, sum2);
   });
   return {sum1, sum2};
@@ -778,7 +778,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> spade_norm_backward_elemt_cuda(
   const Shape s = shape_of(x, mean.dim() == 2);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "spade_norm_backward_elemt_cuda", [&] {
     using acc_t = at::acc_type<scalar_t, true>;
-    const auto in = inputs_of<scalar_t, acc_t>(dy, x, params.gamma, params.beta, mean, invstd, slope, params.extra);
+    const auto in = inputs_of<scalar_t, acc_t>(dy, x, params, mean, invstd, slope);
     const acc_t* m1p = m1.defined() ? m1.const_data_ptr<acc_t>() : nullptr;
     const acc_t* m2p = m2.defined() ? m2.const_data_ptr<acc_t>() : nullptr;
     scalar_t *dxp = dx.mutable_data_ptr<scalar_t>(), *dgp = dgamma.mutable_data_ptr<scalar_t>();
