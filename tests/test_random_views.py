@@ -5,6 +5,12 @@ float64. The other test files walk the layouts one by one; this one draws combin
 no list names (an expanded gamma with a permuted beta, a transposed weight, ...).
 Each test draws its cases from the suite's per-test seed (conftest._fresh_seed, reported
 on failure), so every run covers new cases and a failure reproduces.
+
+The reference runs on dense copies of the same values (reference_of): the math does not
+depend on the layout, and PyTorch's own CPU batch-norm backward does (torch 2.6 and 2.13:
+for a channels_last x of batch 1 whose batch stride is not C*H*W, e.g. strides
+(1, 1, 12, 2) for shape (1, 2, 8, 6), F.batch_norm's x gradient is wrong, while the same
+values laid out (96, 1, 12, 2) or NCHW give the right one).
 """
 from __future__ import annotations
 
@@ -55,6 +61,11 @@ def outputs_and_grads(fn, inputs, **kwargs):
     return [*outs, *(leaf.grad for leaf in leaves)]
 
 
+def reference_of(fn, inputs, **kwargs):
+    """outputs_and_grads of the reference on dense copies of `inputs` (see the module doc)."""
+    return outputs_and_grads(fn, [t.contiguous() for t in inputs], **kwargs)
+
+
 def assert_agree(ours, reference, what: str) -> None:
     for k, (actual, expected) in enumerate(zip(ours, reference, strict=True)):
         torch.testing.assert_close(actual, expected, **TOLERANCE, msg=lambda m: f"{what}, output {k}: {m}")
@@ -68,7 +79,7 @@ def test_channelwise_fc_random_views():
         x, weight = random_view(rng, (B, C, H, W)), random_view(rng, (C, P, P)) / P**0.5
         inputs = [x, weight] + ([random_view(rng, (C, P))] if rng.random() < 0.7 else [])
         what = f"x {tuple(x.shape)} strides {x.stride()}, weight strides {weight.stride()}, bias {len(inputs) == 3}"
-        assert_agree(outputs_and_grads(AF.channelwise_fc, inputs), outputs_and_grads(R.channelwise_fc, inputs),
+        assert_agree(outputs_and_grads(AF.channelwise_fc, inputs), reference_of(R.channelwise_fc, inputs),
                      what)
 
 
@@ -87,7 +98,7 @@ def test_spade_norm_random_views():
         ours_kwargs = {**kwargs, **{k: v.clone() for k, v in buffers.items()}}
         what = f"{kwargs} shape {(N, C, H, W)} strides {[t.stride() for t in inputs]}"
         assert_agree(outputs_and_grads(AF.spade_norm, inputs, **ours_kwargs),
-                     outputs_and_grads(R.spade_norm, inputs, **kwargs), what)
+                     reference_of(R.spade_norm, inputs, **kwargs), what)
         for name, buffer in buffers.items():  # running statistics updated alike
             torch.testing.assert_close(ours_kwargs[name], buffer, **TOLERANCE, msg=lambda m: f"{name} {what}: {m}")
 
@@ -98,5 +109,15 @@ def test_reparametrize_kl_random_views():
         shape = [rng.randint(1, 5) for _ in range(rng.randint(1, 4))]
         inputs = [random_view(rng, shape), random_view(rng, shape) * 0.5, random_view(rng, shape)]  # mu, logvar, eps
         what = f"shape {shape} strides {[t.stride() for t in inputs]}"
-        assert_agree(outputs_and_grads(AF.reparametrize_kl, inputs), outputs_and_grads(R.reparametrize_kl, inputs),
+        assert_agree(outputs_and_grads(AF.reparametrize_kl, inputs), reference_of(R.reparametrize_kl, inputs),
                      what)
+
+
+def test_spade_norm_channels_last_batch_of_one_with_an_unusual_batch_stride():
+    # The case where PyTorch's own batch-norm backward goes wrong (module doc): ours must
+    # not, whatever stride a batch of one carries.
+    shape, strides = (1, 2, 8, 6), (1, 1, 12, 2)
+    x = torch.as_strided(torch.randn(96, dtype=torch.float64) * 2 + 0.5, shape, strides)
+    assert x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    inputs = [x, torch.randn(shape, dtype=torch.float64), torch.randn(shape, dtype=torch.float64)]
+    assert_agree(outputs_and_grads(AF.spade_norm, inputs), reference_of(R.spade_norm, inputs), f"strides {strides}")
