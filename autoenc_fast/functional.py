@@ -15,7 +15,7 @@ from .ops.spade_norm_checks import check_inputs as _spade_check_inputs
 from .ops.spade_norm_checks import group_count as _group_count
 from .ops.spade_norm_checks import update_running_stats as _update_running_stats
 
-__all__ = ["channelwise_fc", "reparametrize_kl", "spade_norm"]
+__all__ = ["channelwise_fc", "reparametrize_kl", "spade_norm", "spade_norm_merged"]
 
 _HALF_TYPES = (torch.float16, torch.bfloat16)
 
@@ -140,7 +140,6 @@ def spade_norm(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, *, norm
         gamma, beta = gamma.to(x.dtype), beta.to(x.dtype)
     _spade_check_inputs(x, gamma, beta, norm, running_mean, running_var, training)
     instance = norm == "instance"
-    use_input_stats = training or instance
     if not _ext.LOADED:
         return _spade_norm_reference(x, gamma, beta, norm=norm, running_mean=running_mean,
                                      running_var=running_var, training=training, momentum=momentum,
@@ -158,13 +157,49 @@ def spade_norm(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, *, norm
         # The global count is checked there, after the all_reduce.
         return SyncSpadeNormFunction.apply(x, gamma, beta, running_mean, running_var, eps, momentum,
                                            negative_slope, process_group)
+    return _spade_norm_single_process(torch.ops.autoenc_fast.spade_norm, x, (gamma, beta), instance,
+                                      running_mean, running_var, training, momentum, eps, negative_slope)
+
+
+def spade_norm_merged(x: torch.Tensor, gamma_beta: torch.Tensor, *, norm: str = "batch",
+                      running_mean: torch.Tensor | None = None, running_var: torch.Tensor | None = None,
+                      training: bool = True, momentum: float = 0.1, eps: float = 1e-5,
+                      negative_slope: float | None = None, process_group=None) -> torch.Tensor:
+    r""":func:`spade_norm` with gamma and beta given as one tensor,
+    ``gamma_beta = torch.cat([gamma, beta], dim=1)`` of shape (N, 2C, H, W), as SPADE's one
+    modulation convolution with 2C outputs makes them (nn.SPADE calls this).
+
+    Same result as ``spade_norm(x, *gamma_beta.chunk(2, dim=1), ...)``, and the same
+    arguments. The kernels read the two halves in place, and the backward writes the
+    gradient of gamma_beta as one tensor: with separate gamma and beta views, autograd
+    would concatenate their two gradients for the convolution (a copy of both). With a
+    `process_group` the statistics are synchronized as in spade_norm, through the halves.
+    """
+    if _autocast_dtype(x) is not None and isinstance(gamma_beta, torch.Tensor):
+        gamma_beta = gamma_beta.to(x.dtype)  # as spade_norm: a normalization runs in x's precision
+    _spade_check_inputs(x, gamma_beta, None, norm, running_mean, running_var, training)
+    instance = norm == "instance"
+    synchronized = process_group is not None and training and not instance
+    if not _ext.LOADED or synchronized or (x.device.type == "cpu" and x.dtype in _HALF_TYPES):
+        gamma, beta = gamma_beta.chunk(2, dim=1)
+        return spade_norm(x, gamma, beta, norm=norm, running_mean=running_mean, running_var=running_var,
+                          training=training, momentum=momentum, eps=eps, negative_slope=negative_slope,
+                          process_group=process_group)
+    return _spade_norm_single_process(torch.ops.autoenc_fast.spade_norm_merged, x, (gamma_beta,), instance,
+                                      running_mean, running_var, training, momentum, eps, negative_slope)
+
+
+def _spade_norm_single_process(op, x, params, instance, running_mean, running_var, training, momentum, eps,
+                               negative_slope):
+    """op(x, *params, ...): spade_norm or spade_norm_merged without a process group, then
+    the running-statistics update."""
+    use_input_stats = training or instance
     count = _group_count(x, instance)
     if use_input_stats and x.numel() > 0 and count <= 1:
         raise ValueError(f"spade_norm: expected more than 1 value per {'instance' if instance else 'channel'}"
                          f" when using batch statistics; `x` has shape {tuple(x.shape)}")
-    y, mean, var = torch.ops.autoenc_fast.spade_norm(
-        x, gamma, beta, None if use_input_stats else running_mean,
-        None if use_input_stats else running_var, use_input_stats, instance, eps, negative_slope)
+    y, mean, var = op(x, *params, None if use_input_stats else running_mean,
+                      None if use_input_stats else running_var, use_input_stats, instance, eps, negative_slope)
     if use_input_stats and running_mean is not None and x.numel() > 0:
         _update_running_stats(running_mean, running_var, mean.detach(), var.detach(), count, momentum)
     return y

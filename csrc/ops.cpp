@@ -42,6 +42,14 @@ TORCH_LIBRARY(autoenc_fast, m) {
       "spade_norm(Tensor x, Tensor gamma, Tensor beta, Tensor? running_mean, Tensor? running_var,"
       " bool use_input_stats, bool instance, float eps, float? negative_slope)"
       " -> (Tensor y, Tensor mean, Tensor var)");
+  // The same with gamma and beta given as one tensor, gamma_beta = cat([gamma, beta], 1) of
+  // shape (N, 2C, H, W), as nn.SPADE's merged modulation convolution makes them: its
+  // backward returns the gradient of gamma_beta as one tensor, so autograd does not
+  // concatenate grad_gamma and grad_beta (a copy of both) for that convolution.
+  m.def(
+      "spade_norm_merged(Tensor x, Tensor gamma_beta, Tensor? running_mean, Tensor? running_var,"
+      " bool use_input_stats, bool instance, float eps, float? negative_slope)"
+      " -> (Tensor y, Tensor mean, Tensor var)");
   // The pieces, for synchronized statistics (all_reduce between them, in Python):
   m.def("spade_norm_stats(Tensor x, bool instance) -> (Tensor mean, Tensor var)");
   m.def(
@@ -53,6 +61,9 @@ TORCH_LIBRARY(autoenc_fast, m) {
       "spade_norm_backward(Tensor grad_y, Tensor x, Tensor gamma, Tensor beta, Tensor mean,"
       " Tensor invstd, bool use_input_stats, float? negative_slope)"
       " -> (Tensor grad_x, Tensor grad_gamma, Tensor grad_beta)");
+  m.def(
+      "spade_norm_merged_backward(Tensor grad_y, Tensor x, Tensor gamma_beta, Tensor mean, Tensor invstd,"
+      " bool use_input_stats, float? negative_slope) -> (Tensor grad_x, Tensor grad_gamma_beta)");
   // Backward: sums over each statistics group of dxhat = dz * (1 + gamma) and dxhat * xhat.
   m.def(
       "spade_norm_backward_reduce(Tensor grad_y, Tensor x, Tensor gamma, Tensor beta, Tensor mean,"

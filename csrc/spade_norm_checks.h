@@ -5,6 +5,8 @@
 #include <ATen/ATen.h>
 
 #include <optional>
+#include <utility>
+#include <vector>
 
 namespace autoenc_fast {
 
@@ -40,10 +42,9 @@ inline at::Tensor spade_empty_stats(const at::Tensor& x, bool instance) {
 //   a multiple of H*W (so the CUDA kernels' 16-byte packs stay aligned). `extra` is then
 //   that stride's excess over C*H*W: x's element at n*C*H*W + r is gamma's and beta's at
 //   n*(C*H*W + extra) + r.
-// - channels_last x, with `channels_last_in_place` (the CPU kernels): in place when both
-//   have their C channels adjacent and one pixel stride S >= C for every pixel (rows of
-//   W*S, samples H*W*S apart): x's element at p*C + c (pixel p) is theirs at p*S + c;
-//   `pixel_stride` is S.
+// - channels_last x: in place when both have their C channels adjacent and one pixel
+//   stride S >= C for every pixel (rows of W*S, samples H*W*S apart): x's element at
+//   p*C + c (pixel p) is theirs at p*S + c; `pixel_stride` is S.
 // Else they are made contiguous in x's layout (a copy unless they are already), extra 0
 // and pixel_stride C. x: already in its kernel layout (spade_memory_format).
 struct SpadeParams {
@@ -51,8 +52,7 @@ struct SpadeParams {
   int64_t extra, pixel_stride;
 };
 
-inline SpadeParams spade_params_of(const at::Tensor& gamma, const at::Tensor& beta, const at::Tensor& x,
-                                   bool channels_last_in_place = false) {
+inline SpadeParams spade_params_of(const at::Tensor& gamma, const at::Tensor& beta, const at::Tensor& x) {
   const auto fmt = spade_memory_format(x);
   const int64_t C = x.size(1), H = x.size(2), W = x.size(3);
   const bool same_strides = gamma.strides() == beta.strides();
@@ -64,13 +64,92 @@ inline SpadeParams spade_params_of(const at::Tensor& gamma, const at::Tensor& be
     if (x.size(0) > 1 && H * W > 0 && same_strides && rows_adjacent(gamma)) {
       return {gamma, beta, gamma.stride(0) - C * H * W, C};
     }
-  } else if (channels_last_in_place) {
+  } else {
     const int64_t S = gamma.stride(3);
     if (same_strides && gamma.stride(1) == 1 && S >= C && gamma.stride(2) == W * S && gamma.stride(0) == H * W * S) {
       return {gamma, beta, 0, S};
     }
   }
   return {gamma.contiguous(fmt), beta.contiguous(fmt), 0, C};
+}
+
+// Where a backward op writes dgamma and dbeta: two tensors laid out like x (spade_norm_
+// backward), or the two channel halves of one merged (N, 2C, H, W) gradient laid out
+// like the merged gamma_beta the kernels read (spade_norm_merged_backward): then at
+// gamma's and beta's own offsets (`at_params`).
+struct SpadeParamGrads {
+  at::Tensor dgamma, dbeta;
+  bool at_params;
+};
+
+// spade_norm_merged's gamma_beta = cat([gamma, beta], 1), (N, 2C, H, W), in x's kernel
+// layout with that layout's own strides: copied only when it is not already so, which
+// nn.SPADE's convolution output is. Its halves are then read in place, and a merged
+// gradient allocated in the same layout has its halves at the same offsets.
+inline at::Tensor spade_merged_laid_out(const at::Tensor& gamma_beta, const at::Tensor& x) {
+  const auto fmt = spade_memory_format(x);
+  const auto sizes = gamma_beta.sizes();
+  const std::vector<int64_t> natural =
+      fmt == at::MemoryFormat::ChannelsLast
+          ? c10::get_channels_last_strides_2d(sizes)
+          : std::vector<int64_t>{sizes[1] * sizes[2] * sizes[3], sizes[2] * sizes[3], sizes[3], 1};
+  if (gamma_beta.strides() == at::IntArrayRef(natural)) return gamma_beta;
+  return at::empty(sizes, gamma_beta.options().memory_format(fmt)).copy_(gamma_beta);
+}
+
+// The halves of a laid-out gamma_beta (or of its gradient).
+inline std::pair<at::Tensor, at::Tensor> spade_halves(const at::Tensor& merged) {
+  const int64_t C = merged.size(1) / 2;
+  return {merged.narrow(1, 0, C), merged.narrow(1, C, C)};
+}
+
+inline SpadeParamGrads spade_param_grads_like_x(const at::Tensor& x) {
+  return {spade_empty_like_x(x), spade_empty_like_x(x), false};
+}
+
+// The tensors of one op call as the kernels read them: dy (backward only) and x
+// contiguous in x's kernel layout, gamma and beta as spade_params_of gives them.
+struct SpadeLaidOut {
+  at::Tensor dy, x;
+  SpadeParams params;
+};
+
+inline SpadeLaidOut spade_lay_out(const at::Tensor& dy, const at::Tensor& x_in, const at::Tensor& gamma,
+                                  const at::Tensor& beta) {
+  const auto fmt = spade_memory_format(x_in);
+  const at::Tensor x = x_in.contiguous(fmt);
+  return {dy.defined() ? dy.contiguous(fmt) : at::Tensor(), x, spade_params_of(gamma, beta, x)};
+}
+
+// The same for the merged ops: gamma_beta laid out by spade_merged_laid_out, whose halves
+// are then read in place, so that the halves of spade_merged_grads' gradient lie at the
+// same offsets.
+inline SpadeLaidOut spade_lay_out_merged(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& gamma_beta) {
+  const auto [gamma, beta] = spade_halves(spade_merged_laid_out(gamma_beta, x));
+  SpadeLaidOut t = spade_lay_out(dy, x, gamma, beta);
+  TORCH_INTERNAL_ASSERT(x.numel() == 0 || (t.params.gamma.is_same(gamma) && t.params.beta.is_same(beta)),
+                        "spade_norm_merged: the halves of gamma_beta were not read in place");
+  return t;
+}
+
+// A merged (N, 2C, H, W) gradient in x's kernel layout, and its halves as the kernels
+// write them (at the params' offsets of spade_lay_out_merged).
+inline std::pair<at::Tensor, SpadeParamGrads> spade_merged_grads(const at::Tensor& x) {
+  at::Tensor merged = at::empty({x.size(0), 2 * x.size(1), x.size(2), x.size(3)},
+                                x.options().memory_format(spade_memory_format(x)));
+  auto [dgamma, dbeta] = spade_halves(merged);
+  return {merged, {dgamma, dbeta, true}};
+}
+
+inline void check_spade_merged(const at::Tensor& gamma_beta, const at::Tensor& x, const char* op) {
+  TORCH_CHECK(gamma_beta.dim() == 4 && gamma_beta.size(0) == x.size(0) && gamma_beta.size(1) == 2 * x.size(1) &&
+                  gamma_beta.size(2) == x.size(2) && gamma_beta.size(3) == x.size(3),
+              op, ": `gamma_beta` must have shape (N, 2C, H, W) = (", x.size(0), ", ", 2 * x.size(1), ", ",
+              x.size(2), ", ", x.size(3), "); got ", gamma_beta.sizes());
+  TORCH_CHECK(gamma_beta.scalar_type() == x.scalar_type(), op, ": `gamma_beta` must have x's dtype ",
+              x.scalar_type(), "; got ", gamma_beta.scalar_type());
+  TORCH_CHECK(gamma_beta.device() == x.device(), op, ": `gamma_beta` must be on x's device ", x.device(),
+              "; got ", gamma_beta.device());
 }
 
 inline void check_spade_x(const at::Tensor& x, const char* op) {
@@ -115,34 +194,45 @@ inline void check_spade_running(const std::optional<at::Tensor>& t, const char* 
               "; got ", t->device());
 }
 
+// x, then gamma and beta of x's shape; or, for the merged ops (beta undefined), gamma
+// holding gamma_beta of shape (N, 2C, H, W).
+inline void check_spade_x_and_params(const at::Tensor& x, const at::Tensor& gamma, const at::Tensor& beta,
+                                     const char* op) {
+  check_spade_x(x, op);
+  if (!beta.defined()) {
+    check_spade_merged(gamma, x, op);
+    return;
+  }
+  check_spade_like_x(gamma, "gamma", x, op);
+  check_spade_like_x(beta, "beta", x, op);
+}
+
+// spade_norm (beta given) and spade_norm_merged (beta undefined, gamma = gamma_beta).
 inline void check_spade_forward_inputs(const at::Tensor& x, const at::Tensor& gamma,
                                        const at::Tensor& beta,
                                        const std::optional<at::Tensor>& running_mean,
                                        const std::optional<at::Tensor>& running_var,
-                                       bool use_input_stats, bool instance) {
-  check_spade_x(x, "spade_norm");
-  check_spade_like_x(gamma, "gamma", x, "spade_norm");
-  check_spade_like_x(beta, "beta", x, "spade_norm");
-  TORCH_CHECK(use_input_stats || !instance,
-              "spade_norm: instance norm always uses input statistics (`use_input_stats` must be True)");
+                                       bool use_input_stats, bool instance, const char* op = "spade_norm") {
+  check_spade_x_and_params(x, gamma, beta, op);
+  TORCH_CHECK(use_input_stats || !instance, op,
+              ": instance norm always uses input statistics (`use_input_stats` must be True)");
   if (!use_input_stats) {
-    check_spade_running(running_mean, "running_mean", x, "spade_norm");
-    check_spade_running(running_var, "running_var", x, "spade_norm");
+    check_spade_running(running_mean, "running_mean", x, op);
+    check_spade_running(running_var, "running_var", x, op);
   }
 }
 
 inline void check_spade_apply_inputs(const at::Tensor& x, const at::Tensor& gamma,
                                      const at::Tensor& beta, const at::Tensor& mean,
                                      const at::Tensor& invstd, const char* op) {
-  check_spade_x(x, op);
-  check_spade_like_x(gamma, "gamma", x, op);
-  check_spade_like_x(beta, "beta", x, op);
+  check_spade_x_and_params(x, gamma, beta, op);
   check_spade_group_stat(mean, "mean", x, op);
   check_spade_group_stat(invstd, "invstd", x, op);
   TORCH_CHECK(mean.sizes() == invstd.sizes(), op, ": `invstd` must have mean's shape ", mean.sizes(),
               "; got ", invstd.sizes());
 }
 
+// As check_spade_forward_inputs, beta undefined for spade_norm_merged_backward.
 inline void check_spade_backward_inputs(const at::Tensor& grad_y, const at::Tensor& x,
                                         const at::Tensor& gamma, const at::Tensor& beta,
                                         const at::Tensor& mean, const at::Tensor& invstd,

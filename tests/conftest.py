@@ -137,3 +137,31 @@ def assert_gamma_beta_readers_agree(ops, ref_ops, x, grad_y, halves, dense, inst
                                 ref_ops.spade_norm_backward_elemt(grad_y, x, *dense, mean, invstd, *means, 0.2),
                                 strict=True):
         close(actual, expected)
+
+
+def assert_merged_ops_agree_with_separate(ops, ref_ops, x, grad_y, gamma_beta, instance, close) -> None:
+    """ops.spade_norm_merged(x, gamma_beta) and its backward against ref_ops.spade_norm on
+    dense copies of gamma_beta's halves, train (batch statistics) and eval (fixed), slope
+    0.2: close(actual, expected) for y, mean, var, grad_x, and grad_gamma_beta against
+    cat([grad_gamma, grad_beta]), which comes out in x's layout."""
+    layout = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() \
+        else torch.contiguous_format
+    dense = [t.contiguous(memory_format=layout) for t in gamma_beta.chunk(2, dim=1)]
+    C = x.shape[1]
+    rm, rv = torch.randn(C, dtype=x.dtype), torch.rand(C, dtype=x.dtype) + 0.5
+    for use_input_stats in ([True] if instance else [True, False]):
+        run = (None, None) if use_input_stats else (rm, rv)
+        args = (*run, use_input_stats, instance, 1e-5, 0.2)
+        outputs = ops.spade_norm_merged(x, gamma_beta, *args)
+        expected = ref_ops.spade_norm(x, *dense, *args)
+        for actual, want in zip(outputs, expected, strict=True):
+            close(actual, want)
+        mean, var = expected[1], expected[2]
+        invstd = (var + 1e-5).rsqrt()
+        grad_x, grad_gamma_beta = ops.spade_norm_merged_backward(grad_y, x, gamma_beta, mean, invstd,
+                                                                 use_input_stats, 0.2)
+        want_x, want_gamma, want_beta = ref_ops.spade_norm_backward(grad_y, x, *dense, mean, invstd,
+                                                                    use_input_stats, 0.2)
+        close(grad_x, want_x)
+        assert grad_gamma_beta.shape == gamma_beta.shape and grad_gamma_beta.is_contiguous(memory_format=layout)
+        close(grad_gamma_beta, torch.cat([want_gamma, want_beta], dim=1))

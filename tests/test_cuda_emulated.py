@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import autoenc_fast  # noqa: F401  (registers the CPU ops compared against)
-from conftest import LAYOUTS, assert_gamma_beta_readers_agree, make_x
+from conftest import LAYOUTS, assert_gamma_beta_readers_agree, assert_merged_ops_agree_with_separate, make_x
 
 pytestmark = pytest.mark.skipif(shutil.which("ninja") is None,
                                 reason="the CUDA emulator's build needs ninja (pip install ninja)")
@@ -215,8 +215,9 @@ def test_spade_norm_reduced_precision_against_float64(emu, dtype, layout, fused,
 @pytest.mark.parametrize("instance", [False, True])
 def test_spade_norm_reads_gamma_and_beta_as_halves_of_one_tensor(emu, layout, fused, instance, monkeypatch):
     # nn.SPADE hands the op the two channel halves of one (N, 2C, H, W) convolution output:
-    # the CUDA kernels read them in place (NCHW) instead of copying them. Same results as
-    # the CPU kernels on contiguous copies, every op that reads gamma and beta.
+    # the CUDA kernels read them in place (NCHW rows, channels_last pixels 2C apart)
+    # instead of copying them. Same results as the CPU kernels on contiguous copies, every
+    # op that reads gamma and beta.
     monkeypatch.setenv("AUTOENC_FAST_SPADE_NORM_FUSED", fused)
     N, C, H, W = 3, 4, 4, 6
     x, grad_y = (make_x((N, C, H, W), layout, torch.float64) for _ in range(2))
@@ -229,6 +230,46 @@ def test_spade_norm_reads_gamma_and_beta_as_halves_of_one_tensor(emu, layout, fu
         assert relative_error(actual, expected) < 1e-12
 
     assert_gamma_beta_readers_agree(emu, torch.ops.autoenc_fast, x, grad_y, (gamma, beta), dense, instance, close)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("fused", ["0", "1"], ids=["split", "per-group"])
+@pytest.mark.parametrize("instance", [False, True])
+@pytest.mark.parametrize("shape", [(3, 4, 4, 6), (1, 8, 4, 4), (2, 3, 5, 3)], ids=shape_id)
+def test_spade_norm_merged_matches_the_cpu_separate_ops(emu, shape, layout, fused, instance, monkeypatch):
+    # spade_norm_merged: the CUDA kernels read gamma_beta's halves in place and write the
+    # gradient's halves at the same offsets (16-byte packs where C or H*W allow, else one
+    # element at a time; batch 1). The CPU's spade_norm on dense copies is the reference.
+    monkeypatch.setenv("AUTOENC_FAST_SPADE_NORM_FUSED", fused)
+    N, C, H, W = shape
+    x, grad_y = (make_x(shape, layout, torch.float64) for _ in range(2))
+    gamma_beta = make_x((N, 2 * C, H, W), layout, torch.float64)
+
+    def close(actual, expected):
+        assert relative_error(actual, expected) < 1e-12
+
+    assert_merged_ops_agree_with_separate(emu, torch.ops.autoenc_fast, x, grad_y, gamma_beta, instance, close)
+
+
+def test_spade_norm_channels_last_halves_of_an_odd_pixel_stride_take_the_scalar_path(emu):
+    # Halves whose pixel stride (9) is not a multiple of the 16-byte pack, though C (4) is:
+    # still read in place, element by element (a pack at pixel 1 would be misaligned; the
+    # AddressSanitizer run's alignment check would stop there).
+    x, grad_y = (make_x((2, 4, 3, 5), "channels_last", torch.float32) for _ in range(2))
+    base = make_x((2, 9, 3, 5), "channels_last", torch.float32)
+    gamma, beta = base[:, :4], base[:, 4:8]
+    assert gamma.stride() == beta.stride() == (135, 1, 45, 9)
+    dense = (gamma.contiguous(memory_format=torch.channels_last), beta.contiguous(memory_format=torch.channels_last))
+    with torch.profiler.profile(record_shapes=True) as prof:
+        emu.spade_norm(x, gamma, beta, None, None, True, False, 1e-5, 0.2)
+    # (var + eps wraps eps in a 0-d tensor: that copy is no tensor's)
+    assert not [event.input_shapes for event in prof.events()
+                if event.name == "aten::copy_" and any(shape for shape in event.input_shapes)]
+
+    def close(actual, expected):
+        assert relative_error(actual, expected) < 1e-6
+
+    assert_gamma_beta_readers_agree(emu, torch.ops.autoenc_fast, x, grad_y, (gamma, beta), dense, False, close)
 
 
 @pytest.mark.parametrize("fused", ["0", "1"], ids=["split", "per-group"])

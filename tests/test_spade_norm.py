@@ -14,10 +14,11 @@ from autoenc_fast import _ext
 from autoenc_fast.nn import SPADE
 
 from conftest import (HAS_CUDA, TOLERANCES, assert_double_backward_refused, assert_gamma_beta_readers_agree,
+                      assert_merged_ops_agree_with_separate,
                       compile_for_sm90, devices, run_under_triton_interpreter)
 
-OPS = ["spade_norm", "spade_norm_stats", "spade_norm_apply", "spade_norm_backward",
-       "spade_norm_backward_reduce", "spade_norm_backward_elemt"]
+OPS = ["spade_norm", "spade_norm_merged", "spade_norm_stats", "spade_norm_apply", "spade_norm_backward",
+       "spade_norm_merged_backward", "spade_norm_backward_reduce", "spade_norm_backward_elemt"]
 needs_ext = pytest.mark.skipif(not _ext.LOADED, reason=f"extension not loaded: {_ext.STATUS}")
 
 
@@ -315,11 +316,31 @@ def test_gradcheck_float64(norm, training, slope, channels_last):
 
 
 @needs_ext
+@pytest.mark.parametrize("norm,training", CASES)
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_merged_gradcheck_float64(norm, training, channels_last):
+    x, gamma, beta = make_inputs((2, 3, 3, 4), torch.float64, "cpu", channels_last, offset=0.5)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    gamma_beta = torch.cat([gamma, beta], dim=1).contiguous(memory_format=layout)
+    rm, rv = (t.double() for t in running(3, "cpu")) if norm == "batch" else (None, None)
+
+    def fn(x, gamma_beta):
+        kw = {} if rm is None else dict(running_mean=rm.clone(), running_var=rv.clone())
+        return AF.spade_norm_merged(x, gamma_beta, norm=norm, training=training, negative_slope=0.3, **kw)
+
+    inputs = [t.detach().requires_grad_() for t in (x, gamma_beta)]
+    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-6)
+
+
+@needs_ext
 @pytest.mark.parametrize("device", devices())
 def test_double_backward_raises_naming_the_op(device):
     x, gamma, beta = (t.requires_grad_() for t in make_inputs((2, 3, 3, 4), torch.float64, device))
     assert_double_backward_refused(lambda: AF.spade_norm(x, gamma, beta, negative_slope=0.2).square().sum(),
                                    (x, gamma, beta), "spade_norm")
+    gamma_beta = torch.cat([gamma, beta], dim=1).detach().requires_grad_()
+    assert_double_backward_refused(lambda: AF.spade_norm_merged(x, gamma_beta, negative_slope=0.2).square().sum(),
+                                   (x, gamma_beta), "spade_norm_merged")
 
 
 @needs_ext
@@ -355,6 +376,10 @@ def _opcheck_samples(channels_last):
         backward.append((grad, x, gamma, beta, mean, invstd, False, None))
     samples.update(spade_norm_apply=apply, spade_norm_backward_reduce=red, spade_norm_backward_elemt=elemt,
                    spade_norm_backward=backward)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    gamma_beta = torch.cat([gamma, beta], dim=1).contiguous(memory_format=layout)
+    samples["spade_norm_merged"] = [(x, gamma_beta, *args[3:]) for args in samples["spade_norm"]]
+    samples["spade_norm_merged_backward"] = [(grad, x, gamma_beta, *args) for grad, x, _, _, *args in backward]
     return samples
 
 
@@ -363,8 +388,9 @@ def _opcheck_samples(channels_last):
 @pytest.mark.parametrize("op", OPS)
 def test_opcheck(op, channels_last):
     for args in _opcheck_samples(channels_last)[op]:
-        if op == "spade_norm":  # the registered autograd too
-            args = tuple(a.clone().requires_grad_() if i < 3 else a for i, a in enumerate(args))
+        if op in ("spade_norm", "spade_norm_merged"):  # the registered autograd too
+            inputs = 3 if op == "spade_norm" else 2
+            args = tuple(a.clone().requires_grad_() if i < inputs else a for i, a in enumerate(args))
         torch.library.opcheck(getattr(torch.ops.autoenc_fast, op).default, args)
 
 
@@ -485,9 +511,9 @@ def test_module_modulates_in_x_layout_whatever_the_segmap_layout(x_layout, seg_l
     still come out in x's layout (the kernels' own), so neither the op nor the merged
     convolution's backward transposes them (seen: a third of the CPU GauGAN step's
     copies), and the module still equals GauGAN's. With conv_layout="segmap" the
-    convolutions run in the segmap's layout and only gamma and beta are transposed.
-    When the merged convolution's output is in x's layout, gamma and beta are its two
-    channel halves, which the CPU kernels read in place; else dense copies in x's layout."""
+    convolutions run in the segmap's layout and only their merged output is transposed.
+    Either way gamma and beta are the two channel halves of one (N, 2C, H, W) tensor in
+    x's layout, which the kernels read in place."""
     plain = GauGANSPADE(6, 4, 8, 3, "batch", 0.2).double()
     ours = SPADE(6, 4, hidden=8, negative_slope=0.2).double()
     ours.load_state_dict(plain.state_dict(), strict=True)
@@ -501,19 +527,13 @@ def test_module_modulates_in_x_layout_whatever_the_segmap_layout(x_layout, seg_l
     hook.remove()
     expected_conv_layout = x_layout if conv_layout == "x" else seg_layout
     assert conv_inputs[0].is_contiguous(memory_format=expected_conv_layout)
-    halves_in_place = x_layout == expected_conv_layout
     N, C, H, W = x.shape
     halves_strides = {torch.contiguous_format: (2 * C * H * W, H * W, W, 1),
                       torch.channels_last: (2 * C * H * W, 1, 2 * C * W, 2 * C)}[x_layout]
     for t in (gamma, beta):
-        assert t.shape == x.shape
-        if halves_in_place:
-            assert t.stride() == halves_strides
-        else:
-            assert t.is_contiguous(memory_format=x_layout)
-    if halves_in_place:
-        offset = C * H * W if x_layout == torch.contiguous_format else C
-        assert beta.data_ptr() == gamma.data_ptr() + offset * gamma.element_size()
+        assert t.shape == x.shape and t.stride() == halves_strides
+    offset = C * H * W if x_layout == torch.contiguous_format else C
+    assert beta.data_ptr() == gamma.data_ptr() + offset * gamma.element_size()
     assert_modules_agree(plain, ours, x, seg, torch.randn_like(x))
 
 
@@ -550,6 +570,106 @@ def test_cpu_kernels_read_gamma_and_beta_as_halves_of_one_tensor(shape_id, insta
     # and the result is the reference's (float64)
     y_ref = R.spade_norm(x, *dense, norm="instance" if instance else "batch", negative_slope=0.2)
     torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-10)
+
+
+@needs_ext
+@pytest.mark.parametrize("shape_id", CPU_PATH_SHAPES)
+@pytest.mark.parametrize("instance", [False, True], ids=["batch", "instance"])
+@pytest.mark.parametrize("gamma_beta_layout", ["x", "other"])
+def test_cpu_merged_ops_equal_the_separate_ops(shape_id, instance, gamma_beta_layout):
+    # spade_norm_merged reads gamma_beta's halves in place and writes its gradient whole,
+    # with no copy and no concatenation under either op when gamma_beta is in x's layout
+    # (what nn.SPADE gives it); in another layout it is laid out once. Bit for bit what
+    # spade_norm and spade_norm_backward give for dense copies, on each CPU kernel path.
+    shape = CPU_PATH_SHAPES[shape_id]
+    layout = torch.channels_last if shape_id.startswith("channels_last") else torch.contiguous_format
+    other = torch.contiguous_format if layout == torch.channels_last else torch.channels_last
+    x = (torch.randn(shape, dtype=torch.float64) * 2 + 1).contiguous(memory_format=layout)
+    grad_y = torch.randn(shape, dtype=torch.float64).contiguous(memory_format=layout)
+    N, C, H, W = shape
+    gamma_beta = torch.randn(N, 2 * C, H, W, dtype=torch.float64).contiguous(
+        memory_format=layout if gamma_beta_layout == "x" else other)
+    ops = torch.ops.autoenc_fast
+    assert_merged_ops_agree_with_separate(ops, ops, x, grad_y, gamma_beta, instance,
+                                          lambda actual, expected: torch.testing.assert_close(actual, expected,
+                                                                                              rtol=0, atol=0))
+    if gamma_beta_layout == "x":
+        mean, var = ops.spade_norm_stats(x, instance)
+        with torch.profiler.profile() as prof:
+            ops.spade_norm_merged(x, gamma_beta, None, None, True, instance, 1e-5, 0.2)
+            ops.spade_norm_merged_backward(grad_y, x, gamma_beta, mean, (var + 1e-5).rsqrt(), True, 0.2)
+        names = {event.name for event in prof.events()}
+        assert not names & {"aten::copy_", "aten::cat", "aten::clone"}, names
+
+
+@needs_ext
+def test_merged_op_with_a_batch_of_one_and_odd_sizes():
+    # Batch 1 (the NCHW halves are then plain views), H != W, C not a multiple of a vector.
+    ops = torch.ops.autoenc_fast
+    for layout in (torch.contiguous_format, torch.channels_last):
+        x = (torch.randn(1, 7, 5, 3, dtype=torch.float64) + 2).contiguous(memory_format=layout)
+        gamma_beta = torch.randn(1, 14, 5, 3, dtype=torch.float64).contiguous(memory_format=layout)
+        assert_merged_ops_agree_with_separate(ops, ops, x, torch.randn_like(x), gamma_beta, True,
+                                              lambda a, b: torch.testing.assert_close(a, b, rtol=0, atol=0))
+        assert_merged_ops_agree_with_separate(ops, ops, x, torch.randn_like(x), gamma_beta, False,
+                                              lambda a, b: torch.testing.assert_close(a, b, rtol=0, atol=0))
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("norm,training", CASES)
+def test_merged_functional_matches_the_reference(norm, training, device):
+    x, gamma, beta = make_inputs((3, 5, 6, 4), torch.float64, device)
+    gamma_beta = torch.cat([gamma, beta], dim=1)
+    rm, rv = running(5, device) if norm == "batch" else (None, None)
+    kw = dict(norm=norm, training=training, negative_slope=0.2)
+    stats = {} if rm is None else dict(running_mean=rm.double(), running_var=rv.double())
+    stats_ref = {k: v.clone() for k, v in stats.items()}
+    grad = torch.randn_like(x)
+    xs, gbs = x.clone().requires_grad_(), gamma_beta.clone().requires_grad_()
+    AF.spade_norm_merged(xs, gbs, **kw, **stats).backward(grad)
+    xr, gbr = x.clone().requires_grad_(), gamma_beta.clone().requires_grad_()
+    R.spade_norm_merged(xr, gbr, **kw, **stats_ref).backward(grad)
+    torch.testing.assert_close(xs.grad, xr.grad, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(gbs.grad, gbr.grad, rtol=1e-9, atol=1e-9)
+    for name in stats:
+        torch.testing.assert_close(stats[name], stats_ref[name], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("bad,match", [
+    (lambda x, gb: (x, gb[:, :3]), r"`gamma_beta` must have shape \(N, 2C, H, W\) = \(2, 6, 4, 5\); got .2, 3, 4, 5."),
+    (lambda x, gb: (x, gb[..., :4]), r"`gamma_beta` must have shape"),
+    (lambda x, gb: (x, gb.double()), r"`gamma_beta` must have x's dtype"),
+    (lambda x, gb: (x, gb[0]), r"`gamma_beta` must have shape"),
+    (lambda x, gb: (x[0], gb), r"`x` must be 4-D"),
+])
+def test_merged_bad_input_names_the_argument(bad, match):
+    x, gb = torch.randn(2, 3, 4, 5), torch.randn(2, 6, 4, 5)
+    with pytest.raises((ValueError, TypeError), match=match):
+        AF.spade_norm_merged(*bad(x, gb))
+    if _ext.LOADED:  # the op's own (C++) check says the same
+        with pytest.raises(RuntimeError, match=match):
+            torch.ops.autoenc_fast.spade_norm_merged(*bad(x, gb), None, None, True, False, 1e-5, None)
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("norm", ["batch", "instance"])
+def test_module_backward_concatenates_no_gradients(norm, device):
+    # nn.SPADE's merged convolution gets the gradient of gamma_beta whole from the op:
+    # autograd concatenates nothing in the backward (it did, with gamma and beta as two
+    # views of the convolution's output) and copies nothing.
+    module = SPADE(6, 4, hidden=8, norm=norm, negative_slope=0.2).to(device)
+    for layout in (torch.contiguous_format, torch.channels_last):
+        x = torch.randn(2, 6, 16, 16, device=device).contiguous(memory_format=layout).requires_grad_()
+        y = module(x, torch.rand(2, 4, 8, 8, device=device))
+        with torch.profiler.profile(record_shapes=True) as prof:
+            y.backward(torch.randn_like(y))
+        names = {event.name for event in prof.events()}
+        assert "aten::cat" not in names, sorted(names)
+        # (channels_last weight gradients are copied to the parameters' layout, as in
+        # any channels_last convolution: small; nothing of x's size is.)
+        copies = [event.input_shapes for event in prof.events() if event.name == "aten::copy_"
+                  and any(shape and torch.Size(shape).numel() >= x.numel() for shape in event.input_shapes)]
+        assert not copies, copies
 
 
 @pytest.mark.parametrize("device", devices())

@@ -3,7 +3,9 @@ synchronized-statistics autograd.Function. The C++ kernels register themselves f
 csrc/cpu and csrc/cuda, the single-process autograd from csrc/autograd/spade_norm.cpp.
 
 Single process: ``spade_norm`` (stats pass + elementwise pass, one op) with its
-backward ``spade_norm_backward`` (reduction pass + elementwise pass, one op), so
+backward ``spade_norm_backward`` (reduction pass + elementwise pass, one op), and the
+same pair for gamma and beta merged in one tensor (``spade_norm_merged``,
+``spade_norm_merged_backward``, which nn.SPADE uses), so
 torch.compile sees custom ops only and the CPU kernels can run both passes of a
 statistics group while it is in cache. With a process group the pieces run from
 :class:`SyncSpadeNormFunction`, with an all_reduce of (sum, sum of squares, count)
@@ -15,8 +17,8 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
-from .spade_norm_checks import (check_like_x, check_running, check_x, group_count, memory_format_of,
-                                stats_dtype, update_running_stats)
+from .spade_norm_checks import (check_like_x, check_merged, check_running, check_x, group_count,
+                                memory_format_of, stats_dtype, update_running_stats)
 
 OP = "autoenc_fast::spade_norm"
 
@@ -42,6 +44,17 @@ def _spade_norm_fake(x, gamma, beta, running_mean, running_var, use_input_stats,
     return _empty_like_x(x), _empty_stats(x, instance), _empty_stats(x, instance)
 
 
+@torch.library.register_fake("autoenc_fast::spade_norm_merged")
+def _spade_norm_merged_fake(x, gamma_beta, running_mean, running_var, use_input_stats, instance, eps,
+                            negative_slope):
+    check_x(x, "spade_norm_merged")
+    check_merged(gamma_beta, x)
+    if not use_input_stats:
+        check_running(running_mean, "running_mean", x)
+        check_running(running_var, "running_var", x)
+    return _empty_like_x(x), _empty_stats(x, instance), _empty_stats(x, instance)
+
+
 @torch.library.register_fake("autoenc_fast::spade_norm_stats")
 def _stats_fake(x, instance):
     check_x(x, "spade_norm_stats")
@@ -57,6 +70,12 @@ def _apply_fake(x, gamma, beta, mean, invstd, negative_slope):
 @torch.library.register_fake("autoenc_fast::spade_norm_backward")
 def _backward_fake(grad_y, x, gamma, beta, mean, invstd, use_input_stats, negative_slope):
     return _empty_like_x(x), _empty_like_x(x), _empty_like_x(x)
+
+
+@torch.library.register_fake("autoenc_fast::spade_norm_merged_backward")
+def _merged_backward_fake(grad_y, x, gamma_beta, mean, invstd, use_input_stats, negative_slope):
+    return _empty_like_x(x), torch.empty(gamma_beta.shape, dtype=x.dtype, device=x.device,
+                                         memory_format=memory_format_of(x))
 
 
 @torch.library.register_fake("autoenc_fast::spade_norm_backward_reduce")

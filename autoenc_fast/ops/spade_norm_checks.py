@@ -53,14 +53,33 @@ def check_running(t, name: str, x: torch.Tensor) -> None:
         raise ValueError(f"spade_norm: `{name}` must be on x's device {x.device}; got {t.device}")
 
 
+def check_merged(gamma_beta, x: torch.Tensor, op: str = "spade_norm_merged") -> None:
+    """gamma_beta = cat([gamma, beta], 1): (N, 2C, H, W), x's dtype and device."""
+    if not isinstance(gamma_beta, torch.Tensor):
+        raise TypeError(f"{op}: `gamma_beta` must be a tensor; got {type(gamma_beta).__name__}")
+    n, c, h, w = x.shape
+    if gamma_beta.shape != (n, 2 * c, h, w):
+        raise ValueError(f"{op}: `gamma_beta` must have shape (N, 2C, H, W) = {(n, 2 * c, h, w)}; "
+                         f"got {tuple(gamma_beta.shape)}")
+    if gamma_beta.dtype != x.dtype:
+        raise TypeError(f"{op}: `gamma_beta` must have x's dtype {x.dtype}; got {gamma_beta.dtype}")
+    if gamma_beta.device != x.device:
+        raise ValueError(f"{op}: `gamma_beta` must be on x's device {x.device}; got {gamma_beta.device}")
+
+
 def check_inputs(x, gamma, beta, norm="batch", running_mean=None, running_var=None,
                  training=True) -> None:
-    """The checks of csrc/spade_norm_checks.h (and of the public API), in Python."""
+    """The checks of csrc/spade_norm_checks.h (and of the public API), in Python. For
+    spade_norm_merged, `beta` is None and `gamma` is gamma_beta."""
+    op = "spade_norm" if beta is not None else "spade_norm_merged"
     if norm not in NORMS:
-        raise ValueError(f"spade_norm: `norm` must be one of {NORMS}; got {norm!r}")
-    check_x(x)
-    check_like_x(gamma, "gamma", x)
-    check_like_x(beta, "beta", x)
+        raise ValueError(f"{op}: `norm` must be one of {NORMS}; got {norm!r}")
+    check_x(x, op)
+    if beta is None:
+        check_merged(gamma, x)
+    else:
+        check_like_x(gamma, "gamma", x)
+        check_like_x(beta, "beta", x)
     if norm == "instance":
         if running_mean is not None or running_var is not None:
             raise ValueError("spade_norm: `running_mean`/`running_var` are not used by "

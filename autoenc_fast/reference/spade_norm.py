@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ops.spade_norm_checks import NORMS, check_inputs, group_count, update_running_stats  # noqa: F401
+from ..ops.spade_norm_checks import (NORMS, check_inputs, check_merged, check_x, group_count,  # noqa: F401
+                                     update_running_stats)
 
 
 def _sync_batch_norm(x, running_mean, running_var, momentum, eps, group):
@@ -48,6 +49,14 @@ def spade_norm(x, gamma, beta, *, norm="batch", running_mean=None, running_var=N
     return y if negative_slope is None else F.leaky_relu(y, negative_slope)
 
 
+def spade_norm_merged(x, gamma_beta, **kwargs):
+    """Reference of autoenc_fast.functional.spade_norm_merged: spade_norm of the two
+    channel halves of gamma_beta = cat([gamma, beta], 1)."""
+    check_x(x, "spade_norm_merged")
+    check_merged(gamma_beta, x)
+    return spade_norm(x, *gamma_beta.chunk(2, dim=1), **kwargs)
+
+
 def default_sync_group():
     """The default process group when torch.distributed runs with several ranks, else None."""
     import torch.distributed as dist
@@ -71,7 +80,7 @@ def batch_norm_momentum(bn: nn.modules.batchnorm._BatchNorm) -> float:
 
 class SPADE(nn.Module):
     """Reference twin of autoenc_fast.nn.SPADE: GauGAN's SPADE, same parameter names.
-    The fused module subclasses it, swapping `op` and `modulation`."""
+    The fused module subclasses it, with its own modulation and op."""
 
     op = staticmethod(spade_norm)
 
@@ -95,17 +104,21 @@ class SPADE(nn.Module):
         actv = self.mlp_shared(F.interpolate(segmap, size=x.shape[2:], mode="nearest"))
         return self.mlp_gamma(actv), self.mlp_beta(actv)
 
-    def forward(self, x, segmap):
-        gamma, beta = self.modulation(segmap, x)
+    def norm_arguments(self) -> dict:
+        """spade_norm's keyword arguments for this call, as param_free_norm would normalize
+        (in training, the call counts in its num_batches_tracked)."""
         bn = self.param_free_norm
         if self.norm == "instance":
-            return self.op(x, gamma, beta, norm="instance", eps=bn.eps, negative_slope=self.negative_slope)
+            return {"norm": "instance", "eps": bn.eps, "negative_slope": self.negative_slope}
         use_batch = bn.training or not bn.track_running_stats
         group = default_sync_group() if self.norm == "syncbatch" and use_batch else None
-        return self.op(x, gamma, beta, norm="batch", running_mean=bn.running_mean,
-                       running_var=bn.running_var, training=use_batch,
-                       momentum=batch_norm_momentum(bn), eps=bn.eps,
-                       negative_slope=self.negative_slope, process_group=group)
+        return {"norm": "batch", "running_mean": bn.running_mean, "running_var": bn.running_var,
+                "training": use_batch, "momentum": batch_norm_momentum(bn), "eps": bn.eps,
+                "negative_slope": self.negative_slope, "process_group": group}
+
+    def forward(self, x, segmap):
+        gamma, beta = self.modulation(segmap, x)
+        return self.op(x, gamma, beta, **self.norm_arguments())
 
     def extra_repr(self) -> str:
         return f"norm={self.norm!r}, negative_slope={self.negative_slope}"

@@ -1,7 +1,9 @@
-// Autograd of autoenc_fast::spade_norm (single process; the synchronized-statistics
-// path is a Python autograd.Function in autoenc_fast/ops/spade_norm.py):
+// Autograd of autoenc_fast::spade_norm and spade_norm_merged (single process; the
+// synchronized-statistics path is a Python autograd.Function in autoenc_fast/ops/spade_norm.py):
 //   forward   y, mean, var = spade_norm(x, gamma, beta, ...)      saves x, gamma, beta, mean, var
 //   backward  dx, dgamma, dbeta = spade_norm_backward(dy, x, gamma, beta, mean, rsqrt(var + eps), ...)
+//   merged    y, mean, var = spade_norm_merged(x, gamma_beta, ...)   saves x, gamma_beta, mean, var
+//             dx, dgamma_beta = spade_norm_merged_backward(dy, x, gamma_beta, mean, rsqrt(var + eps), ...)
 // xhat is recomputed in the backward, not saved. mean and var are returned for the
 // running-statistics update and are not differentiable.
 #include "dispatch.h"
@@ -19,6 +21,12 @@ using ForwardSignature = Outputs(const at::Tensor&, const at::Tensor&, const at:
                                  double, std::optional<double>);
 using BackwardSignature = Outputs(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                   const at::Tensor&, const at::Tensor&, bool, std::optional<double>);
+using MergedSignature = Outputs(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+                                const std::optional<at::Tensor>&, bool, bool, double, std::optional<double>);
+using MergedBackwardOutputs = std::tuple<at::Tensor, at::Tensor>;
+using MergedBackwardSignature = MergedBackwardOutputs(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                                      const at::Tensor&, const at::Tensor&, bool,
+                                                      std::optional<double>);
 
 Outputs spade_norm_below_autograd(const at::Tensor& x, const at::Tensor& gamma, const at::Tensor& beta,
                                   const std::optional<at::Tensor>& running_mean,
@@ -38,6 +46,40 @@ Outputs spade_norm_backward_autograd(const at::Tensor& grad_y, const at::Tensor&
       call_below_autograd(op, grad_y, x, gamma, beta, mean, invstd, use_input_stats, negative_slope));
 }
 
+Outputs spade_norm_merged_below_autograd(const at::Tensor& x, const at::Tensor& gamma_beta,
+                                         const std::optional<at::Tensor>& running_mean,
+                                         const std::optional<at::Tensor>& running_var, bool use_input_stats,
+                                         bool instance, double eps, std::optional<double> negative_slope) {
+  static const auto op = find_op<MergedSignature>("autoenc_fast::spade_norm_merged");
+  return call_below_autograd(op, x, gamma_beta, running_mean, running_var, use_input_stats, instance, eps,
+                             negative_slope);
+}
+
+MergedBackwardOutputs spade_norm_merged_backward_autograd(const at::Tensor& grad_y, const at::Tensor& x,
+                                                          const at::Tensor& gamma_beta, const at::Tensor& mean,
+                                                          const at::Tensor& invstd, bool use_input_stats,
+                                                          std::optional<double> negative_slope) {
+  static const auto op = find_op<MergedBackwardSignature>("autoenc_fast::spade_norm_merged_backward");
+  return refuse_double_backward(
+      "autoenc_fast::spade_norm_merged_backward", {grad_y, x, gamma_beta, mean, invstd},
+      call_below_autograd(op, grad_y, x, gamma_beta, mean, invstd, use_input_stats, negative_slope));
+}
+
+// What both forwards keep for their backward besides the tensors: only y carries a
+// gradient; mean's and var's arrive undefined, not zero-filled.
+void save_settings(AutogradContext* ctx, const at::Tensor& mean, const at::Tensor& var, bool use_input_stats,
+                   double eps, std::optional<double> negative_slope) {
+  ctx->saved_data["use_input_stats"] = use_input_stats;
+  ctx->saved_data["eps"] = eps;
+  ctx->saved_data["negative_slope"] = negative_slope;
+  ctx->mark_non_differentiable({mean, var});
+  ctx->set_materialize_grads(false);
+}
+
+at::Tensor saved_invstd(AutogradContext* ctx, const at::Tensor& var) {
+  return var.add(ctx->saved_data["eps"].toDouble()).rsqrt_();
+}
+
 class SpadeNormFunction : public torch::autograd::Function<SpadeNormFunction> {
  public:
   static variable_list forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& gamma,
@@ -47,12 +89,7 @@ class SpadeNormFunction : public torch::autograd::Function<SpadeNormFunction> {
     auto [y, mean, var] = spade_norm_below_autograd(x, gamma, beta, running_mean, running_var, use_input_stats,
                                                     instance, eps, negative_slope);
     ctx->save_for_backward({x, gamma, beta, mean, var});
-    ctx->saved_data["use_input_stats"] = use_input_stats;
-    ctx->saved_data["eps"] = eps;
-    ctx->saved_data["negative_slope"] = negative_slope;
-    ctx->mark_non_differentiable({mean, var});
-    // Only y carries a gradient; mean's and var's arrive undefined, not zero-filled.
-    ctx->set_materialize_grads(false);
+    save_settings(ctx, mean, var, use_input_stats, eps, negative_slope);
     return {y, mean, var};
   }
 
@@ -61,10 +98,34 @@ class SpadeNormFunction : public torch::autograd::Function<SpadeNormFunction> {
     const at::Tensor& grad_y = grads[0];
     if (!grad_y.defined()) return result;
     const variable_list saved = ctx->get_saved_variables();
-    const at::Tensor invstd = saved[4].add(ctx->saved_data["eps"].toDouble()).rsqrt_();
     std::tie(result[0], result[1], result[2]) = spade_norm_backward_autograd(
-        grad_y, saved[0], saved[1], saved[2], saved[3], invstd, ctx->saved_data["use_input_stats"].toBool(),
-        ctx->saved_data["negative_slope"].toOptional<double>());
+        grad_y, saved[0], saved[1], saved[2], saved[3], saved_invstd(ctx, saved[4]),
+        ctx->saved_data["use_input_stats"].toBool(), ctx->saved_data["negative_slope"].toOptional<double>());
+    return result;
+  }
+};
+
+class SpadeNormMergedFunction : public torch::autograd::Function<SpadeNormMergedFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& gamma_beta,
+                               const std::optional<at::Tensor>& running_mean,
+                               const std::optional<at::Tensor>& running_var, bool use_input_stats, bool instance,
+                               double eps, std::optional<double> negative_slope) {
+    auto [y, mean, var] = spade_norm_merged_below_autograd(x, gamma_beta, running_mean, running_var,
+                                                           use_input_stats, instance, eps, negative_slope);
+    ctx->save_for_backward({x, gamma_beta, mean, var});
+    save_settings(ctx, mean, var, use_input_stats, eps, negative_slope);
+    return {y, mean, var};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    variable_list result(8);  // one per forward argument; only x and gamma_beta get one
+    const at::Tensor& grad_y = grads[0];
+    if (!grad_y.defined()) return result;
+    const variable_list saved = ctx->get_saved_variables();
+    std::tie(result[0], result[1]) = spade_norm_merged_backward_autograd(
+        grad_y, saved[0], saved[1], saved[2], saved_invstd(ctx, saved[3]),
+        ctx->saved_data["use_input_stats"].toBool(), ctx->saved_data["negative_slope"].toOptional<double>());
     return result;
   }
 };
@@ -80,11 +141,25 @@ Outputs spade_norm_autograd(const at::Tensor& x, const at::Tensor& gamma, const 
   return {out[0], out[1], out[2]};
 }
 
+Outputs spade_norm_merged_autograd(const at::Tensor& x, const at::Tensor& gamma_beta,
+                                   const std::optional<at::Tensor>& running_mean,
+                                   const std::optional<at::Tensor>& running_var, bool use_input_stats, bool instance,
+                                   double eps, std::optional<double> negative_slope) {
+  if (!needs_graph(x, gamma_beta))
+    return spade_norm_merged_below_autograd(x, gamma_beta, running_mean, running_var, use_input_stats, instance,
+                                            eps, negative_slope);
+  const variable_list out = SpadeNormMergedFunction::apply(x, gamma_beta, running_mean, running_var,
+                                                           use_input_stats, instance, eps, negative_slope);
+  return {out[0], out[1], out[2]};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(autoenc_fast, Autograd, m) {
   m.impl("spade_norm", &spade_norm_autograd);
   m.impl("spade_norm_backward", &spade_norm_backward_autograd);
+  m.impl("spade_norm_merged", &spade_norm_merged_autograd);
+  m.impl("spade_norm_merged_backward", &spade_norm_merged_backward_autograd);
 }
 
 }  // namespace autoenc_fast

@@ -84,6 +84,8 @@ Geometry geometry_of(const at::Tensor& x, bool instance, const SpadeParams* para
           params ? params->pixel_stride : x.size(1)};
 }
 
+Geometry geometry_of(const SpadeLaidOut& t, bool instance) { return geometry_of(t.x, instance, &t.params); }
+
 // Parallel tasks per at::parallel_for chunk for items of `item_elems` elements, so a chunk
 // holds about kGrainElems; items of zero elements (an H, W or C of zero) count as one.
 int64_t grain_for(int64_t item_elems) {
@@ -276,32 +278,29 @@ template <typename T>
 struct Pointers {
   const T *dy, *x, *gamma, *beta;
   T *out0, *out1, *out2;  // y, or dx, dgamma, dbeta
+  // dgamma and dbeta at gamma's and beta's offsets (the halves of one merged gradient,
+  // spade_norm_merged_backward), else at x's.
+  bool grads_at_params;
   bool has_slope;
   T slope;
   bool stream;  // streaming stores for the outputs (set with them, from their size)
 };
 
-// The inputs of an elementwise or backward pass: dy and x in x's layout, gamma and beta
-// as spade_params_of gives them (in place for the halves of one tensor in x's layout).
-struct LaidOut {
-  at::Tensor dy, x;
-  SpadeParams params;
-  Geometry geometry(bool instance) const { return geometry_of(x, instance, &params); }
-};
-
-LaidOut lay_out(const at::Tensor& dy, const at::Tensor& x_in, const at::Tensor& gamma,
-                const at::Tensor& beta) {
-  const auto fmt = spade_memory_format(x_in);
-  const at::Tensor x = x_in.contiguous(fmt);
-  return {dy.defined() ? dy.contiguous(fmt) : at::Tensor(), x,
-          spade_params_of(gamma, beta, x, /*channels_last_in_place=*/true)};
-}
-
+// The inputs of a pass (laid out by spade_lay_out), and where dgamma and dbeta go when it
+// writes them (out1, out2, grads_at_params: set from `grads`).
 template <typename T>
-Pointers<T> pointers(const LaidOut& t, std::optional<double> slope) {
-  return {t.dy.defined() ? t.dy.const_data_ptr<T>() : nullptr, t.x.const_data_ptr<T>(),
-          t.params.gamma.const_data_ptr<T>(), t.params.beta.const_data_ptr<T>(), nullptr, nullptr, nullptr,
-          slope.has_value(), static_cast<T>(slope.value_or(0.0)), stream_output(t.x.numel(), sizeof(T))};
+Pointers<T> pointers(const SpadeLaidOut& t, std::optional<double> slope, const SpadeParamGrads* grads = nullptr) {
+  return {t.dy.defined() ? t.dy.const_data_ptr<T>() : nullptr,
+          t.x.const_data_ptr<T>(),
+          t.params.gamma.const_data_ptr<T>(),
+          t.params.beta.const_data_ptr<T>(),
+          nullptr,
+          grads ? grads->dgamma.mutable_data_ptr<T>() : nullptr,
+          grads ? grads->dbeta.mutable_data_ptr<T>() : nullptr,
+          grads ? grads->at_params : false,
+          slope.has_value(),
+          static_cast<T>(slope.value_or(0.0)),
+          stream_output(t.x.numel(), sizeof(T))};
 }
 
 // Statistics terms (x - k, (x - k)^2), params[0] = k; lanes past `count` masked to 0.
@@ -335,21 +334,23 @@ auto backward_term(const Pointers<T>& p) {
     const Vec<T> dz = leaky_select(z, Vec<T>::loadu(p.dy + i, count), p.has_slope, p.slope);
     const Vec<T> dxhat = dz * one_g;
     if constexpr (kWriteParamGrads) {
-      store_out<T>(dz * xhat, p.out1 + i, count, p.stream);
-      store_out<T>(dz, p.out2 + i, count, p.stream);
+      const int64_t gi = p.grads_at_params ? pi : i;
+      store_out<T>(dz * xhat, p.out1 + gi, count, p.stream);
+      store_out<T>(dz, p.out2 + gi, count, p.stream);
     }
     a1 = a1 + dxhat;
     a2 = at::vec::fmadd(dxhat, xhat, a2);
   };
 }
 
-// dx from dz = dbeta (in p.dy), x and gamma: beta is not read again; params as
-// backward_step's.
+// dx from dz = dbeta (p.out2, written by backward_term<T, true>), x and gamma: beta is not
+// read again; params as backward_step's.
 template <typename T>
 auto backward_dx_step(const Pointers<T>& p) {
   return [p](int64_t i, int64_t pi, int64_t count, const Params<T>& v) {
     const Vec<T> xhat = (Vec<T>::loadu(p.x + i, count) - v[0]) * v[1];
-    const Vec<T> dxhat = Vec<T>::loadu(p.dy + i, count) * (Vec<T>(T(1)) + Vec<T>::loadu(p.gamma + pi, count));
+    const Vec<T> dz = Vec<T>::loadu(p.out2 + (p.grads_at_params ? pi : i), count);
+    const Vec<T> dxhat = dz * (Vec<T>(T(1)) + Vec<T>::loadu(p.gamma + pi, count));
     store_out<T>((dxhat - v[2] - xhat * v[3]) * v[1], p.out0 + i, count, p.stream);
   };
 }
@@ -364,8 +365,9 @@ auto backward_step(const Pointers<T>& p) {
     const Vec<T> dz = leaky_select(z, Vec<T>::loadu(p.dy + i, count), p.has_slope, p.slope);
     const Vec<T> dxhat = dz * one_g;
     store_out<T>((dxhat - v[2] - xhat * v[3]) * v[1], p.out0 + i, count, p.stream);
-    store_out<T>(dz * xhat, p.out1 + i, count, p.stream);
-    store_out<T>(dz, p.out2 + i, count, p.stream);
+    const int64_t gi = p.grads_at_params ? pi : i;
+    store_out<T>(dz * xhat, p.out1 + gi, count, p.stream);
+    store_out<T>(dz, p.out2 + gi, count, p.stream);
   };
 }
 
@@ -414,13 +416,12 @@ void backward_reduce_kernel(const Pointers<T>& p, const at::Tensor& mean, const 
   }
 }
 
+// p: with dgamma and dbeta's pointers (pointers() with the grads).
 template <typename T>
 void backward_elemt_kernel(Pointers<T> p, const at::Tensor& mean, const at::Tensor& invstd,
                            const at::Tensor& mean_dxhat, const at::Tensor& mean_dxhat_xhat,
-                           const Geometry& geo, at::Tensor& dx, at::Tensor& dgamma, at::Tensor& dbeta) {
+                           const Geometry& geo, at::Tensor& dx) {
   p.out0 = dx.mutable_data_ptr<T>();
-  p.out1 = dgamma.mutable_data_ptr<T>();
-  p.out2 = dbeta.mutable_data_ptr<T>();
   const bool batch_stats = mean_dxhat.defined();
   for_each_step<T>(geo, {mean.const_data_ptr<T>(), invstd.const_data_ptr<T>(),
                          batch_stats ? mean_dxhat.const_data_ptr<T>() : nullptr,
@@ -487,13 +488,11 @@ void fused_forward_nchw(Pointers<T> p, const Geometry& geo, double eps, at::Tens
   });
 }
 
+// p: with dgamma and dbeta's pointers (pointers() with the grads).
 template <typename T>
 void fused_backward_nchw(Pointers<T> p, const at::Tensor& mean, const at::Tensor& invstd,
-                         bool use_input_stats, const Geometry& geo, at::Tensor& dx,
-                         at::Tensor& dgamma, at::Tensor& dbeta) {
+                         bool use_input_stats, const Geometry& geo, at::Tensor& dx) {
   p.out0 = dx.mutable_data_ptr<T>();
-  p.out1 = dgamma.mutable_data_ptr<T>();
-  p.out2 = dbeta.mutable_data_ptr<T>();
   const T *mp = mean.const_data_ptr<T>(), *ip = invstd.const_data_ptr<T>();
   const double m = static_cast<double>(geo.group_elems());
   for_each_group_nchw(geo, [&](int64_t g) {
@@ -526,18 +525,18 @@ std::tuple<at::Tensor, at::Tensor> stats_impl(const at::Tensor& x_in, bool insta
   return {mean, var};
 }
 
-at::Tensor apply_impl(const LaidOut& t, const at::Tensor& mean, const at::Tensor& invstd,
+at::Tensor apply_impl(const SpadeLaidOut& t, const at::Tensor& mean, const at::Tensor& invstd,
                       std::optional<double> slope) {
   at::Tensor y = spade_empty_like_x(t.x);
   if (t.x.numel() == 0) return y;
   AT_DISPATCH_FLOATING_TYPES(t.x.scalar_type(), "spade_norm_apply_cpu", [&] {
     apply_kernel<scalar_t>(pointers<scalar_t>(t, slope), mean.contiguous(), invstd.contiguous(),
-                           t.geometry(mean.dim() == 2), y);
+                           geometry_of(t, mean.dim() == 2), y);
   });
   return y;
 }
 
-std::tuple<at::Tensor, at::Tensor> backward_reduce_impl(const LaidOut& t, const at::Tensor& mean,
+std::tuple<at::Tensor, at::Tensor> backward_reduce_impl(const SpadeLaidOut& t, const at::Tensor& mean,
                                                         const at::Tensor& invstd,
                                                         std::optional<double> slope) {
   at::Tensor sum1 = at::zeros_like(mean, at::MemoryFormat::Contiguous);
@@ -545,36 +544,36 @@ std::tuple<at::Tensor, at::Tensor> backward_reduce_impl(const LaidOut& t, const 
   if (t.x.numel() == 0) return {sum1, sum2};
   AT_DISPATCH_FLOATING_TYPES(t.x.scalar_type(), "spade_norm_backward_reduce_cpu", [&] {
     backward_reduce_kernel<scalar_t>(pointers<scalar_t>(t, slope), mean.contiguous(), invstd.contiguous(),
-                                     t.geometry(mean.dim() == 2), sum1, sum2);
+                                     geometry_of(t, mean.dim() == 2), sum1, sum2);
   });
   return {sum1, sum2};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_elemt_impl(
-    const LaidOut& t, const at::Tensor& mean, const at::Tensor& invstd, const at::Tensor& mean_dxhat,
-    const at::Tensor& mean_dxhat_xhat, std::optional<double> slope) {
-  at::Tensor dx = spade_empty_like_x(t.x), dgamma = spade_empty_like_x(t.x), dbeta = spade_empty_like_x(t.x);
-  if (t.x.numel() == 0) return {dx, dgamma, dbeta};
+// dx of the elementwise backward pass; dgamma and dbeta into `grads`.
+at::Tensor backward_elemt_impl(const SpadeLaidOut& t, const at::Tensor& mean, const at::Tensor& invstd,
+                               const at::Tensor& mean_dxhat, const at::Tensor& mean_dxhat_xhat,
+                               const SpadeParamGrads& grads, std::optional<double> slope) {
+  at::Tensor dx = spade_empty_like_x(t.x);
+  if (t.x.numel() == 0) return dx;
   AT_DISPATCH_FLOATING_TYPES(t.x.scalar_type(), "spade_norm_backward_elemt_cpu", [&] {
-    backward_elemt_kernel<scalar_t>(pointers<scalar_t>(t, slope), mean.contiguous(), invstd.contiguous(),
+    backward_elemt_kernel<scalar_t>(pointers<scalar_t>(t, slope, &grads), mean.contiguous(), invstd.contiguous(),
                                     mean_dxhat.defined() ? mean_dxhat.contiguous() : at::Tensor(),
                                     mean_dxhat_xhat.defined() ? mean_dxhat_xhat.contiguous() : at::Tensor(),
-                                    t.geometry(mean.dim() == 2), dx, dgamma, dbeta);
+                                    geometry_of(t, mean.dim() == 2), dx);
   });
-  return {dx, dgamma, dbeta};
+  return dx;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> spade_norm_cpu(
-    const at::Tensor& x_in, const at::Tensor& gamma, const at::Tensor& beta,
-    const std::optional<at::Tensor>& running_mean, const std::optional<at::Tensor>& running_var,
-    bool use_input_stats, bool instance, double eps, std::optional<double> slope) {
-  check_spade_forward_inputs(x_in, gamma, beta, running_mean, running_var, use_input_stats, instance);
-  check_cpu_dtype(x_in, "spade_norm");
-  const LaidOut t = lay_out(at::Tensor(), x_in, gamma, beta);
-  const Geometry geo = t.geometry(instance);
+// The single-process forward (spade_norm and spade_norm_merged): cache-blocked statistics
+// and apply per group where use_blocked_passes says so, else the two passes.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_impl(
+    const SpadeLaidOut& t, const std::optional<at::Tensor>& running_mean,
+    const std::optional<at::Tensor>& running_var, bool use_input_stats, bool instance, double eps,
+    std::optional<double> slope) {
+  const Geometry geo = geometry_of(t, instance);
   if (use_input_stats && use_blocked_passes(geo, t.x)) {
-    // cache-blocked stats + apply
-    at::Tensor y = spade_empty_like_x(x_in), mean = spade_empty_stats(t.x, instance), var = spade_empty_stats(t.x, instance);
+    at::Tensor y = spade_empty_like_x(t.x), mean = spade_empty_stats(t.x, instance);
+    at::Tensor var = spade_empty_stats(t.x, instance);
     AT_DISPATCH_FLOATING_TYPES(t.x.scalar_type(), "spade_norm_cpu", [&] {
       fused_forward_nchw<scalar_t>(pointers<scalar_t>(t, slope), geo, eps, y, mean, var);
     });
@@ -584,11 +583,32 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> spade_norm_cpu(
   if (use_input_stats) {
     std::tie(mean, var) = stats_impl(t.x, instance);
   } else {  // copies: outputs of a custom op may not alias its inputs
-    mean = running_mean->to(spade_stats_dtype(x_in), false, true).contiguous();
-    var = running_var->to(spade_stats_dtype(x_in), false, true).contiguous();
+    mean = running_mean->to(spade_stats_dtype(t.x), false, true).contiguous();
+    var = running_var->to(spade_stats_dtype(t.x), false, true).contiguous();
   }
   const at::Tensor invstd = (var + eps).rsqrt();
   return {apply_impl(t, mean, invstd, slope), mean, var};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> spade_norm_cpu(
+    const at::Tensor& x, const at::Tensor& gamma, const at::Tensor& beta,
+    const std::optional<at::Tensor>& running_mean, const std::optional<at::Tensor>& running_var,
+    bool use_input_stats, bool instance, double eps, std::optional<double> slope) {
+  check_spade_forward_inputs(x, gamma, beta, running_mean, running_var, use_input_stats, instance);
+  check_cpu_dtype(x, "spade_norm");
+  return forward_impl(spade_lay_out({}, x, gamma, beta), running_mean, running_var, use_input_stats, instance, eps,
+                      slope);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> spade_norm_merged_cpu(
+    const at::Tensor& x, const at::Tensor& gamma_beta, const std::optional<at::Tensor>& running_mean,
+    const std::optional<at::Tensor>& running_var, bool use_input_stats, bool instance, double eps,
+    std::optional<double> slope) {
+  check_spade_forward_inputs(x, gamma_beta, {}, running_mean, running_var, use_input_stats, instance,
+                             "spade_norm_merged");
+  check_cpu_dtype(x, "spade_norm_merged");
+  return forward_impl(spade_lay_out_merged({}, x, gamma_beta), running_mean, running_var, use_input_stats,
+                      instance, eps, slope);
 }
 
 std::tuple<at::Tensor, at::Tensor> spade_norm_stats_cpu(const at::Tensor& x, bool instance) {
@@ -602,7 +622,7 @@ at::Tensor spade_norm_apply_cpu(const at::Tensor& x, const at::Tensor& gamma, co
                                 std::optional<double> slope) {
   check_spade_apply_inputs(x, gamma, beta, mean, invstd, "spade_norm_apply");
   check_cpu_dtype(x, "spade_norm_apply");
-  return apply_impl(lay_out(at::Tensor(), x, gamma, beta), mean, invstd, slope);
+  return apply_impl(spade_lay_out({}, x, gamma, beta), mean, invstd, slope);
 }
 
 std::tuple<at::Tensor, at::Tensor> spade_norm_backward_reduce_cpu(
@@ -610,7 +630,7 @@ std::tuple<at::Tensor, at::Tensor> spade_norm_backward_reduce_cpu(
     const at::Tensor& mean, const at::Tensor& invstd, std::optional<double> slope) {
   check_spade_backward_inputs(grad_y, x, gamma, beta, mean, invstd, "spade_norm_backward_reduce");
   check_cpu_dtype(x, "spade_norm_backward_reduce");
-  return backward_reduce_impl(lay_out(grad_y, x, gamma, beta), mean, invstd, slope);
+  return backward_reduce_impl(spade_lay_out(grad_y, x, gamma, beta), mean, invstd, slope);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> spade_norm_backward_elemt_cpu(
@@ -619,9 +639,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> spade_norm_backward_elemt_cpu(
     const std::optional<at::Tensor>& mean_dxhat_xhat, std::optional<double> slope) {
   check_spade_elemt_inputs(grad_y, x, gamma, beta, mean, invstd, mean_dxhat, mean_dxhat_xhat);
   check_cpu_dtype(x, "spade_norm_backward_elemt");
-  return backward_elemt_impl(lay_out(grad_y, x, gamma, beta), mean, invstd,
-                             mean_dxhat.value_or(at::Tensor()), mean_dxhat_xhat.value_or(at::Tensor()),
-                             slope);
+  const SpadeLaidOut t = spade_lay_out(grad_y, x, gamma, beta);
+  const SpadeParamGrads grads = spade_param_grads_like_x(t.x);
+  at::Tensor dx = backward_elemt_impl(t, mean, invstd, mean_dxhat.value_or(at::Tensor()),
+                                      mean_dxhat_xhat.value_or(at::Tensor()), grads, slope);
+  return {dx, grads.dgamma, grads.dbeta};
 }
 
 // Single-process backward with batch statistics in NCHW, when the group-blocked passes do
@@ -630,15 +652,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> spade_norm_backward_elemt_cpu(
 // and writing dx. Ten tensor passes instead of the separate ops' eleven, and no second
 // recomputation of z: 16-17 % faster at 8x1024x16x16. Not for channels_last: slower there
 // while its reduction strode C apart (6.4 -> 8.0 ms), and no faster once it walked rows in
-// memory order (4.7-5.4 ms on one thread either way).
-std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_two_sweeps(const LaidOut& t, const at::Tensor& mean,
-                                                                   const at::Tensor& invstd, const Geometry& geo,
-                                                                   std::optional<double> slope) {
-  at::Tensor dx = spade_empty_like_x(t.x), dgamma = spade_empty_like_x(t.x), dbeta = spade_empty_like_x(t.x);
+// memory order (4.7-5.4 ms on one thread either way). Returns dx.
+at::Tensor backward_two_sweeps(const SpadeLaidOut& t, const at::Tensor& mean, const at::Tensor& invstd,
+                               const Geometry& geo, const SpadeParamGrads& grads, std::optional<double> slope) {
+  at::Tensor dx = spade_empty_like_x(t.x);
   AT_DISPATCH_FLOATING_TYPES(t.x.scalar_type(), "spade_norm_backward_cpu", [&] {
-    Pointers<scalar_t> p = pointers<scalar_t>(t, slope);
-    p.out1 = dgamma.mutable_data_ptr<scalar_t>();
-    p.out2 = dbeta.mutable_data_ptr<scalar_t>();
+    Pointers<scalar_t> p = pointers<scalar_t>(t, slope, &grads);
     const at::Tensor mean_c = mean.contiguous(), invstd_c = invstd.contiguous();
     const ParamPtrs<scalar_t> stats = {mean_c.const_data_ptr<scalar_t>(), invstd_c.const_data_ptr<scalar_t>(),
                                        nullptr, nullptr};
@@ -650,27 +669,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_two_sweeps(const LaidOut
       mean_dxhat[g] = static_cast<scalar_t>(static_cast<scalar_t>(s1[g]) / m);
       mean_dxhat_xhat[g] = static_cast<scalar_t>(static_cast<scalar_t>(s2[g]) / m);
     }
-    Pointers<scalar_t> q = p;
-    q.dy = p.out2;
-    q.out0 = dx.mutable_data_ptr<scalar_t>();
+    p.out0 = dx.mutable_data_ptr<scalar_t>();
     for_each_step<scalar_t>(geo, {stats[0], stats[1], mean_dxhat.data(), mean_dxhat_xhat.data()},
-                            backward_dx_step(q));
+                            backward_dx_step(p));
   });
-  return {dx, dgamma, dbeta};
+  return dx;
 }
 
-// Single-process backward: cache-blocked reduce + elementwise per group in NCHW with long
-// rows; else the two passes one after the other.
-std::tuple<at::Tensor, at::Tensor, at::Tensor> spade_norm_backward_cpu(
-    const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& gamma, const at::Tensor& beta,
-    const at::Tensor& mean, const at::Tensor& invstd, bool use_input_stats,
-    std::optional<double> slope) {
-  check_spade_backward_inputs(grad_y, x, gamma, beta, mean, invstd, "spade_norm_backward");
-  check_cpu_dtype(x, "spade_norm_backward");
-  const LaidOut t = lay_out(grad_y, x, gamma, beta);
-  const Geometry geo = t.geometry(mean.dim() == 2);
+// Single-process backward (spade_norm_backward and spade_norm_merged_backward):
+// cache-blocked reduce + elementwise per group in NCHW with long rows; else the two
+// passes one after the other. Returns dx; dgamma and dbeta go into `grads`.
+at::Tensor backward_impl(const SpadeLaidOut& t, const at::Tensor& mean, const at::Tensor& invstd,
+                         bool use_input_stats, const SpadeParamGrads& grads, std::optional<double> slope) {
+  const Geometry geo = geometry_of(t, mean.dim() == 2);
   if (use_input_stats && !geo.channels_last && !use_blocked_passes(geo, t.x)) {
-    return backward_two_sweeps(t, mean, invstd, geo, slope);
+    return backward_two_sweeps(t, mean, invstd, geo, grads, slope);
   }
   if (!use_blocked_passes(geo, t.x)) {
     at::Tensor mean_dxhat, mean_dxhat_xhat;
@@ -680,23 +693,48 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> spade_norm_backward_cpu(
       mean_dxhat = sum1 / m;
       mean_dxhat_xhat = sum2 / m;
     }
-    return backward_elemt_impl(t, mean, invstd, mean_dxhat, mean_dxhat_xhat, slope);
+    return backward_elemt_impl(t, mean, invstd, mean_dxhat, mean_dxhat_xhat, grads, slope);
   }
-  at::Tensor dx = spade_empty_like_x(t.x), dgamma = spade_empty_like_x(t.x), dbeta = spade_empty_like_x(t.x);
+  at::Tensor dx = spade_empty_like_x(t.x);
   AT_DISPATCH_FLOATING_TYPES(t.x.scalar_type(), "spade_norm_backward_cpu", [&] {
-    fused_backward_nchw<scalar_t>(pointers<scalar_t>(t, slope), mean.contiguous(), invstd.contiguous(),
-                                  use_input_stats, geo, dx, dgamma, dbeta);
+    fused_backward_nchw<scalar_t>(pointers<scalar_t>(t, slope, &grads), mean.contiguous(), invstd.contiguous(),
+                                  use_input_stats, geo, dx);
   });
-  return {dx, dgamma, dbeta};
+  return dx;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> spade_norm_backward_cpu(
+    const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& gamma, const at::Tensor& beta,
+    const at::Tensor& mean, const at::Tensor& invstd, bool use_input_stats,
+    std::optional<double> slope) {
+  check_spade_backward_inputs(grad_y, x, gamma, beta, mean, invstd, "spade_norm_backward");
+  check_cpu_dtype(x, "spade_norm_backward");
+  const SpadeLaidOut t = spade_lay_out(grad_y, x, gamma, beta);
+  const SpadeParamGrads grads = spade_param_grads_like_x(t.x);
+  at::Tensor dx = backward_impl(t, mean, invstd, use_input_stats, grads, slope);
+  return {dx, grads.dgamma, grads.dbeta};
+}
+
+std::tuple<at::Tensor, at::Tensor> spade_norm_merged_backward_cpu(
+    const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& gamma_beta, const at::Tensor& mean,
+    const at::Tensor& invstd, bool use_input_stats, std::optional<double> slope) {
+  check_spade_backward_inputs(grad_y, x, gamma_beta, {}, mean, invstd, "spade_norm_merged_backward");
+  check_cpu_dtype(x, "spade_norm_merged_backward");
+  const SpadeLaidOut t = spade_lay_out_merged(grad_y, x, gamma_beta);
+  auto [grad_gamma_beta, grads] = spade_merged_grads(t.x);
+  at::Tensor dx = backward_impl(t, mean, invstd, use_input_stats, grads, slope);
+  return {dx, grad_gamma_beta};
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(autoenc_fast, CPU, m) {
   m.impl("spade_norm", &spade_norm_cpu);
+  m.impl("spade_norm_merged", &spade_norm_merged_cpu);
   m.impl("spade_norm_stats", &spade_norm_stats_cpu);
   m.impl("spade_norm_apply", &spade_norm_apply_cpu);
   m.impl("spade_norm_backward", &spade_norm_backward_cpu);
+  m.impl("spade_norm_merged_backward", &spade_norm_merged_backward_cpu);
   m.impl("spade_norm_backward_reduce", &spade_norm_backward_reduce_cpu);
   m.impl("spade_norm_backward_elemt", &spade_norm_backward_elemt_cpu);
 }

@@ -94,10 +94,15 @@ struct Inputs {
   const acc_t* invstd;  // backward and elementwise
   acc_t slope;
   bool has_slope;
-  // gamma/beta element of x's element at `off` (NCHW): off + sample * param_extra. Zero
-  // when they are contiguous like x; their batch stride minus C*H*W when they are the
-  // two channel halves of SPADE's merged (N, 2C, H, W) convolution output, read in place.
-  int64_t param_extra;
+  // Where gamma and beta lie (SpadeParams): x's element at `off` is theirs at
+  // off + sample * param_extra (NCHW) or, channels_last, channel c of pixel p at
+  // p * param_pixel_stride + c. param_extra 0 and param_pixel_stride C when they are laid
+  // out like x; else they are the two channel halves of SPADE's merged (N, 2C, H, W)
+  // convolution output, read in place.
+  int64_t param_extra, param_pixel_stride;
+  // dgamma and dbeta are written at gamma's and beta's offsets (the halves of one merged
+  // (N, 2C, H, W) gradient, spade_norm_merged_backward) rather than at x's.
+  bool grads_at_params;
 };
 
 struct Shape {
@@ -216,8 +221,8 @@ __global__ void reduce_nhwc_kernel(Inputs<scalar_t, acc_t> in, Shape s, int64_t 
   }
   if (active) {
     for (int64_t r = r_begin + ty; r < r_end; r += kRowLanes) {
-      const int64_t off = (row0 + r) * s.C + c0;  // channels_last: gamma and beta are contiguous
-      accumulate<kBackward, VEC>(in, off, off, p0, p1, s1, s2);
+      accumulate<kBackward, VEC>(in, (row0 + r) * s.C + c0, (row0 + r) * in.param_pixel_stride + c0, p0, p1, s1,
+                                 s2);
     }
   }
 #pragma unroll
@@ -323,14 +328,19 @@ __device__ __forceinline__ void backward_pack(const Inputs<scalar_t, acc_t>& in,
     dbv.v[j] = static_cast<scalar_t>(dz);
   }
   *reinterpret_cast<Pack<scalar_t, VEC>*>(dx + off) = dxv;
-  *reinterpret_cast<Pack<scalar_t, VEC>*>(dgamma + off) = dgv;
-  *reinterpret_cast<Pack<scalar_t, VEC>*>(dbeta + off) = dbv;
+  const int64_t goff = in.grads_at_params ? poff : static_cast<int64_t>(off);
+  *reinterpret_cast<Pack<scalar_t, VEC>*>(dgamma + goff) = dgv;
+  *reinterpret_cast<Pack<scalar_t, VEC>*>(dbeta + goff) = dbv;
 }
 
 // Offset of the gamma/beta element paired with x's element at `off` (see Inputs).
 template <typename scalar_t, typename acc_t, typename index_t>
 __device__ __forceinline__ int64_t param_offset(const Inputs<scalar_t, acc_t>& in, index_t off, index_t C,
-                                                index_t HW) {
+                                                index_t HW, bool cl) {
+  if (cl) {
+    return in.param_pixel_stride == C ? static_cast<int64_t>(off)
+                                      : static_cast<int64_t>(off / C) * in.param_pixel_stride + off % C;
+  }
   return in.param_extra == 0 ? static_cast<int64_t>(off)
                              : static_cast<int64_t>(off) + static_cast<int64_t>(off / (C * HW)) * in.param_extra;
 }
@@ -352,7 +362,7 @@ __global__ void apply_kernel(Inputs<scalar_t, acc_t> in, index_t numel, index_t 
     acc_t mean[VEC], invstd[VEC];
     gather_groups(in.mean, g, cl, mean);
     gather_groups(in.invstd, g, cl, invstd);
-    apply_pack(in, off, param_offset(in, off, C, HW), mean, invstd, y);
+    apply_pack(in, off, param_offset(in, off, C, HW, cl), mean, invstd, y);
   }
 }
 
@@ -374,7 +384,7 @@ __global__ void backward_elemt_kernel(Inputs<scalar_t, acc_t> in, const acc_t* _
       gather_groups(mean_dxhat, g, cl, m1);
       gather_groups(mean_dxhat_xhat, g, cl, m2);
     }
-    backward_pack(in, off, param_offset(in, off, C, HW), mean, invstd, with_means, m1, m2, dx, dgamma, dbeta);
+    backward_pack(in, off, param_offset(in, off, C, HW, cl), mean, invstd, with_means, m1, m2, dx, dgamma, dbeta);
   }
 }
 
@@ -471,13 +481,18 @@ Shape shape_of(const at::Tensor& x, bool instance) {
 }
 
 // 16-byte packs when the inner extent (H*W in NCHW, C in channels_last) is a multiple
-// of the pack and every pointer is 16-byte aligned; else one element at a time.
-template <typename scalar_t>
-int pack_width(const Shape& s, std::initializer_list<const void*> ptrs) {
+// of the pack, so is gamma's and beta's pixel stride (channels_last), and every pointer
+// (the inputs' and `outputs`) is 16-byte aligned; else one element at a time.
+template <typename scalar_t, typename acc_t>
+int pack_width(const Shape& s, const Inputs<scalar_t, acc_t>& in, std::initializer_list<const void*> outputs) {
   constexpr int kMax = 16 / sizeof(scalar_t);
   const int64_t inner = s.channels_last ? s.C : s.HW;
-  if (inner % kMax != 0) return 1;
-  for (const void* p : ptrs) {
+  if (inner % kMax != 0 || (s.channels_last && in.param_pixel_stride % kMax != 0)) return 1;
+  for (const void* p : {static_cast<const void*>(in.dy), static_cast<const void*>(in.x),
+                        static_cast<const void*>(in.gamma), static_cast<const void*>(in.beta)}) {
+    if (p != nullptr && reinterpret_cast<uintptr_t>(p) % 16 != 0) return 1;
+  }
+  for (const void* p : outputs) {
     if (p != nullptr && reinterpret_cast<uintptr_t>(p) % 16 != 0) return 1;
   }
   return kMax;
@@ -497,10 +512,11 @@ int threads_for(int64_t packs) {
 }
 
 // Calls fn(vec constant) with the widest pack the tensors allow.
-template <typename scalar_t, typename Fn>
-void with_pack(const Shape& s, std::initializer_list<const void*> ptrs, const Fn& fn) {
+template <typename scalar_t, typename acc_t, typename Fn>
+void with_pack(const Shape& s, const Inputs<scalar_t, acc_t>& in, std::initializer_list<const void*> outputs,
+               const Fn& fn) {
   constexpr int kMax = 16 / sizeof(scalar_t);
-  if (pack_width<scalar_t>(s, ptrs) == kMax) {
+  if (pack_width(s, in, outputs) == kMax) {
     fn(std::integral_constant<int, kMax>());
   } else {
     fn(std::integral_constant<int, 1>());
@@ -555,7 +571,7 @@ void launch_reduce(const Inputs<scalar_t, acc_t>& in, const Shape& s, const at::
 template <bool kBackward, typename scalar_t, typename acc_t>
 void reduce(const Inputs<scalar_t, acc_t>& in, const Shape& s, const at::Tensor& x, at::Tensor& out1,
             at::Tensor& out2) {
-  with_pack<scalar_t>(s, {in.dy, in.x, in.gamma, in.beta}, [&](auto vec) {
+  with_pack(s, in, {}, [&](auto vec) {
     launch_reduce<kBackward, decltype(vec)::value>(in, s, x, out1, out2);
   });
 }
@@ -568,11 +584,12 @@ unsigned elementwise_blocks(int64_t numel, int vec) {
 
 // Calls fn(vec constant, index type) with the widest pack the tensors allow and 32-bit
 // indices when they suffice (cheaper division on the GPU).
-template <typename scalar_t, typename Fn>
-void with_pack_and_index(const Shape& s, int64_t numel, std::initializer_list<const void*> ptrs, const Fn& fn) {
+template <typename scalar_t, typename acc_t, typename Fn>
+void with_pack_and_index(const Shape& s, int64_t numel, const Inputs<scalar_t, acc_t>& in,
+                         std::initializer_list<const void*> outputs, const Fn& fn) {
   // 32-bit offsets while offset + grid stride cannot overflow (stride < 2^26).
   const bool small = numel < (int64_t{1} << 31) - (int64_t{1} << 26);
-  with_pack<scalar_t>(s, ptrs, [&](auto vec) {
+  with_pack(s, in, outputs, [&](auto vec) {
     if (small) {
       fn(vec, int32_t{0});
     } else {
@@ -581,16 +598,16 @@ void with_pack_and_index(const Shape& s, int64_t numel, std::initializer_list<co
   });
 }
 
-// The kernels' view of an op's tensors (already contiguous in the op's layout); the
-// undefined ones (dy, mean, invstd in the forward passes; gamma and beta in the statistics
-// pass) as null.
+// The kernels' view of an op's tensors (laid out by spade_lay_out); the undefined ones
+// (dy, mean, invstd in the forward passes; gamma and beta in the statistics pass) as null.
 template <typename scalar_t, typename acc_t>
-Inputs<scalar_t, acc_t> inputs_of(const at::Tensor& dy, const at::Tensor& x, const SpadeParams& params,
-                                  const at::Tensor& mean, const at::Tensor& invstd, std::optional<double> slope) {
-  const auto data = [](const at::Tensor& t) { return t.defined() ? t.const_data_ptr<scalar_t>() : nullptr; };
-  const auto stats = [](const at::Tensor& t) { return t.defined() ? t.const_data_ptr<acc_t>() : nullptr; };
-  return {data(dy), data(x), data(params.gamma), data(params.beta), stats(mean), stats(invstd),
-          static_cast<acc_t>(slope.value_or(0.0)), slope.has_value(), params.extra};
+Inputs<scalar_t, acc_t> inputs_of(const SpadeLaidOut& t, const at::Tensor& mean, const at::Tensor& invstd,
+                                  std::optional<double> slope, bool grads_at_params = false) {
+  const auto data = [](const at::Tensor& u) { return u.defined() ? u.const_data_ptr<scalar_t>() : nullptr; };
+  const auto stats = [](const at::Tensor& u) { return u.defined() ? u.const_data_ptr<acc_t>() : nullptr; };
+  return {data(t.dy), data(t.x), data(t.params.gamma), data(t.params.beta), stats(mean), stats(invstd),
+          static_cast<acc_t>(slope.value_or(0.0)), slope.has_value(), t.params.extra, t.params.pixel_stride,
+          grads_at_params};
 }
 
 void check_cuda_inputs(const at::Tensor& x, const char* op) {
@@ -607,26 +624,24 @@ std::tuple<at::Tensor, at::Tensor> stats_impl(const at::Tensor& x_in, bool insta
   }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "spade_norm_stats_cuda", [&] {
     using acc_t = at::acc_type<scalar_t, true>;
-    const auto in = inputs_of<scalar_t, acc_t>({}, x, SpadeParams{{}, {}, 0, 0}, {}, {}, std::nullopt);
-    reduce<false>(in, shape_of(x, instance), x, mean, var);
+    const SpadeLaidOut t{{}, x, SpadeParams{{}, {}, 0, x.size(1)}};
+    reduce<false>(inputs_of<scalar_t, acc_t>(t, {}, {}, std::nullopt), shape_of(x, instance), x, mean, var);
   });
   return {mean, var};
 }
 
-at::Tensor apply_impl(const at::Tensor& x_in, const at::Tensor& gamma_in, const at::Tensor& beta_in,
-                      const at::Tensor& mean_in, const at::Tensor& invstd_in, std::optional<double> slope) {
-  const auto fmt = spade_memory_format(x_in);
-  const at::Tensor x = x_in.contiguous(fmt);
-  const SpadeParams params = spade_params_of(gamma_in, beta_in, x);
+at::Tensor apply_impl(const SpadeLaidOut& t, const at::Tensor& mean_in, const at::Tensor& invstd_in,
+                      std::optional<double> slope) {
+  const at::Tensor& x = t.x;
   const at::Tensor mean = mean_in.contiguous(), invstd = invstd_in.contiguous();
-  at::Tensor y = spade_empty_like_x(x_in);
+  at::Tensor y = spade_empty_like_x(x);
   if (x.numel() == 0) return y;
   const Shape s = shape_of(x, mean.dim() == 2);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "spade_norm_apply_cuda", [&] {
     using acc_t = at::acc_type<scalar_t, true>;
-    const auto in = inputs_of<scalar_t, acc_t>({}, x, params, mean, invstd, slope);
+    const auto in = inputs_of<scalar_t, acc_t>(t, mean, invstd, slope);
     scalar_t* yp = y.mutable_data_ptr<scalar_t>();
-    with_pack_and_index<scalar_t>(s, x.numel(), {in.x, in.gamma, in.beta, yp}, [&](auto vec, auto index) {
+    with_pack_and_index(s, x.numel(), in, {yp}, [&](auto vec, auto index) {
       constexpr int VEC = decltype(vec)::value;
       using index_t = decltype(index);
       apply_kernel<VEC, index_t><<<elementwise_blocks(x.numel(), VEC), kThreads, 0,
@@ -654,18 +669,16 @@ bool use_fused_groups(const at::Tensor& x, bool instance) {
   return elems <= kFusedGroupElems;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_forward(const at::Tensor& x_in, const at::Tensor& gamma_in,
-                                                             const at::Tensor& beta_in, bool instance, double eps,
+std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_forward(const SpadeLaidOut& t, bool instance, double eps,
                                                              std::optional<double> slope) {
-  const at::Tensor x = x_in.contiguous();
-  const SpadeParams params = spade_params_of(gamma_in, beta_in, x);
-  at::Tensor y = spade_empty_like_x(x_in), mean = spade_empty_stats(x, instance), var = spade_empty_stats(x, instance);
+  const at::Tensor& x = t.x;
+  at::Tensor y = spade_empty_like_x(x), mean = spade_empty_stats(x, instance), var = spade_empty_stats(x, instance);
   const Shape s = shape_of(x, instance);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "spade_norm_fused_forward_cuda", [&] {
     using acc_t = at::acc_type<scalar_t, true>;
-    const auto in = inputs_of<scalar_t, acc_t>({}, x, params, {}, {}, slope);
+    const auto in = inputs_of<scalar_t, acc_t>(t, {}, {}, slope);
     scalar_t* yp = y.mutable_data_ptr<scalar_t>();
-    with_pack<scalar_t>(s, {in.x, in.gamma, in.beta, yp}, [&](auto vec) {
+    with_pack(s, in, {yp}, [&](auto vec) {
       constexpr int VEC = decltype(vec)::value;
       fused_forward_kernel<VEC><<<static_cast<unsigned>(s.groups()), threads_for(group_packs<VEC>(s)), 0,
                                   c10::cuda::getCurrentCUDAStream()>>>(
@@ -676,30 +689,107 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_forward(const at::Tensor& x
   return {y, mean, var};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_backward(const at::Tensor& grad_y, const at::Tensor& x_in,
-                                                              const at::Tensor& gamma_in, const at::Tensor& beta_in,
-                                                              const at::Tensor& mean_in, const at::Tensor& invstd_in,
-                                                              std::optional<double> slope) {
-  const at::Tensor dy = grad_y.contiguous(), x = x_in.contiguous();
-  const SpadeParams params = spade_params_of(gamma_in, beta_in, x);
+// The single-process forward (spade_norm and spade_norm_merged).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_impl(
+    const SpadeLaidOut& t, const std::optional<at::Tensor>& running_mean,
+    const std::optional<at::Tensor>& running_var, bool use_input_stats, bool instance, double eps,
+    std::optional<double> slope) {
+  if (use_input_stats && use_fused_groups(t.x, instance)) return fused_forward(t, instance, eps, slope);
+  at::Tensor mean, var;
+  if (use_input_stats) {
+    std::tie(mean, var) = stats_impl(t.x, instance);
+  } else {  // copies: outputs of a custom op may not alias its inputs
+    mean = running_mean->to(spade_stats_dtype(t.x), false, true).contiguous();
+    var = running_var->to(spade_stats_dtype(t.x), false, true).contiguous();
+  }
+  const at::Tensor invstd = (var + eps).rsqrt();
+  return {apply_impl(t, mean, invstd, slope), mean, var};
+}
+
+// dx of the per-group kernels; dgamma and dbeta into `grads`.
+at::Tensor fused_backward(const SpadeLaidOut& t, const at::Tensor& mean_in, const at::Tensor& invstd_in,
+                          const SpadeParamGrads& grads, std::optional<double> slope) {
+  const at::Tensor& x = t.x;
   const at::Tensor mean = mean_in.contiguous(), invstd = invstd_in.contiguous();
-  at::Tensor dx = spade_empty_like_x(x_in), dgamma = spade_empty_like_x(x_in), dbeta = spade_empty_like_x(x_in);
-  const bool instance = mean.dim() == 2;
-  const Shape s = shape_of(x, instance);
+  at::Tensor dx = spade_empty_like_x(x);
+  const Shape s = shape_of(x, mean.dim() == 2);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "spade_norm_fused_backward_cuda", [&] {
     using acc_t = at::acc_type<scalar_t, true>;
-    const auto in = inputs_of<scalar_t, acc_t>(dy, x, params, mean, invstd, slope);
-    scalar_t *dxp = dx.mutable_data_ptr<scalar_t>(), *dgp = dgamma.mutable_data_ptr<scalar_t>();
-    scalar_t* dbp = dbeta.mutable_data_ptr<scalar_t>();
-    with_pack<scalar_t>(s, {in.dy, in.x, in.gamma, in.beta, dxp, dgp, dbp}, [&](auto vec) {
+    const auto in = inputs_of<scalar_t, acc_t>(t, mean, invstd, slope, grads.at_params);
+    scalar_t *dxp = dx.mutable_data_ptr<scalar_t>(), *dgp = grads.dgamma.mutable_data_ptr<scalar_t>();
+    scalar_t* dbp = grads.dbeta.mutable_data_ptr<scalar_t>();
+    with_pack(s, in, {dxp, dgp, dbp}, [&](auto vec) {
       constexpr int VEC = decltype(vec)::value;
       fused_backward_kernel<VEC><<<static_cast<unsigned>(s.groups()), threads_for(group_packs<VEC>(s)), 0,
                                    c10::cuda::getCurrentCUDAStream()>>>(in, s, dxp, dgp, dbp);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
-  return {dx, dgamma, dbeta};
+  return dx;
 }
+
+std::tuple<at::Tensor, at::Tensor> backward_reduce_impl(const SpadeLaidOut& t, const at::Tensor& mean_in,
+                                                        const at::Tensor& invstd_in, std::optional<double> slope) {
+  const at::Tensor mean = mean_in.contiguous(), invstd = invstd_in.contiguous();
+  at::Tensor sum1 = at::zeros_like(mean), sum2 = at::zeros_like(mean);
+  if (t.x.numel() == 0) return {sum1, sum2};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, t.x.scalar_type(), "spade_norm_backward_reduce_cuda", [&] {
+    using acc_t = at::acc_type<scalar_t, true>;
+    reduce<true>(inputs_of<scalar_t, acc_t>(t, mean, invstd, slope), shape_of(t.x, mean.dim() == 2), t.x, sum1,
+                 sum2);
+  });
+  return {sum1, sum2};
+}
+
+// dx of the elementwise pass; dgamma and dbeta into `grads`.
+at::Tensor backward_elemt_impl(const SpadeLaidOut& t, const at::Tensor& mean_in, const at::Tensor& invstd_in,
+                               const std::optional<at::Tensor>& mean_dxhat,
+                               const std::optional<at::Tensor>& mean_dxhat_xhat, const SpadeParamGrads& grads,
+                               std::optional<double> slope) {
+  const at::Tensor& x = t.x;
+  const at::Tensor mean = mean_in.contiguous(), invstd = invstd_in.contiguous();
+  const at::Tensor m1 = mean_dxhat.has_value() ? mean_dxhat->contiguous() : at::Tensor();
+  const at::Tensor m2 = mean_dxhat_xhat.has_value() ? mean_dxhat_xhat->contiguous() : at::Tensor();
+  at::Tensor dx = spade_empty_like_x(x);
+  if (x.numel() == 0) return dx;
+  const Shape s = shape_of(x, mean.dim() == 2);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "spade_norm_backward_elemt_cuda", [&] {
+    using acc_t = at::acc_type<scalar_t, true>;
+    const auto in = inputs_of<scalar_t, acc_t>(t, mean, invstd, slope, grads.at_params);
+    const acc_t* m1p = m1.defined() ? m1.const_data_ptr<acc_t>() : nullptr;
+    const acc_t* m2p = m2.defined() ? m2.const_data_ptr<acc_t>() : nullptr;
+    scalar_t *dxp = dx.mutable_data_ptr<scalar_t>(), *dgp = grads.dgamma.mutable_data_ptr<scalar_t>();
+    scalar_t* dbp = grads.dbeta.mutable_data_ptr<scalar_t>();
+    with_pack_and_index(s, x.numel(), in, {dxp, dgp, dbp}, [&](auto vec, auto index) {
+      constexpr int VEC = decltype(vec)::value;
+      using index_t = decltype(index);
+      backward_elemt_kernel<VEC, index_t><<<elementwise_blocks(x.numel(), VEC), kThreads, 0,
+                                            c10::cuda::getCurrentCUDAStream()>>>(
+          in, m1p, m2p, static_cast<index_t>(x.numel()), static_cast<index_t>(s.C),
+          static_cast<index_t>(s.HW), s.channels_last, s.instance, dxp, dgp, dbp);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  });
+  return dx;
+}
+
+// Single-process backward (spade_norm_backward and spade_norm_merged_backward): the
+// per-group kernels, or the reduce pass and then the elementwise pass. Returns dx.
+at::Tensor backward_impl(const SpadeLaidOut& t, const at::Tensor& mean, const at::Tensor& invstd,
+                         bool use_input_stats, const SpadeParamGrads& grads, std::optional<double> slope) {
+  if (use_input_stats && use_fused_groups(t.x, mean.dim() == 2)) return fused_backward(t, mean, invstd, grads, slope);
+  std::optional<at::Tensor> mean_dxhat, mean_dxhat_xhat;
+  if (use_input_stats) {
+    auto [sum1, sum2] = backward_reduce_impl(t, mean, invstd, slope);
+    const int64_t hw = t.x.size(2) * t.x.size(3);
+    const double m = static_cast<double>(std::max<int64_t>(1, mean.dim() == 2 ? hw : t.x.size(0) * hw));
+    mean_dxhat = sum1 / m;
+    mean_dxhat_xhat = sum2 / m;
+  }
+  return backward_elemt_impl(t, mean, invstd, mean_dxhat, mean_dxhat_xhat, grads, slope);
+}
+
+// ---------------------------------------------------------------- the ops
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> spade_norm_cuda(
     const at::Tensor& x, const at::Tensor& gamma, const at::Tensor& beta,
@@ -708,16 +798,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> spade_norm_cuda(
   check_spade_forward_inputs(x, gamma, beta, running_mean, running_var, use_input_stats, instance);
   check_cuda_inputs(x, "spade_norm");
   const c10::cuda::CUDAGuard guard(x.device());
-  if (use_input_stats && use_fused_groups(x, instance)) return fused_forward(x, gamma, beta, instance, eps, slope);
-  at::Tensor mean, var;
-  if (use_input_stats) {
-    std::tie(mean, var) = stats_impl(x, instance);
-  } else {  // copies: outputs of a custom op may not alias its inputs
-    mean = running_mean->to(spade_stats_dtype(x), false, true).contiguous();
-    var = running_var->to(spade_stats_dtype(x), false, true).contiguous();
-  }
-  const at::Tensor invstd = (var + eps).rsqrt();
-  return {apply_impl(x, gamma, beta, mean, invstd, slope), mean, var};
+  return forward_impl(spade_lay_out({}, x, gamma, beta), running_mean, running_var, use_input_stats, instance, eps,
+                      slope);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> spade_norm_merged_cuda(
+    const at::Tensor& x, const at::Tensor& gamma_beta, const std::optional<at::Tensor>& running_mean,
+    const std::optional<at::Tensor>& running_var, bool use_input_stats, bool instance, double eps,
+    std::optional<double> slope) {
+  check_spade_forward_inputs(x, gamma_beta, {}, running_mean, running_var, use_input_stats, instance,
+                             "spade_norm_merged");
+  check_cuda_inputs(x, "spade_norm_merged");
+  const c10::cuda::CUDAGuard guard(x.device());
+  return forward_impl(spade_lay_out_merged({}, x, gamma_beta), running_mean, running_var, use_input_stats,
+                      instance, eps, slope);
 }
 
 std::tuple<at::Tensor, at::Tensor> spade_norm_stats_cuda(const at::Tensor& x, bool instance) {
@@ -733,71 +827,31 @@ at::Tensor spade_norm_apply_cuda(const at::Tensor& x, const at::Tensor& gamma, c
   check_spade_apply_inputs(x, gamma, beta, mean, invstd, "spade_norm_apply");
   check_cuda_inputs(x, "spade_norm_apply");
   const c10::cuda::CUDAGuard guard(x.device());
-  return apply_impl(x, gamma, beta, mean, invstd, slope);
+  return apply_impl(spade_lay_out({}, x, gamma, beta), mean, invstd, slope);
 }
 
 std::tuple<at::Tensor, at::Tensor> spade_norm_backward_reduce_cuda(
-    const at::Tensor& grad_y, const at::Tensor& x_in, const at::Tensor& gamma_in,
-    const at::Tensor& beta_in, const at::Tensor& mean_in, const at::Tensor& invstd_in,
-    std::optional<double> slope) {
-  check_spade_backward_inputs(grad_y, x_in, gamma_in, beta_in, mean_in, invstd_in,
-                              "spade_norm_backward_reduce");
-  check_cuda_inputs(x_in, "spade_norm_backward_reduce");
-  const c10::cuda::CUDAGuard guard(x_in.device());
-  const auto fmt = spade_memory_format(x_in);
-  const at::Tensor dy = grad_y.contiguous(fmt), x = x_in.contiguous(fmt);
-  const SpadeParams params = spade_params_of(gamma_in, beta_in, x);
-  const at::Tensor mean = mean_in.contiguous(), invstd = invstd_in.contiguous();
-  at::Tensor sum1 = at::zeros_like(mean), sum2 = at::zeros_like(mean);
-  if (x.numel() == 0) return {sum1, sum2};
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "spade_norm_backward_reduce_cuda", [&] {
-    using acc_t = at::acc_type<scalar_t, true>;
-    const auto in = inputs_of<scalar_t, acc_t>(dy, x, params, mean, invstd, slope);
-    reduce<true>(in, shape_of(x, mean.dim() == 2), x, sum1, sum2);
-  });
-  return {sum1, sum2};
+    const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& gamma, const at::Tensor& beta,
+    const at::Tensor& mean, const at::Tensor& invstd, std::optional<double> slope) {
+  check_spade_backward_inputs(grad_y, x, gamma, beta, mean, invstd, "spade_norm_backward_reduce");
+  check_cuda_inputs(x, "spade_norm_backward_reduce");
+  const c10::cuda::CUDAGuard guard(x.device());
+  return backward_reduce_impl(spade_lay_out(grad_y, x, gamma, beta), mean, invstd, slope);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> spade_norm_backward_elemt_cuda(
-    const at::Tensor& grad_y, const at::Tensor& x_in, const at::Tensor& gamma_in,
-    const at::Tensor& beta_in, const at::Tensor& mean_in, const at::Tensor& invstd_in,
-    const std::optional<at::Tensor>& mean_dxhat, const std::optional<at::Tensor>& mean_dxhat_xhat,
-    std::optional<double> slope) {
-  check_spade_elemt_inputs(grad_y, x_in, gamma_in, beta_in, mean_in, invstd_in, mean_dxhat,
-                           mean_dxhat_xhat);
-  check_cuda_inputs(x_in, "spade_norm_backward_elemt");
-  const c10::cuda::CUDAGuard guard(x_in.device());
-  const auto fmt = spade_memory_format(x_in);
-  const at::Tensor dy = grad_y.contiguous(fmt), x = x_in.contiguous(fmt);
-  const SpadeParams params = spade_params_of(gamma_in, beta_in, x);
-  const at::Tensor mean = mean_in.contiguous(), invstd = invstd_in.contiguous();
-  const at::Tensor m1 = mean_dxhat.has_value() ? mean_dxhat->contiguous() : at::Tensor();
-  const at::Tensor m2 = mean_dxhat_xhat.has_value() ? mean_dxhat_xhat->contiguous() : at::Tensor();
-  at::Tensor dx = spade_empty_like_x(x_in), dgamma = spade_empty_like_x(x_in), dbeta = spade_empty_like_x(x_in);
-  if (x.numel() == 0) return {dx, dgamma, dbeta};
-  const Shape s = shape_of(x, mean.dim() == 2);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "spade_norm_backward_elemt_cuda", [&] {
-    using acc_t = at::acc_type<scalar_t, true>;
-    const auto in = inputs_of<scalar_t, acc_t>(dy, x, params, mean, invstd, slope);
-    const acc_t* m1p = m1.defined() ? m1.const_data_ptr<acc_t>() : nullptr;
-    const acc_t* m2p = m2.defined() ? m2.const_data_ptr<acc_t>() : nullptr;
-    scalar_t *dxp = dx.mutable_data_ptr<scalar_t>(), *dgp = dgamma.mutable_data_ptr<scalar_t>();
-    scalar_t* dbp = dbeta.mutable_data_ptr<scalar_t>();
-    with_pack_and_index<scalar_t>(s, x.numel(), {in.dy, in.x, in.gamma, in.beta, dxp, dgp, dbp},
-                                  [&](auto vec, auto index) {
-      constexpr int VEC = decltype(vec)::value;
-      using index_t = decltype(index);
-      backward_elemt_kernel<VEC, index_t><<<elementwise_blocks(x.numel(), VEC), kThreads, 0,
-                                            c10::cuda::getCurrentCUDAStream()>>>(
-          in, m1p, m2p, static_cast<index_t>(x.numel()), static_cast<index_t>(s.C),
-          static_cast<index_t>(s.HW), s.channels_last, s.instance, dxp, dgp, dbp);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
-  });
-  return {dx, dgamma, dbeta};
+    const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& gamma, const at::Tensor& beta,
+    const at::Tensor& mean, const at::Tensor& invstd, const std::optional<at::Tensor>& mean_dxhat,
+    const std::optional<at::Tensor>& mean_dxhat_xhat, std::optional<double> slope) {
+  check_spade_elemt_inputs(grad_y, x, gamma, beta, mean, invstd, mean_dxhat, mean_dxhat_xhat);
+  check_cuda_inputs(x, "spade_norm_backward_elemt");
+  const c10::cuda::CUDAGuard guard(x.device());
+  const SpadeLaidOut t = spade_lay_out(grad_y, x, gamma, beta);
+  const SpadeParamGrads grads = spade_param_grads_like_x(t.x);
+  at::Tensor dx = backward_elemt_impl(t, mean, invstd, mean_dxhat, mean_dxhat_xhat, grads, slope);
+  return {dx, grads.dgamma, grads.dbeta};
 }
 
-// Single-process backward: the reduce pass, then the elementwise pass.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> spade_norm_backward_cuda(
     const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& gamma, const at::Tensor& beta,
     const at::Tensor& mean, const at::Tensor& invstd, bool use_input_stats,
@@ -805,28 +859,33 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> spade_norm_backward_cuda(
   check_spade_backward_inputs(grad_y, x, gamma, beta, mean, invstd, "spade_norm_backward");
   check_cuda_inputs(x, "spade_norm_backward");
   const c10::cuda::CUDAGuard guard(x.device());
-  if (use_input_stats && use_fused_groups(x, mean.dim() == 2)) {
-    return fused_backward(grad_y, x, gamma, beta, mean, invstd, slope);
-  }
-  std::optional<at::Tensor> mean_dxhat, mean_dxhat_xhat;
-  if (use_input_stats) {
-    auto [sum1, sum2] = spade_norm_backward_reduce_cuda(grad_y, x, gamma, beta, mean, invstd, slope);
-    const int64_t hw = x.size(2) * x.size(3);
-    const double m = static_cast<double>(std::max<int64_t>(1, mean.dim() == 2 ? hw : x.size(0) * hw));
-    mean_dxhat = sum1 / m;
-    mean_dxhat_xhat = sum2 / m;
-  }
-  return spade_norm_backward_elemt_cuda(grad_y, x, gamma, beta, mean, invstd, mean_dxhat,
-                                        mean_dxhat_xhat, slope);
+  const SpadeLaidOut t = spade_lay_out(grad_y, x, gamma, beta);
+  const SpadeParamGrads grads = spade_param_grads_like_x(t.x);
+  at::Tensor dx = backward_impl(t, mean, invstd, use_input_stats, grads, slope);
+  return {dx, grads.dgamma, grads.dbeta};
+}
+
+std::tuple<at::Tensor, at::Tensor> spade_norm_merged_backward_cuda(
+    const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& gamma_beta, const at::Tensor& mean,
+    const at::Tensor& invstd, bool use_input_stats, std::optional<double> slope) {
+  check_spade_backward_inputs(grad_y, x, gamma_beta, {}, mean, invstd, "spade_norm_merged_backward");
+  check_cuda_inputs(x, "spade_norm_merged_backward");
+  const c10::cuda::CUDAGuard guard(x.device());
+  const SpadeLaidOut t = spade_lay_out_merged(grad_y, x, gamma_beta);
+  auto [grad_gamma_beta, grads] = spade_merged_grads(t.x);
+  at::Tensor dx = backward_impl(t, mean, invstd, use_input_stats, grads, slope);
+  return {dx, grad_gamma_beta};
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(autoenc_fast, CUDA, m) {
   m.impl("spade_norm", &spade_norm_cuda);
+  m.impl("spade_norm_merged", &spade_norm_merged_cuda);
   m.impl("spade_norm_stats", &spade_norm_stats_cuda);
   m.impl("spade_norm_apply", &spade_norm_apply_cuda);
   m.impl("spade_norm_backward", &spade_norm_backward_cuda);
+  m.impl("spade_norm_merged_backward", &spade_norm_merged_backward_cuda);
   m.impl("spade_norm_backward_reduce", &spade_norm_backward_reduce_cuda);
   m.impl("spade_norm_backward_elemt", &spade_norm_backward_elemt_cuda);
 }
