@@ -121,6 +121,18 @@ def test_channelwise_fc_paired_backward_is_bit_identical(emu, columns, monkeypat
         emu.channelwise_fc_backward(grad_y, x, weight)
 
 
+def test_channelwise_fc_columns_switch_rejects_unknown_values(emu, monkeypatch):
+    x, weight = torch.randn(2, 3, 4, 4), torch.randn(3, 16, 16)
+    for columns in ("3", "4x2"):
+        monkeypatch.setenv("AUTOENC_FAST_CHANNELWISE_FC_COLS", columns)
+        with pytest.raises(RuntimeError, match=f"channelwise_fc: AUTOENC_FAST_CHANNELWISE_FC_COLS must be 1, 2, 4 "
+                                               f"or 4x4; got '{columns}'"):
+            emu.channelwise_fc(x, weight, None)
+    monkeypatch.setenv("AUTOENC_FAST_CHANNELWISE_FC_COLS", "")  # empty: the default, as unset
+    torch.testing.assert_close(emu.channelwise_fc(x, weight, None),
+                               torch.ops.autoenc_fast.channelwise_fc(x, weight, None), rtol=1e-5, atol=1e-5)
+
+
 def test_channelwise_fc_empty_batch(emu):
     x, weight = torch.randn(0, 3, 4, 4), torch.randn(3, 16, 16)
     assert emu.channelwise_fc(x, weight, None).shape == x.shape

@@ -29,12 +29,12 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <cstdlib>
 #include <limits>
 #include <string>
 #include <type_traits>
 
 #include "../channelwise_fc_checks.h"
+#include "env_switch.h"
 
 namespace autoenc_fast {
 namespace {
@@ -423,11 +423,9 @@ void launch_pair_with(int64_t C, Gemm1 first, Gemm2 second) {
 // the GPU check to time the register-blocked variants against each other on the card
 // before one becomes the default (read per call, so a benchmark can change it).
 int columns_per_thread() {
-  const char* env = std::getenv("AUTOENC_FAST_CHANNELWISE_FC_COLS");
-  if (env == nullptr || *env == '\0') return 1;
-  const std::string value(env);
-  TORCH_CHECK(value == "1" || value == "2" || value == "4" || value == "4x4",
-              "channelwise_fc: AUTOENC_FAST_CHANNELWISE_FC_COLS must be 1, 2, 4 or 4x4; got '", value, "'");
+  const std::string value =
+      env_switch("channelwise_fc", "AUTOENC_FAST_CHANNELWISE_FC_COLS", {"1", "2", "4", "4x4"});
+  if (value.empty()) return 1;
   return value == "4x4" ? kMicro : std::stoi(value);
 }
 
@@ -453,11 +451,7 @@ void launch_channel_gemm(int64_t C, const Gemm& gemm) {
 // for float32 on sm_90, so fewer blocks fit an SM).
 template <typename acc_t, typename Gemm1, typename Gemm2>
 void launch_channel_gemm_pair(int64_t C, const Gemm1& first, const Gemm2& second) {
-  const char* paired = std::getenv("AUTOENC_FAST_CHANNELWISE_FC_PAIRED");
-  const std::string value = paired != nullptr ? paired : "";
-  TORCH_CHECK(value.empty() || value == "0" || value == "1",
-              "channelwise_fc: AUTOENC_FAST_CHANNELWISE_FC_PAIRED must be 0 or 1; got '", value, "'");
-  if (value != "1") {
+  if (env_switch("channelwise_fc", "AUTOENC_FAST_CHANNELWISE_FC_PAIRED", {"0", "1"}) != "1") {
     launch_channel_gemm<acc_t>(C, first);
     launch_channel_gemm<acc_t>(C, second);
     return;

@@ -38,12 +38,12 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <cstdlib>
 #include <limits>
 #include <string>
 #include <type_traits>
 
 #include "../spade_norm_checks.h"
+#include "env_switch.h"
 
 namespace autoenc_fast {
 namespace {
@@ -661,10 +661,7 @@ bool use_fused_groups(const at::Tensor& x, bool instance) {
   const Shape s = shape_of(x, instance);
   const int64_t elems = s.rows_per_group() * s.HW;
   if (s.channels_last || x.numel() == 0 || elems > std::numeric_limits<int32_t>::max()) return false;
-  const char* env = std::getenv("AUTOENC_FAST_SPADE_NORM_FUSED");
-  const std::string mode = env != nullptr ? env : "";
-  TORCH_CHECK(mode.empty() || mode == "auto" || mode == "0" || mode == "1",
-              "spade_norm: AUTOENC_FAST_SPADE_NORM_FUSED must be 0, 1 or auto; got '", mode, "'");
+  const std::string mode = env_switch("spade_norm", "AUTOENC_FAST_SPADE_NORM_FUSED", {"0", "1", "auto"});
   if (mode == "0" || mode == "1") return mode == "1";
   return elems <= kFusedGroupElems;
 }

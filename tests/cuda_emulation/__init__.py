@@ -99,7 +99,7 @@ def load():
         # And misaligned vector loads, which fault on the GPU and pass silently on the CPU.
         flags += ["-fsanitize=address,alignment", "-fno-sanitize-recover=alignment", "-fno-omit-frame-pointer"]
     load_extension(name="autoenc_fast_cuda_emulated" + ("_asan" if asan else ""), sources=sources,
-                   build_directory=str(build), extra_include_paths=[str(HERE)], extra_cflags=flags,
+                   build_directory=str(build), extra_include_paths=[str(HERE), str(ROOT / "csrc" / "cuda")], extra_cflags=flags,
                    extra_ldflags=["-fsanitize=address,alignment"] if asan else [], is_python_module=False,
                    verbose=False)
     return torch.ops.autoenc_fast_emu
