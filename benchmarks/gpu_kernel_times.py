@@ -3,7 +3,9 @@ profiler's kernel records: what the GPU spends, without the CPU's launch overhea
 that dominates wall-clock medians at these sizes. GB/s counts the fewest bytes the
 step must move (bench.py) over that device time. spade_norm rows also time the Triton
 candidate kernels (autoenc_fast/triton/spade_norm.py, two-kernel and fused passes)
-against the CUDA C++ ones; channelwise_fc rows also torch.bmm on a permuted copy, every
+against the CUDA C++ ones, and a step whose gamma and beta are the two halves of one
+tensor, as nn.SPADE makes them, through spade_norm (autograd concatenates their
+gradients) and through spade_norm_merged; channelwise_fc rows also torch.bmm on a permuted copy, every
 provider in bfloat16. Our kernels' variants that an environment variable selects are
 timed beside the default (ENV_VARIANTS): channelwise_fc with 2 and 4 columns per thread,
 with 4x4 micro-tiles, and with the backward's two products in one launch; spade_norm with
@@ -55,6 +57,26 @@ def triton_spade_norm_full(shape, device, fused=False):
         for t in (x, gamma, beta):
             t.grad = None
         torch.autograd.backward(SpadeNormTriton.apply(x, gamma, beta, False, 1e-5, 0.2, fused), grad_y)
+    return run
+
+
+def spade_norm_halves_full(shape, device, merged: bool):
+    """A full step with gamma and beta the two channel halves of one (N, 2C, H, W) leaf, as
+    nn.SPADE's merged convolution makes them: spade_norm on its two views (autograd then
+    concatenates their gradients) or spade_norm_merged (the op returns the gradient whole).
+    Batch statistics and slope 0.2, as the bench's case."""
+    from autoenc_fast.functional import spade_norm, spade_norm_merged
+
+    N, C, H, W = shape
+    x = torch.randn(shape, device=device, requires_grad=True)
+    gamma_beta = torch.randn(N, 2 * C, H, W, device=device, requires_grad=True)
+    grad_y = torch.randn(shape, device=device)
+
+    def run():
+        x.grad = gamma_beta.grad = None
+        y = (spade_norm_merged(x, gamma_beta, negative_slope=0.2) if merged
+             else spade_norm(x, *gamma_beta.chunk(2, dim=1), negative_slope=0.2))
+        y.backward(grad_y)
     return run
 
 
@@ -118,6 +140,10 @@ def main() -> None:
             row.update({f"{second_name}_{p}_device_ms": t for p, t in other.items()})
             line += "\n" + f"{'  ' + second_name:<34}" + "".join(f"{other[p]:>13.4f}" for p in PROVIDERS) \
                 + f"  bmm {other['bmm']:.4f} ms" + env_variants(row, f"{second_name}_", op, make, shape, device, second)
+        if op == "spade_norm":  # gamma and beta as halves of one tensor: two views, or spade_norm_merged
+            for name, merged in (("halves", False), ("merged", True)):
+                row[f"{name}_device_ms"] = device_ms(spade_norm_halves_full(shape, device, merged), device)
+            line += f"  halves {row['halves_device_ms']:.4f} ms, merged {row['merged_device_ms']:.4f} ms"
         if op == "spade_norm" and device.type == "cuda":  # CUDA C++ (ours) against the Triton candidate
             row["triton_device_ms"] = device_ms(triton_spade_norm_full(shape, device), device)
             row["triton_fused_device_ms"] = device_ms(triton_spade_norm_full(shape, device, fused=True), device)
