@@ -107,6 +107,22 @@ inline SpadeParamGrads spade_param_grads_like_x(const at::Tensor& x) {
   return {spade_empty_like_x(x), spade_empty_like_x(x), false};
 }
 
+// mean and var a single-process forward normalizes with: the batch statistics that
+// `stats()` (the backend's statistics pass) computes when use_input_stats, else copies of
+// the running statistics in the statistics dtype (outputs of a custom op may not alias
+// its inputs).
+template <typename StatsFn>
+std::pair<at::Tensor, at::Tensor> spade_forward_stats(const at::Tensor& x, const std::optional<at::Tensor>& running_mean,
+                                                      const std::optional<at::Tensor>& running_var,
+                                                      bool use_input_stats, const StatsFn& stats) {
+  if (use_input_stats) {
+    auto [mean, var] = stats();
+    return {mean, var};
+  }
+  return {running_mean->to(spade_stats_dtype(x), false, true).contiguous(),
+          running_var->to(spade_stats_dtype(x), false, true).contiguous()};
+}
+
 // The tensors of one op call as the kernels read them: dy (backward only) and x
 // contiguous in x's kernel layout, gamma and beta as spade_params_of gives them.
 struct SpadeLaidOut {

@@ -21,15 +21,20 @@ def stats_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def check_like_x(t, name: str, x: torch.Tensor, op: str = "spade_norm") -> None:
+def _check_tensor_of_shape(t, name: str, x: torch.Tensor, shape: tuple, shape_text: str, op: str) -> None:
+    """t: a tensor of `shape` (described as shape_text), x's dtype and x's device."""
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{op}: `{name}` must be a tensor; got {type(t).__name__}")
-    if t.shape != x.shape:
-        raise ValueError(f"{op}: `{name}` must have x's shape {tuple(x.shape)}; got {tuple(t.shape)}")
+    if t.shape != shape:
+        raise ValueError(f"{op}: `{name}` must have {shape_text} {shape}; got {tuple(t.shape)}")
     if t.dtype != x.dtype:
         raise TypeError(f"{op}: `{name}` must have x's dtype {x.dtype}; got {t.dtype}")
     if t.device != x.device:
         raise ValueError(f"{op}: `{name}` must be on x's device {x.device}; got {t.device}")
+
+
+def check_like_x(t, name: str, x: torch.Tensor, op: str = "spade_norm") -> None:
+    _check_tensor_of_shape(t, name, x, tuple(x.shape), "x's shape", op)
 
 
 def check_x(x, op: str = "spade_norm") -> None:
@@ -55,16 +60,8 @@ def check_running(t, name: str, x: torch.Tensor) -> None:
 
 def check_merged(gamma_beta, x: torch.Tensor, op: str = "spade_norm_merged") -> None:
     """gamma_beta = cat([gamma, beta], 1): (N, 2C, H, W), x's dtype and device."""
-    if not isinstance(gamma_beta, torch.Tensor):
-        raise TypeError(f"{op}: `gamma_beta` must be a tensor; got {type(gamma_beta).__name__}")
     n, c, h, w = x.shape
-    if gamma_beta.shape != (n, 2 * c, h, w):
-        raise ValueError(f"{op}: `gamma_beta` must have shape (N, 2C, H, W) = {(n, 2 * c, h, w)}; "
-                         f"got {tuple(gamma_beta.shape)}")
-    if gamma_beta.dtype != x.dtype:
-        raise TypeError(f"{op}: `gamma_beta` must have x's dtype {x.dtype}; got {gamma_beta.dtype}")
-    if gamma_beta.device != x.device:
-        raise ValueError(f"{op}: `gamma_beta` must be on x's device {x.device}; got {gamma_beta.device}")
+    _check_tensor_of_shape(gamma_beta, "gamma_beta", x, (n, 2 * c, h, w), "shape (N, 2C, H, W) =", op)
 
 
 def check_inputs(x, gamma, beta, norm="batch", running_mean=None, running_var=None,

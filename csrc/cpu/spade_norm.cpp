@@ -579,15 +579,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_impl(
     });
     return {y, mean, var};
   }
-  at::Tensor mean, var;
-  if (use_input_stats) {
-    std::tie(mean, var) = stats_impl(t.x, instance);
-  } else {  // copies: outputs of a custom op may not alias its inputs
-    mean = running_mean->to(spade_stats_dtype(t.x), false, true).contiguous();
-    var = running_var->to(spade_stats_dtype(t.x), false, true).contiguous();
-  }
-  const at::Tensor invstd = (var + eps).rsqrt();
-  return {apply_impl(t, mean, invstd, slope), mean, var};
+  auto [mean, var] = spade_forward_stats(t.x, running_mean, running_var, use_input_stats,
+                                         [&] { return stats_impl(t.x, instance); });
+  return {apply_impl(t, mean, (var + eps).rsqrt(), slope), mean, var};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> spade_norm_cpu(
