@@ -6,7 +6,9 @@
 Covers batch (train, eval) and instance norm, NCHW and channels_last, float32 and
 bfloat16, odd sizes (scalar path) and sizes that take the 16-byte packed path, the
 single-process op (in NCHW both its paths, the split kernels and one block per group,
-AUTOENC_FAST_SPADE_NORM_FUSED) and the stats/apply pieces of the synchronized path;
+AUTOENC_FAST_SPADE_NORM_FUSED), spade_norm_merged in float32 (gamma_beta's halves read in
+place and its gradient written by halves, channels_last included) and the stats/apply pieces
+of the synchronized path;
 checks each result against the float64 reference and exits non-zero on a mismatch.
 """
 from __future__ import annotations
@@ -48,7 +50,17 @@ def run_case(shape, dtype, channels_last, norm, training):
         outs.append([y] + [t.grad for t in leaves])
     name = f"{norm}-{'train' if training else 'eval'} {tuple(shape)} {dtype} {'NHWC' if channels_last else 'NCHW'}"
     tol = TOL[dtype]
-    return all(check(f"{name} {part}", a, b, tol) for part, a, b in zip(("y", "dx", "dgamma", "dbeta"), *outs))
+    ok = all(check(f"{name} {part}", a, b, tol) for part, a, b in zip(("y", "dx", "dgamma", "dbeta"), *outs))
+    if dtype == torch.float32:  # nn.SPADE's path: gamma and beta as one tensor, read and written by halves
+        leaves = [x.detach().clone().requires_grad_(),
+                  torch.cat([gamma, beta], dim=1).contiguous(memory_format=fmt).requires_grad_()]
+        stats = {} if rm is None else dict(running_mean=rm.clone(), running_var=rv.clone())
+        y = AF.spade_norm_merged(*leaves, **stats, **kw)
+        y.backward(grad)
+        merged = [y, leaves[0].grad, *leaves[1].grad.chunk(2, dim=1)]
+        ok &= all(check(f"{name} merged {part}", a, b, tol)
+                  for part, a, b in zip(("y", "dx", "dgamma", "dbeta"), merged, outs[1]))
+    return ok
 
 
 def run_pieces(shape, dtype, channels_last):
