@@ -318,6 +318,10 @@ def test_spade_norm_empty_batch(emu):
     x = torch.randn(0, 4, 4, 4)
     y, mean, var = emu.spade_norm(x, x, x, None, None, True, False, 1e-5, None)
     assert y.shape == x.shape and mean.shape == (4,)
+    gamma_beta = torch.randn(0, 8, 4, 4)
+    y, mean, var = emu.spade_norm_merged(x, gamma_beta, None, None, True, False, 1e-5, None)
+    grad_x, grad_gamma_beta = emu.spade_norm_merged_backward(y, x, gamma_beta, mean, var, True, None)
+    assert y.shape == grad_x.shape == x.shape and grad_gamma_beta.shape == gamma_beta.shape
 
 
 # -------------------------------------------------------------------- races

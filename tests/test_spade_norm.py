@@ -846,6 +846,10 @@ def test_empty_batch_or_map(device, norm, channels_last, shape):
     assert x.grad.shape == x.shape and gamma.grad.shape == x.shape
     if saved is not None:  # nothing to average: running statistics untouched
         assert torch.equal(rm, saved[0]) and torch.equal(rv, saved[1])
+    gamma_beta = torch.cat([gamma, beta], dim=1).detach().requires_grad_()  # and the merged op
+    y = AF.spade_norm_merged(x, gamma_beta, norm=norm, running_mean=rm, running_var=rv, negative_slope=0.2)
+    y.sum().backward()
+    assert y.shape == x.shape and gamma_beta.grad.shape == gamma_beta.shape
 
 
 def test_half_on_cpu_goes_through_float32():
