@@ -173,18 +173,22 @@ def spade_norm_merged(x: torch.Tensor, gamma_beta: torch.Tensor, *, norm: str = 
     arguments. The kernels read the two halves in place, and the backward writes the
     gradient of gamma_beta as one tensor: with separate gamma and beta views, autograd
     would concatenate their two gradients for the convolution (a copy of both). With a
-    `process_group` the statistics are synchronized as in spade_norm, through the halves.
+    `process_group` the statistics are synchronized as in spade_norm.
     """
     if _autocast_dtype(x) is not None and isinstance(gamma_beta, torch.Tensor):
         gamma_beta = gamma_beta.to(x.dtype)  # as spade_norm: a normalization runs in x's precision
     _spade_check_inputs(x, gamma_beta, None, norm, running_mean, running_var, training)
     instance = norm == "instance"
-    synchronized = process_group is not None and training and not instance
-    if not _ext.LOADED or synchronized or (x.device.type == "cpu" and x.dtype in _HALF_TYPES):
+    if not _ext.LOADED or (x.device.type == "cpu" and x.dtype in _HALF_TYPES):
         gamma, beta = gamma_beta.chunk(2, dim=1)
         return spade_norm(x, gamma, beta, norm=norm, running_mean=running_mean, running_var=running_var,
                           training=training, momentum=momentum, eps=eps, negative_slope=negative_slope,
                           process_group=process_group)
+    if process_group is not None and training and not instance:
+        from .ops.spade_norm import SyncSpadeNormFunction
+
+        return SyncSpadeNormFunction.apply(x, gamma_beta, None, running_mean, running_var, eps, momentum,
+                                           negative_slope, process_group)
     return _spade_norm_single_process(torch.ops.autoenc_fast.spade_norm_merged, x, (gamma_beta,), instance,
                                       running_mean, running_var, training, momentum, eps, negative_slope)
 

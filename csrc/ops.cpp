@@ -74,4 +74,9 @@ TORCH_LIBRARY(autoenc_fast, m) {
       "spade_norm_backward_elemt(Tensor grad_y, Tensor x, Tensor gamma, Tensor beta, Tensor mean,"
       " Tensor invstd, Tensor? mean_dxhat, Tensor? mean_dxhat_xhat, float? negative_slope)"
       " -> (Tensor grad_x, Tensor grad_gamma, Tensor grad_beta)");
+  // The same for gamma_beta (N, 2C, H, W) as spade_norm_merged takes it: its gradient whole.
+  m.def(
+      "spade_norm_merged_backward_elemt(Tensor grad_y, Tensor x, Tensor gamma_beta, Tensor mean, Tensor invstd,"
+      " Tensor? mean_dxhat, Tensor? mean_dxhat_xhat, float? negative_slope)"
+      " -> (Tensor grad_x, Tensor grad_gamma_beta)");
 }

@@ -257,12 +257,13 @@ inline void check_spade_backward_inputs(const at::Tensor& grad_y, const at::Tens
   check_spade_like_x(grad_y, "grad_y", x, op);
 }
 
+// beta undefined: spade_norm_merged_backward_elemt, gamma holding gamma_beta.
 inline void check_spade_elemt_inputs(const at::Tensor& grad_y, const at::Tensor& x,
                                      const at::Tensor& gamma, const at::Tensor& beta,
                                      const at::Tensor& mean, const at::Tensor& invstd,
                                      const std::optional<at::Tensor>& mean_dxhat,
                                      const std::optional<at::Tensor>& mean_dxhat_xhat) {
-  const char* op = "spade_norm_backward_elemt";
+  const char* op = beta.defined() ? "spade_norm_backward_elemt" : "spade_norm_merged_backward_elemt";
   check_spade_backward_inputs(grad_y, x, gamma, beta, mean, invstd, op);
   TORCH_CHECK(mean_dxhat.has_value() == mean_dxhat_xhat.has_value(), op,
               ": `mean_dxhat` and `mean_dxhat_xhat` must be given together");

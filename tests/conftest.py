@@ -140,10 +140,11 @@ def assert_gamma_beta_readers_agree(ops, ref_ops, x, grad_y, halves, dense, inst
 
 
 def assert_merged_ops_agree_with_separate(ops, ref_ops, x, grad_y, gamma_beta, instance, close) -> None:
-    """ops.spade_norm_merged(x, gamma_beta) and its backward against ref_ops.spade_norm on
-    dense copies of gamma_beta's halves, train (batch statistics) and eval (fixed), slope
-    0.2: close(actual, expected) for y, mean, var, grad_x, and grad_gamma_beta against
-    cat([grad_gamma, grad_beta]), which comes out in x's layout."""
+    """ops.spade_norm_merged(x, gamma_beta), its backward and its synchronized-path
+    elementwise backward against ref_ops' separate ops on dense copies of gamma_beta's
+    halves, train (batch statistics) and eval (fixed), slope 0.2: close(actual, expected)
+    for y, mean, var, grad_x, and grad_gamma_beta against cat([grad_gamma, grad_beta]),
+    which comes out in x's layout."""
     layout = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() \
         else torch.contiguous_format
     dense = [t.contiguous(memory_format=layout) for t in gamma_beta.chunk(2, dim=1)]
@@ -164,4 +165,12 @@ def assert_merged_ops_agree_with_separate(ops, ref_ops, x, grad_y, gamma_beta, i
                                                                     use_input_stats, 0.2)
         close(grad_x, want_x)
         assert grad_gamma_beta.shape == gamma_beta.shape and grad_gamma_beta.is_contiguous(memory_format=layout)
+        close(grad_gamma_beta, torch.cat([want_gamma, want_beta], dim=1))
+        # the synchronized path's elementwise pass, given the means of the two reduced sums
+        means = [torch.randn_like(mean), torch.randn_like(mean)] if use_input_stats else [None, None]
+        grad_x, grad_gamma_beta = ops.spade_norm_merged_backward_elemt(grad_y, x, gamma_beta, mean, invstd,
+                                                                       *means, 0.2)
+        want_x, want_gamma, want_beta = ref_ops.spade_norm_backward_elemt(grad_y, x, *dense, mean, invstd,
+                                                                          *means, 0.2)
+        close(grad_x, want_x)
         close(grad_gamma_beta, torch.cat([want_gamma, want_beta], dim=1))

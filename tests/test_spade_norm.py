@@ -18,7 +18,8 @@ from conftest import (HAS_CUDA, TOLERANCES, assert_double_backward_refused, asse
                       compile_for_sm90, devices, run_under_triton_interpreter)
 
 OPS = ["spade_norm", "spade_norm_merged", "spade_norm_stats", "spade_norm_apply", "spade_norm_backward",
-       "spade_norm_merged_backward", "spade_norm_backward_reduce", "spade_norm_backward_elemt"]
+       "spade_norm_merged_backward", "spade_norm_backward_reduce", "spade_norm_backward_elemt",
+       "spade_norm_merged_backward_elemt"]
 needs_ext = pytest.mark.skipif(not _ext.LOADED, reason=f"extension not loaded: {_ext.STATUS}")
 
 
@@ -380,6 +381,7 @@ def _opcheck_samples(channels_last):
     gamma_beta = torch.cat([gamma, beta], dim=1).contiguous(memory_format=layout)
     samples["spade_norm_merged"] = [(x, gamma_beta, *args[3:]) for args in samples["spade_norm"]]
     samples["spade_norm_merged_backward"] = [(grad, x, gamma_beta, *args) for grad, x, _, _, *args in backward]
+    samples["spade_norm_merged_backward_elemt"] = [(grad, x, gamma_beta, *args) for grad, x, _, _, *args in elemt]
     return samples
 
 
@@ -747,6 +749,13 @@ def _sync_worker(rank, world_size, init_file, out_dir):
                        running_mean=rm, running_var=rv, negative_slope=0.2,
                        process_group=dist.group.WORLD)
         results[name] = dict(y=y, grads=grads, rm=rm, rv=rv)
+    # spade_norm_merged: gamma_beta whole, its gradient whole (split here to compare)
+    rm, rv = torch.zeros(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64)
+    leaves = [x[share].clone().requires_grad_(), torch.cat([gamma[share], beta[share]], dim=1).requires_grad_()]
+    y = AF.spade_norm_merged(*leaves, norm="batch", running_mean=rm, running_var=rv, negative_slope=0.2,
+                             process_group=dist.group.WORLD)
+    y.backward(grad[share])
+    results["merged"] = dict(y=y.detach(), grads=(leaves[0].grad, *leaves[1].grad.chunk(2, dim=1)), rm=rm, rv=rv)
     # A gradient of the gradient through the synchronized path raises (its backward is
     # once_differentiable) instead of leaving the second-order term out.
     leaves = [t[share].clone().requires_grad_() for t in (x, gamma, beta)]
@@ -775,7 +784,7 @@ def test_synchronized_statistics_two_processes(tmp_path):
     y, grads = run(R.spade_norm, x, gamma, beta, grad, norm="batch", running_mean=rm,
                    running_var=rv, negative_slope=0.2)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
-    for name in ("ours", "reference"):
+    for name in ("ours", "merged", "reference"):
         torch.testing.assert_close(torch.cat([r[name]["y"] for r in ranks]), y, msg=name)
         for i in range(3):
             torch.testing.assert_close(torch.cat([r[name]["grads"][i] for r in ranks]), grads[i], msg=name)

@@ -89,33 +89,59 @@ def _backward_elemt_fake(grad_y, x, gamma, beta, mean, invstd, mean_dxhat, mean_
     return _empty_like_x(x), _empty_like_x(x), _empty_like_x(x)
 
 
+@torch.library.register_fake("autoenc_fast::spade_norm_merged_backward_elemt")
+def _merged_backward_elemt_fake(grad_y, x, gamma_beta, mean, invstd, mean_dxhat, mean_dxhat_xhat,
+                                negative_slope):
+    return _merged_backward_fake(grad_y, x, gamma_beta, mean, invstd, True, negative_slope)
+
+
+def _global_statistics(x, running_mean, running_var, eps, momentum, group):
+    """(mean, invstd, total count) of x's channels over every rank of `group`, and the
+    running statistics updated with them."""
+    import torch.distributed as dist
+
+    mean, var = torch.ops.autoenc_fast.spade_norm_stats(x, False)
+    # Local (sum, sum of squares, count) in float64: the global variance
+    # E[x^2] - mean^2 is formed from float64 sums, so it does not cancel.
+    count = float(group_count(x, False))
+    mean64, var64 = mean.double(), var.double()
+    packed = torch.cat([mean64 * count, (var64 + mean64 * mean64) * count, mean64.new_full((1,), count)])
+    dist.all_reduce(packed, group=group)
+    c = x.shape[1]
+    total = packed[2 * c].item()
+    if total <= 1:
+        raise ValueError("spade_norm: expected more than 1 value per channel when training "
+                         f"(global count {total:g})")
+    g_mean = packed[:c] / total
+    g_var = (packed[c:2 * c] / total - g_mean * g_mean).clamp_min(0)
+    mean, var = g_mean.to(mean.dtype), g_var.to(var.dtype)
+    if running_mean is not None:
+        update_running_stats(running_mean, running_var, mean, var, int(total), momentum)
+    return mean, torch.rsqrt(var + eps), total
+
+
+def _global_backward_means(grad_y, x, gamma, beta, mean, invstd, negative_slope, total, group):
+    """The means over every rank of dxhat and dxhat * xhat per channel (the two sums the
+    elementwise backward pass subtracts)."""
+    import torch.distributed as dist
+
+    sums = torch.cat(torch.ops.autoenc_fast.spade_norm_backward_reduce(
+        grad_y, x, gamma, beta, mean, invstd, negative_slope))
+    dist.all_reduce(sums, group=group)
+    c = x.shape[1]
+    return sums[:c] / total, sums[c:] / total
+
+
 class SyncSpadeNormFunction(torch.autograd.Function):
-    """Batch-norm SPADE with statistics all-reduced over `group` (training only)."""
+    """Batch-norm SPADE with statistics all-reduced over `group` (training only). With
+    `beta` None, `gamma` is gamma_beta = cat([gamma, beta], 1) (spade_norm_merged): its
+    halves are read in place and its gradient is returned whole."""
 
     @staticmethod
     def forward(ctx, x, gamma, beta, running_mean, running_var, eps, momentum, negative_slope, group):
-        import torch.distributed as dist
-
-        mean, var = torch.ops.autoenc_fast.spade_norm_stats(x, False)
-        # Local (sum, sum of squares, count) in float64: the global variance
-        # E[x^2] - mean^2 is formed from float64 sums, so it does not cancel.
-        count = float(group_count(x, False))
-        mean64, var64 = mean.double(), var.double()
-        packed = torch.cat([mean64 * count, (var64 + mean64 * mean64) * count,
-                            mean64.new_full((1,), count)])
-        dist.all_reduce(packed, group=group)
-        c = x.shape[1]
-        total = packed[2 * c].item()
-        if total <= 1:
-            raise ValueError("spade_norm: expected more than 1 value per channel when training "
-                             f"(global count {total:g})")
-        g_mean = packed[:c] / total
-        g_var = (packed[c:2 * c] / total - g_mean * g_mean).clamp_min(0)
-        mean, var = g_mean.to(mean.dtype), g_var.to(var.dtype)
-        if running_mean is not None:
-            update_running_stats(running_mean, running_var, mean, var, int(total), momentum)
-        invstd = torch.rsqrt(var + eps)
-        y = torch.ops.autoenc_fast.spade_norm_apply(x, gamma, beta, mean, invstd, negative_slope)
+        mean, invstd, total = _global_statistics(x, running_mean, running_var, eps, momentum, group)
+        gamma_half, beta_half = gamma.chunk(2, dim=1) if beta is None else (gamma, beta)
+        y = torch.ops.autoenc_fast.spade_norm_apply(x, gamma_half, beta_half, mean, invstd, negative_slope)
         ctx.save_for_backward(x, gamma, beta, mean, invstd)
         ctx.total, ctx.negative_slope, ctx.group = total, negative_slope, group
         return y
@@ -123,14 +149,13 @@ class SyncSpadeNormFunction(torch.autograd.Function):
     @staticmethod
     @once_differentiable  # its pieces have no derivative: a double backward raises, as the C++ ops' do
     def backward(ctx, grad_y):
-        import torch.distributed as dist
-
         x, gamma, beta, mean, invstd = ctx.saved_tensors
-        sums = torch.cat(torch.ops.autoenc_fast.spade_norm_backward_reduce(
-            grad_y, x, gamma, beta, mean, invstd, ctx.negative_slope))
-        dist.all_reduce(sums, group=ctx.group)
-        c = x.shape[1]
-        mean_dxhat, mean_dxhat_xhat = sums[:c] / ctx.total, sums[c:] / ctx.total
+        halves = gamma.chunk(2, dim=1) if beta is None else (gamma, beta)
+        means = _global_backward_means(grad_y, x, *halves, mean, invstd, ctx.negative_slope, ctx.total, ctx.group)
+        if beta is None:
+            grad_x, grad_gamma_beta = torch.ops.autoenc_fast.spade_norm_merged_backward_elemt(
+                grad_y, x, gamma, mean, invstd, *means, ctx.negative_slope)
+            return grad_x, grad_gamma_beta, None, None, None, None, None, None, None
         grad_x, grad_gamma, grad_beta = torch.ops.autoenc_fast.spade_norm_backward_elemt(
-            grad_y, x, gamma, beta, mean, invstd, mean_dxhat, mean_dxhat_xhat, ctx.negative_slope)
+            grad_y, x, gamma, beta, mean, invstd, *means, ctx.negative_slope)
         return grad_x, grad_gamma, grad_beta, None, None, None, None, None, None

@@ -640,6 +640,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> spade_norm_backward_elemt_cpu(
   return {dx, grads.dgamma, grads.dbeta};
 }
 
+std::tuple<at::Tensor, at::Tensor> spade_norm_merged_backward_elemt_cpu(
+    const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& gamma_beta, const at::Tensor& mean,
+    const at::Tensor& invstd, const std::optional<at::Tensor>& mean_dxhat,
+    const std::optional<at::Tensor>& mean_dxhat_xhat, std::optional<double> slope) {
+  check_spade_elemt_inputs(grad_y, x, gamma_beta, {}, mean, invstd, mean_dxhat, mean_dxhat_xhat);
+  check_cpu_dtype(x, "spade_norm_merged_backward_elemt");
+  const SpadeLaidOut t = spade_lay_out_merged(grad_y, x, gamma_beta);
+  auto [grad_gamma_beta, grads] = spade_merged_grads(t.x);
+  at::Tensor dx = backward_elemt_impl(t, mean, invstd, mean_dxhat.value_or(at::Tensor()),
+                                      mean_dxhat_xhat.value_or(at::Tensor()), grads, slope);
+  return {dx, grad_gamma_beta};
+}
+
 // Single-process backward with batch statistics in NCHW, when the group-blocked passes do
 // not apply (short rows of a large tensor): two sweeps, the first reading dy, x, gamma and
 // beta, summing, and writing dgamma and dbeta; the second reading dbeta (= dz), x and gamma
@@ -731,6 +744,7 @@ TORCH_LIBRARY_IMPL(autoenc_fast, CPU, m) {
   m.impl("spade_norm_merged_backward", &spade_norm_merged_backward_cpu);
   m.impl("spade_norm_backward_reduce", &spade_norm_backward_reduce_cpu);
   m.impl("spade_norm_backward_elemt", &spade_norm_backward_elemt_cpu);
+  m.impl("spade_norm_merged_backward_elemt", &spade_norm_merged_backward_elemt_cpu);
 }
 
 }  // namespace autoenc_fast

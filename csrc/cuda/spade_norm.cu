@@ -843,6 +843,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> spade_norm_backward_elemt_cuda(
   return {dx, grads.dgamma, grads.dbeta};
 }
 
+std::tuple<at::Tensor, at::Tensor> spade_norm_merged_backward_elemt_cuda(
+    const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& gamma_beta, const at::Tensor& mean,
+    const at::Tensor& invstd, const std::optional<at::Tensor>& mean_dxhat,
+    const std::optional<at::Tensor>& mean_dxhat_xhat, std::optional<double> slope) {
+  check_spade_elemt_inputs(grad_y, x, gamma_beta, {}, mean, invstd, mean_dxhat, mean_dxhat_xhat);
+  check_cuda_inputs(x, "spade_norm_merged_backward_elemt");
+  const c10::cuda::CUDAGuard guard(x.device());
+  const SpadeLaidOut t = spade_lay_out_merged(grad_y, x, gamma_beta);
+  auto [grad_gamma_beta, grads] = spade_merged_grads(t.x);
+  at::Tensor dx = backward_elemt_impl(t, mean, invstd, mean_dxhat, mean_dxhat_xhat, grads, slope);
+  return {dx, grad_gamma_beta};
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> spade_norm_backward_cuda(
     const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& gamma, const at::Tensor& beta,
     const at::Tensor& mean, const at::Tensor& invstd, bool use_input_stats,
@@ -879,6 +892,7 @@ TORCH_LIBRARY_IMPL(autoenc_fast, CUDA, m) {
   m.impl("spade_norm_merged_backward", &spade_norm_merged_backward_cuda);
   m.impl("spade_norm_backward_reduce", &spade_norm_backward_reduce_cuda);
   m.impl("spade_norm_backward_elemt", &spade_norm_backward_elemt_cuda);
+  m.impl("spade_norm_merged_backward_elemt", &spade_norm_merged_backward_elemt_cuda);
 }
 
 }  // namespace autoenc_fast
