@@ -5,6 +5,7 @@
 #include <ATen/ATen.h>
 
 #include <optional>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -103,16 +104,13 @@ inline std::pair<at::Tensor, at::Tensor> spade_halves(const at::Tensor& merged) 
   return {merged.narrow(1, 0, C), merged.narrow(1, C, C)};
 }
 
-inline SpadeParamGrads spade_param_grads_like_x(const at::Tensor& x) {
-  return {spade_empty_like_x(x), spade_empty_like_x(x), false};
-}
-
 // mean and var a single-process forward normalizes with: the batch statistics that
 // `stats()` (the backend's statistics pass) computes when use_input_stats, else copies of
 // the running statistics in the statistics dtype (outputs of a custom op may not alias
 // its inputs).
 template <typename StatsFn>
-std::pair<at::Tensor, at::Tensor> spade_forward_stats(const at::Tensor& x, const std::optional<at::Tensor>& running_mean,
+std::pair<at::Tensor, at::Tensor> spade_forward_stats(const at::Tensor& x,
+                                                      const std::optional<at::Tensor>& running_mean,
                                                       const std::optional<at::Tensor>& running_var,
                                                       bool use_input_stats, const StatsFn& stats) {
   if (use_input_stats) {
@@ -138,8 +136,8 @@ inline SpadeLaidOut spade_lay_out(const at::Tensor& dy, const at::Tensor& x_in, 
 }
 
 // The same for the merged ops: gamma_beta laid out by spade_merged_laid_out, whose halves
-// are then read in place, so that the halves of spade_merged_grads' gradient lie at the
-// same offsets.
+// are then read in place, so that the halves of spade_backward_merged's gradient lie at
+// the same offsets.
 inline SpadeLaidOut spade_lay_out_merged(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& gamma_beta) {
   const auto [gamma, beta] = spade_halves(spade_merged_laid_out(gamma_beta, x));
   SpadeLaidOut t = spade_lay_out(dy, x, gamma, beta);
@@ -148,13 +146,28 @@ inline SpadeLaidOut spade_lay_out_merged(const at::Tensor& dy, const at::Tensor&
   return t;
 }
 
-// A merged (N, 2C, H, W) gradient in x's kernel layout, and its halves as the kernels
-// write them (at the params' offsets of spade_lay_out_merged).
-inline std::pair<at::Tensor, SpadeParamGrads> spade_merged_grads(const at::Tensor& x) {
-  at::Tensor merged = at::empty({x.size(0), 2 * x.size(1), x.size(2), x.size(3)},
-                                x.options().memory_format(spade_memory_format(x)));
-  auto [dgamma, dbeta] = spade_halves(merged);
-  return {merged, {dgamma, dbeta, true}};
+// A backward op around one backward pass, `pass(t, grads)` -> dx, which writes dgamma and
+// dbeta into `grads`. Separate gamma and beta: two gradients laid out like x.
+template <typename Pass>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> spade_backward_separate(const at::Tensor& grad_y, const at::Tensor& x,
+                                                                       const at::Tensor& gamma,
+                                                                       const at::Tensor& beta, const Pass& pass) {
+  const SpadeLaidOut t = spade_lay_out(grad_y, x, gamma, beta);
+  const SpadeParamGrads grads{spade_empty_like_x(t.x), spade_empty_like_x(t.x), false};
+  at::Tensor dx = pass(t, grads);
+  return {dx, grads.dgamma, grads.dbeta};
+}
+
+// The same for the merged ops: one (N, 2C, H, W) gradient in x's kernel layout, whose
+// halves lie at the offsets of gamma_beta's halves as spade_lay_out_merged reads them.
+template <typename Pass>
+std::tuple<at::Tensor, at::Tensor> spade_backward_merged(const at::Tensor& grad_y, const at::Tensor& x,
+                                                         const at::Tensor& gamma_beta, const Pass& pass) {
+  const SpadeLaidOut t = spade_lay_out_merged(grad_y, x, gamma_beta);
+  at::Tensor merged = at::empty(gamma_beta.sizes(), t.x.options().memory_format(spade_memory_format(t.x)));
+  const auto [dgamma, dbeta] = spade_halves(merged);
+  at::Tensor dx = pass(t, SpadeParamGrads{dgamma, dbeta, true});
+  return {dx, merged};
 }
 
 inline void check_spade_merged(const at::Tensor& gamma_beta, const at::Tensor& x, const char* op) {

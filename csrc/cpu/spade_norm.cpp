@@ -633,11 +633,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> spade_norm_backward_elemt_cpu(
     const std::optional<at::Tensor>& mean_dxhat_xhat, std::optional<double> slope) {
   check_spade_elemt_inputs(grad_y, x, gamma, beta, mean, invstd, mean_dxhat, mean_dxhat_xhat);
   check_cpu_dtype(x, "spade_norm_backward_elemt");
-  const SpadeLaidOut t = spade_lay_out(grad_y, x, gamma, beta);
-  const SpadeParamGrads grads = spade_param_grads_like_x(t.x);
-  at::Tensor dx = backward_elemt_impl(t, mean, invstd, mean_dxhat.value_or(at::Tensor()),
-                                      mean_dxhat_xhat.value_or(at::Tensor()), grads, slope);
-  return {dx, grads.dgamma, grads.dbeta};
+  return spade_backward_separate(grad_y, x, gamma, beta, [&](const SpadeLaidOut& t, const SpadeParamGrads& grads) {
+    return backward_elemt_impl(t, mean, invstd, mean_dxhat.value_or(at::Tensor()),
+                               mean_dxhat_xhat.value_or(at::Tensor()), grads, slope);
+  });
 }
 
 std::tuple<at::Tensor, at::Tensor> spade_norm_merged_backward_elemt_cpu(
@@ -646,11 +645,10 @@ std::tuple<at::Tensor, at::Tensor> spade_norm_merged_backward_elemt_cpu(
     const std::optional<at::Tensor>& mean_dxhat_xhat, std::optional<double> slope) {
   check_spade_elemt_inputs(grad_y, x, gamma_beta, {}, mean, invstd, mean_dxhat, mean_dxhat_xhat);
   check_cpu_dtype(x, "spade_norm_merged_backward_elemt");
-  const SpadeLaidOut t = spade_lay_out_merged(grad_y, x, gamma_beta);
-  auto [grad_gamma_beta, grads] = spade_merged_grads(t.x);
-  at::Tensor dx = backward_elemt_impl(t, mean, invstd, mean_dxhat.value_or(at::Tensor()),
-                                      mean_dxhat_xhat.value_or(at::Tensor()), grads, slope);
-  return {dx, grad_gamma_beta};
+  return spade_backward_merged(grad_y, x, gamma_beta, [&](const SpadeLaidOut& t, const SpadeParamGrads& grads) {
+    return backward_elemt_impl(t, mean, invstd, mean_dxhat.value_or(at::Tensor()),
+                               mean_dxhat_xhat.value_or(at::Tensor()), grads, slope);
+  });
 }
 
 // Single-process backward with batch statistics in NCHW, when the group-blocked passes do
@@ -716,10 +714,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> spade_norm_backward_cpu(
     std::optional<double> slope) {
   check_spade_backward_inputs(grad_y, x, gamma, beta, mean, invstd, "spade_norm_backward");
   check_cpu_dtype(x, "spade_norm_backward");
-  const SpadeLaidOut t = spade_lay_out(grad_y, x, gamma, beta);
-  const SpadeParamGrads grads = spade_param_grads_like_x(t.x);
-  at::Tensor dx = backward_impl(t, mean, invstd, use_input_stats, grads, slope);
-  return {dx, grads.dgamma, grads.dbeta};
+  return spade_backward_separate(grad_y, x, gamma, beta, [&](const SpadeLaidOut& t, const SpadeParamGrads& grads) {
+    return backward_impl(t, mean, invstd, use_input_stats, grads, slope);
+  });
 }
 
 std::tuple<at::Tensor, at::Tensor> spade_norm_merged_backward_cpu(
@@ -727,10 +724,9 @@ std::tuple<at::Tensor, at::Tensor> spade_norm_merged_backward_cpu(
     const at::Tensor& invstd, bool use_input_stats, std::optional<double> slope) {
   check_spade_backward_inputs(grad_y, x, gamma_beta, {}, mean, invstd, "spade_norm_merged_backward");
   check_cpu_dtype(x, "spade_norm_merged_backward");
-  const SpadeLaidOut t = spade_lay_out_merged(grad_y, x, gamma_beta);
-  auto [grad_gamma_beta, grads] = spade_merged_grads(t.x);
-  at::Tensor dx = backward_impl(t, mean, invstd, use_input_stats, grads, slope);
-  return {dx, grad_gamma_beta};
+  return spade_backward_merged(grad_y, x, gamma_beta, [&](const SpadeLaidOut& t, const SpadeParamGrads& grads) {
+    return backward_impl(t, mean, invstd, use_input_stats, grads, slope);
+  });
 }
 
 }  // namespace

@@ -837,10 +837,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> spade_norm_backward_elemt_cuda(
   check_spade_elemt_inputs(grad_y, x, gamma, beta, mean, invstd, mean_dxhat, mean_dxhat_xhat);
   check_cuda_inputs(x, "spade_norm_backward_elemt");
   const c10::cuda::CUDAGuard guard(x.device());
-  const SpadeLaidOut t = spade_lay_out(grad_y, x, gamma, beta);
-  const SpadeParamGrads grads = spade_param_grads_like_x(t.x);
-  at::Tensor dx = backward_elemt_impl(t, mean, invstd, mean_dxhat, mean_dxhat_xhat, grads, slope);
-  return {dx, grads.dgamma, grads.dbeta};
+  return spade_backward_separate(grad_y, x, gamma, beta, [&](const SpadeLaidOut& t, const SpadeParamGrads& grads) {
+    return backward_elemt_impl(t, mean, invstd, mean_dxhat, mean_dxhat_xhat, grads, slope);
+  });
 }
 
 std::tuple<at::Tensor, at::Tensor> spade_norm_merged_backward_elemt_cuda(
@@ -850,10 +849,9 @@ std::tuple<at::Tensor, at::Tensor> spade_norm_merged_backward_elemt_cuda(
   check_spade_elemt_inputs(grad_y, x, gamma_beta, {}, mean, invstd, mean_dxhat, mean_dxhat_xhat);
   check_cuda_inputs(x, "spade_norm_merged_backward_elemt");
   const c10::cuda::CUDAGuard guard(x.device());
-  const SpadeLaidOut t = spade_lay_out_merged(grad_y, x, gamma_beta);
-  auto [grad_gamma_beta, grads] = spade_merged_grads(t.x);
-  at::Tensor dx = backward_elemt_impl(t, mean, invstd, mean_dxhat, mean_dxhat_xhat, grads, slope);
-  return {dx, grad_gamma_beta};
+  return spade_backward_merged(grad_y, x, gamma_beta, [&](const SpadeLaidOut& t, const SpadeParamGrads& grads) {
+    return backward_elemt_impl(t, mean, invstd, mean_dxhat, mean_dxhat_xhat, grads, slope);
+  });
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> spade_norm_backward_cuda(
@@ -863,10 +861,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> spade_norm_backward_cuda(
   check_spade_backward_inputs(grad_y, x, gamma, beta, mean, invstd, "spade_norm_backward");
   check_cuda_inputs(x, "spade_norm_backward");
   const c10::cuda::CUDAGuard guard(x.device());
-  const SpadeLaidOut t = spade_lay_out(grad_y, x, gamma, beta);
-  const SpadeParamGrads grads = spade_param_grads_like_x(t.x);
-  at::Tensor dx = backward_impl(t, mean, invstd, use_input_stats, grads, slope);
-  return {dx, grads.dgamma, grads.dbeta};
+  return spade_backward_separate(grad_y, x, gamma, beta, [&](const SpadeLaidOut& t, const SpadeParamGrads& grads) {
+    return backward_impl(t, mean, invstd, use_input_stats, grads, slope);
+  });
 }
 
 std::tuple<at::Tensor, at::Tensor> spade_norm_merged_backward_cuda(
@@ -875,10 +872,9 @@ std::tuple<at::Tensor, at::Tensor> spade_norm_merged_backward_cuda(
   check_spade_backward_inputs(grad_y, x, gamma_beta, {}, mean, invstd, "spade_norm_merged_backward");
   check_cuda_inputs(x, "spade_norm_merged_backward");
   const c10::cuda::CUDAGuard guard(x.device());
-  const SpadeLaidOut t = spade_lay_out_merged(grad_y, x, gamma_beta);
-  auto [grad_gamma_beta, grads] = spade_merged_grads(t.x);
-  at::Tensor dx = backward_impl(t, mean, invstd, use_input_stats, grads, slope);
-  return {dx, grad_gamma_beta};
+  return spade_backward_merged(grad_y, x, gamma_beta, [&](const SpadeLaidOut& t, const SpadeParamGrads& grads) {
+    return backward_impl(t, mean, invstd, use_input_stats, grads, slope);
+  });
 }
 
 }  // namespace
