@@ -132,6 +132,12 @@ def _global_backward_means(grad_y, x, gamma, beta, mean, invstd, negative_slope,
     return sums[:c] / total, sums[c:] / total
 
 
+def _gamma_and_beta(gamma, beta):
+    """gamma and beta as the separate ops take them: with beta None, gamma holds gamma_beta,
+    and they are its two channel halves (views, read in place)."""
+    return gamma.chunk(2, dim=1) if beta is None else (gamma, beta)
+
+
 class SyncSpadeNormFunction(torch.autograd.Function):
     """Batch-norm SPADE with statistics all-reduced over `group` (training only). With
     `beta` None, `gamma` is gamma_beta = cat([gamma, beta], 1) (spade_norm_merged): its
@@ -140,8 +146,7 @@ class SyncSpadeNormFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, gamma, beta, running_mean, running_var, eps, momentum, negative_slope, group):
         mean, invstd, total = _global_statistics(x, running_mean, running_var, eps, momentum, group)
-        gamma_half, beta_half = gamma.chunk(2, dim=1) if beta is None else (gamma, beta)
-        y = torch.ops.autoenc_fast.spade_norm_apply(x, gamma_half, beta_half, mean, invstd, negative_slope)
+        y = torch.ops.autoenc_fast.spade_norm_apply(x, *_gamma_and_beta(gamma, beta), mean, invstd, negative_slope)
         ctx.save_for_backward(x, gamma, beta, mean, invstd)
         ctx.total, ctx.negative_slope, ctx.group = total, negative_slope, group
         return y
@@ -150,8 +155,8 @@ class SyncSpadeNormFunction(torch.autograd.Function):
     @once_differentiable  # its pieces have no derivative: a double backward raises, as the C++ ops' do
     def backward(ctx, grad_y):
         x, gamma, beta, mean, invstd = ctx.saved_tensors
-        halves = gamma.chunk(2, dim=1) if beta is None else (gamma, beta)
-        means = _global_backward_means(grad_y, x, *halves, mean, invstd, ctx.negative_slope, ctx.total, ctx.group)
+        means = _global_backward_means(grad_y, x, *_gamma_and_beta(gamma, beta), mean, invstd, ctx.negative_slope,
+                                       ctx.total, ctx.group)
         if beta is None:
             grad_x, grad_gamma_beta = torch.ops.autoenc_fast.spade_norm_merged_backward_elemt(
                 grad_y, x, gamma, mean, invstd, *means, ctx.negative_slope)
