@@ -19,8 +19,28 @@ import sys
 
 from setuptools import setup
 
-import torch
-from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+MIN_TORCH = (2, 6)
+INSTALL_TORCH_FIRST = ("autoenc_fast compiles against the torch already installed (build isolation is off): "
+                       "install torch>={0}.{1} first, e.g. `pip install torch`, then rerun "
+                       "`pip install --no-build-isolation -e .`".format(*MIN_TORCH))
+try:
+    import torch
+except ImportError as error:  # a bare traceback from the import is what users met before
+    sys.exit(f"autoenc_fast setup: cannot import torch ({error}). {INSTALL_TORCH_FIRST}")
+
+
+def torch_release(version):
+    """(major, minor) of a torch version string such as '2.13.0+cpu' or '2.6.0a0+git1234'."""
+    import re
+
+    match = re.match(r"(\d+)\.(\d+)", version)
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+if (torch_release(torch.__version__) or MIN_TORCH) < MIN_TORCH:
+    sys.exit(f"autoenc_fast setup: torch {torch.__version__} is too old. {INSTALL_TORCH_FIRST}")
+
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

@@ -111,3 +111,25 @@ def test_sdist_holds_every_source_and_header(tmp_path):
     missing = sorted(expected - members)
     assert not missing, f"the sdist lacks {missing}"
     assert any(m.endswith(".h") for m in members) and any(m.endswith(".cu") for m in members)
+
+
+def run_setup_with_fake_torch(tmp_path, torch_source: str) -> subprocess.CompletedProcess:
+    """`python setup.py --name` with a stand-in `torch` package first on the path."""
+    (tmp_path / "torch").mkdir()
+    (tmp_path / "torch" / "__init__.py").write_text(torch_source)
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    return subprocess.run([sys.executable, "setup.py", "--name"], cwd=REPO, capture_output=True, text=True,
+                          env=env, timeout=120)
+
+
+def test_setup_without_torch_says_to_install_it_first(tmp_path):
+    proc = run_setup_with_fake_torch(tmp_path, "raise ImportError(\"No module named 'torch'\")\n")
+    assert proc.returncode != 0
+    assert "cannot import torch" in proc.stderr and "install torch>=2.6 first" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_setup_refuses_a_torch_older_than_2_6(tmp_path):
+    proc = run_setup_with_fake_torch(tmp_path, "__version__ = '2.5.1+cpu'\n")
+    assert proc.returncode != 0
+    assert "torch 2.5.1+cpu is too old" in proc.stderr and "Traceback" not in proc.stderr
