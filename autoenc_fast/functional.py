@@ -30,6 +30,17 @@ def _autocast_dtype(x) -> torch.dtype | None:
     return torch.get_autocast_dtype(x.device.type)
 
 
+def _autocast_to(t, dtype: torch.dtype, *, float64_too: bool = False):
+    """t cast to dtype if autocast would cast it: a floating-point tensor, and not float64
+    (autocast leaves float64 alone) unless float64_too. Integer tensors and None pass
+    unchanged, so the argument checks still name them."""
+    if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+        return t
+    if t.dtype == torch.float64 and not float64_too:
+        return t
+    return t.to(dtype)
+
+
 def reparametrize_kl(mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor | None = None, *,
                      generator: torch.Generator | None = None, seed=None):
     r"""Reparametrized sample and KL divergence to N(0, I), fused.
@@ -94,10 +105,9 @@ def channelwise_fc(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
         y of x's shape; channels_last when x is channels_last, contiguous otherwise.
         Differentiable in x, weight and bias.
     """
-    if _autocast_dtype(x) is not None:  # a matrix product: autocast runs it in its lower precision
-        dtype = _autocast_dtype(x)
-        x, weight = x.to(dtype), weight.to(dtype)
-        bias = bias.to(dtype) if bias is not None else None
+    dtype = _autocast_dtype(x)
+    if dtype is not None:  # a matrix product: autocast runs it in its lower precision
+        x, weight, bias = (_autocast_to(t, dtype) for t in (x, weight, bias))
     check_channelwise_fc_inputs(x, weight, bias)
     if not _ext.LOADED:
         return _channelwise_fc_reference(x, weight, bias)
@@ -135,9 +145,9 @@ def spade_norm(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, *, norm
 
     Statistics are float32 for float32/float16/bfloat16 x and float64 for float64 x.
     """
-    if _autocast_dtype(x) is not None and isinstance(gamma, torch.Tensor) and isinstance(beta, torch.Tensor):
+    if _autocast_dtype(x) is not None and x.is_floating_point():
         # A normalization: under autocast it runs in x's precision (statistics in float32).
-        gamma, beta = gamma.to(x.dtype), beta.to(x.dtype)
+        gamma, beta = (_autocast_to(t, x.dtype, float64_too=True) for t in (gamma, beta))
     _spade_check_inputs(x, gamma, beta, norm, running_mean, running_var, training)
     instance = norm == "instance"
     if not _ext.LOADED:
@@ -175,8 +185,8 @@ def spade_norm_merged(x: torch.Tensor, gamma_beta: torch.Tensor, *, norm: str = 
     would concatenate their two gradients for the convolution (a copy of both). With a
     `process_group` the statistics are synchronized as in spade_norm.
     """
-    if _autocast_dtype(x) is not None and isinstance(gamma_beta, torch.Tensor):
-        gamma_beta = gamma_beta.to(x.dtype)  # as spade_norm: a normalization runs in x's precision
+    if _autocast_dtype(x) is not None and x.is_floating_point():
+        gamma_beta = _autocast_to(gamma_beta, x.dtype, float64_too=True)  # as spade_norm: in x's precision
     _spade_check_inputs(x, gamma_beta, None, norm, running_mean, running_var, training)
     instance = norm == "instance"
     if not _ext.LOADED or (x.device.type == "cpu" and x.dtype in _HALF_TYPES):

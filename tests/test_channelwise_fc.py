@@ -363,6 +363,21 @@ def test_autocast_runs_in_the_lower_precision_like_a_matmul():
     torch.testing.assert_close(y.double(), expected, atol=5e-2, rtol=2e-2)
 
 
+def test_autocast_casts_only_what_autocast_casts():
+    """Autocast lowers floating-point tensors other than float64 (torch.mm's policy):
+    integer inputs still get the checks' error, float64 ones run in float64."""
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with pytest.raises(TypeError, match="`x` must be a floating-point tensor; got torch.int32"):
+            functional.channelwise_fc(torch.ones(2, 3, 2, 2, dtype=torch.int32), torch.ones(3, 4, 4, dtype=torch.int32))
+        with pytest.raises(TypeError, match="`weight` must have x's dtype"):
+            functional.channelwise_fc(torch.randn(2, 3, 2, 2), torch.ones(3, 4, 4, dtype=torch.int32))
+        x, weight = torch.randn(2, 3, 2, 2, dtype=torch.float64), torch.randn(3, 4, 4, dtype=torch.float64)
+        y = functional.channelwise_fc(x, weight)
+        mm_dtype = torch.mm(x.view(-1, 4), weight[0]).dtype
+    assert y.dtype == mm_dtype == torch.float64
+    torch.testing.assert_close(y, reference.channelwise_fc(x, weight, None))
+
+
 @pytest.mark.parametrize("bias", [True, False])
 def test_bmm_baseline_of_the_benchmarks_matches_reference(bias):
     """The benchmarks time torch.bmm on a permuted copy as a baseline: it must compute

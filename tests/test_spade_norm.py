@@ -894,6 +894,19 @@ def test_cuda_dtypes_match_float64_reference(dtype, norm, training, channels_las
         torch.testing.assert_close(ours[1].double(), ref[1], atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("merged", [False, True])
+def test_autocast_leaves_integer_modulation_maps_to_the_checks(merged):
+    x = torch.randn(2, 3, 5, 7)
+    gamma = torch.ones_like(x, dtype=torch.int32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        if merged:
+            with pytest.raises(TypeError, match="`gamma_beta` must have x's dtype torch.float32; got torch.int32"):
+                AF.spade_norm_merged(x, torch.cat([gamma, gamma], 1))
+        else:
+            with pytest.raises(TypeError, match="`gamma` must have x's dtype torch.float32; got torch.int32"):
+                AF.spade_norm(x, gamma, gamma)
+
+
 def test_autocast_takes_modulation_maps_of_another_precision():
     x = torch.randn(2, 3, 5, 7)
     gamma, beta = torch.randn_like(x).bfloat16(), torch.randn_like(x).bfloat16()
