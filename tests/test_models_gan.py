@@ -535,3 +535,28 @@ def test_gaugan_losses_as_documented():
 def test_bad_arguments_name_the_argument(build, argument):
     with pytest.raises((ValueError, TypeError), match=f"`{argument}`"):
         build()
+
+
+GENERATOR_BAD_CALLS = [  # (use_vae, call, argument, expected): z is read only with the VAE
+    *[(use_vae, call, "segmap", expected) for use_vae in (True, False) for call, expected in (
+        (lambda g: g(torch.rand(2, 5, 32, 32)), "(B, 4, H, W); got (2, 5, 32, 32)"),
+        (lambda g: g(torch.rand(2, 4, 32)), "got (2, 4, 32)"))],
+    (True, lambda g: g(torch.rand(2, 4, 32, 32), torch.randn(3, 8)), "z", "(2, 8), B the segmap's batch size; got (3, 8)"),
+    (True, lambda g: g(torch.rand(2, 4, 32, 32), torch.randn(2, 7)), "z", "got (2, 7)"),
+]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("use_vae, call, argument, expected", GENERATOR_BAD_CALLS)
+def test_generator_call_with_bad_inputs_names_them(backend, use_vae, call, argument, expected):
+    generator = SPADEGenerator(4, ngf=4, z_dim=8, crop_size=32, spade_hidden=8, use_vae=use_vae, backend=backend)
+    with pytest.raises(ValueError, match=f"SPADEGenerator: `{argument}`.*" + expected.replace("(", r"\(").replace(")", r"\)")):
+        call(generator)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("segmap_shape", [(3, 4, 8, 8), (2, 5, 8, 8), (2, 4, 8)])
+def test_spade_names_a_segmap_that_does_not_fit_x(backend, segmap_shape):
+    spade = (afnn.SPADE if backend == "fused" else R.SPADE)(3, 4, hidden=8)
+    with pytest.raises(ValueError, match=r"SPADE: `segmap` must have shape .* \(2, 4, h, w\); got"):
+        spade(torch.randn(2, 3, 8, 8), torch.rand(segmap_shape))

@@ -151,10 +151,18 @@ class SPADEGenerator(nn.Module):
             return self.fc(F.interpolate(seg, size=(self.sh, self.sw)))
         if z is None:
             z = torch.randn(seg.shape[0], self.z_dim, dtype=seg.dtype, device=seg.device)
+        elif not isinstance(z, torch.Tensor) or tuple(z.shape) != (seg.shape[0], self.z_dim):
+            shape = tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
+            raise ValueError(f"SPADEGenerator: `z` must have shape (B, z_dim) = ({seg.shape[0]}, {self.z_dim}), "
+                             f"B the segmap's batch size; got {shape}")
         return self.fc(z).view(-1, 16 * self.ngf, self.sh, self.sw)
 
     def forward(self, segmap: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
         """segmap (B, label_nc, H, W), z (B, z_dim) or None -> (B, 3, H, W) in [-1, 1]."""
+        if not isinstance(segmap, torch.Tensor) or segmap.dim() != 4 or segmap.shape[1] != self.label_nc:
+            shape = tuple(segmap.shape) if isinstance(segmap, torch.Tensor) else type(segmap).__name__
+            raise ValueError(f"SPADEGenerator: `segmap` must have shape (B, label_nc, H, W) = "
+                             f"(B, {self.label_nc}, H, W); got {shape}")
         up = lambda t: F.interpolate(t, scale_factor=2, mode="nearest")  # noqa: E731
         more = self.num_upsampling_layers in ("more", "most")
         x = self.head_0(self._initial_map(segmap, z), segmap)

@@ -116,7 +116,19 @@ class SPADE(nn.Module):
                 "training": use_batch, "momentum": batch_norm_momentum(bn), "eps": bn.eps,
                 "negative_slope": self.negative_slope, "process_group": group}
 
+    def check_segmap(self, x, segmap) -> None:
+        """segmap (N, label_nc, h, w) with x's batch size N, or a ValueError naming it (the
+        convolutions and the op would otherwise fail on tensors the caller never passed)."""
+        label_nc = self.mlp_shared[0].in_channels
+        if not isinstance(segmap, torch.Tensor) or segmap.dim() != 4 or segmap.shape[1] != label_nc \
+                or (isinstance(x, torch.Tensor) and x.dim() >= 1 and segmap.shape[0] != x.shape[0]):
+            shape = tuple(segmap.shape) if isinstance(segmap, torch.Tensor) else type(segmap).__name__
+            batch = x.shape[0] if isinstance(x, torch.Tensor) and x.dim() >= 1 else "N"
+            raise ValueError(f"SPADE: `segmap` must have shape (N, label_nc, h, w) with x's batch size, "
+                             f"({batch}, {label_nc}, h, w); got {shape}")
+
     def forward(self, x, segmap):
+        self.check_segmap(x, segmap)
         gamma, beta = self.modulation(segmap, x)
         return self.op(x, gamma, beta, **self.norm_arguments())
 
