@@ -19,7 +19,7 @@ from conftest import TOLERANCES
 
 from autoenc_fast import nn as afnn
 from autoenc_fast import reference as R
-from autoenc_fast.models import (VAE, ConvAutoencoder, VAEOutput, alexnet_feature_sizes, beta_warmup,
+from autoenc_fast.models import (VAE, ContextEncoder, ConvAutoencoder, VAEOutput, alexnet_feature_sizes, beta_warmup,
                                  mse_reconstruction_loss, vae_loss)
 from autoenc_fast.models._backend import block_class
 
@@ -493,3 +493,29 @@ def test_gpu_check_reports_a_refused_sanitizer_apart_from_failures(tmp_path):
     assert re.search(r"FAILED: memcheck \(\d drivers\) racecheck \(\d CUDA C\+\+ drivers\) tests$", done.stdout,
                      re.MULTILINE), done.stdout
     assert (out / "logs.tar.gz").exists()
+
+
+BAD_MODEL_CALLS = [  # (build, call, message): the layers' own errors would not name the input
+    (lambda b: ConvAutoencoder(image_size=67, latent_dim=32, widths=(8, 16, 16, 16, 8), backend=b),
+     lambda m: m(torch.rand(2, 3, 99, 99)),
+     r"ConvAutoencoder.encode: `x` must have shape \(B, 3, 67, 67\); got \(2, 3, 99, 99\)"),
+    (lambda b: ConvAutoencoder(image_size=67, latent_dim=32, widths=(8, 16, 16, 16, 8), backend=b),
+     lambda m: m.decode(torch.randn(2, 31)), r"ConvAutoencoder.decode: `z` must have shape \(B, 32\); got \(2, 31\)"),
+    (lambda b: VAE(image_size=32, latent_dim=8, widths=(8, 16), backend=b),
+     lambda m: m(torch.rand(3, 32, 32)), r"VAE.encode: `x` must have shape \(B, 3, 32, 32\); got \(3, 32, 32\)"),
+    (lambda b: VAE(image_size=32, latent_dim=8, widths=(8, 16), backend=b),
+     lambda m: m(torch.rand(2, 1, 32, 32)), r"`x` must have shape \(B, 3, 32, 32\); got \(2, 1, 32, 32\)"),
+    (lambda b: VAE(image_size=32, latent_dim=8, widths=(8, 16), backend=b),
+     lambda m: m.decode(torch.randn(2, 7)), r"VAE.decode: `z` must have shape \(B, 8\); got \(2, 7\)"),
+    (lambda b: ContextEncoder("center128", image_size=64, widths=(8, 16, 32, 64), backend=b),
+     lambda m: m(torch.rand(2, 3, 32, 32)), r"ContextEncoder: `masked_image` must have shape \(B, 3, 64, 64\)"),
+    (lambda b: ContextEncoder("center128", image_size=64, widths=(8, 16, 32, 64), backend=b),
+     lambda m: m.inpaint(torch.rand(2, 3, 64, 64), torch.ones(32, 32)), r"ContextEncoder.inpaint: `mask` must be"),
+]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("build, call, message", BAD_MODEL_CALLS)
+def test_model_calls_with_inputs_of_another_shape_name_them(backend, build, call, message):
+    with pytest.raises(ValueError, match=message):
+        call(build(backend))

@@ -31,3 +31,21 @@ def choice(value, choices: tuple, name: str, owner: str):
     if value not in choices:
         raise ValueError(f"{owner}: `{name}` must be one of {choices}; got {value!r}")
     return value
+
+
+def _shape_of(t) -> object:
+    return tuple(t.shape) if hasattr(t, "shape") else type(t).__name__
+
+
+def check_images(x, channels: int, size: int, name: str, owner: str) -> None:
+    """x a (B, channels, size, size) tensor, else a ValueError naming `name`: a model's
+    layers are sized for it, and their own errors ("mat1 and mat2 shapes cannot be
+    multiplied") would not say which input was wrong."""
+    if getattr(x, "ndim", None) != 4 or tuple(x.shape[1:]) != (channels, size, size):
+        raise ValueError(f"{owner}: `{name}` must have shape (B, {channels}, {size}, {size}); got {_shape_of(x)}")
+
+
+def check_codes(z, dim: int, name: str, owner: str) -> None:
+    """z a (B, dim) tensor, else a ValueError naming `name`."""
+    if getattr(z, "ndim", None) != 2 or z.shape[1] != dim:
+        raise ValueError(f"{owner}: `{name}` must have shape (B, {dim}); got {_shape_of(z)}")

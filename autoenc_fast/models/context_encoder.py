@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._args import choice, positive_int, positive_ints
+from ._args import check_codes, check_images, choice, positive_int, positive_ints
 from ._backend import block_class, check_backend
 from .conv_autoencoder import ALEXNET_WIDTHS, _alexnet_encoder, alexnet_feature_sizes
 
@@ -223,6 +223,7 @@ class ContextEncoder(nn.Module):
     def forward(self, masked_image: torch.Tensor) -> torch.Tensor:
         """(B, C, S, S) image with its hidden region filled -> prediction
         (B, C, P, P), P = prediction_size (center128: the centre S/2; alexnet: 192 at 227)."""
+        check_images(masked_image, self.in_channels, self.image_size, "masked_image", _OWNER)
         return self._activate(self.decoder(self.bottleneck(self.encoder(masked_image))))
 
     def center(self, image: torch.Tensor) -> torch.Tensor:
@@ -264,9 +265,10 @@ class ContextEncoder(nn.Module):
     def inpaint(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """`image` (B, C, S, S) with its hidden pixels (mask 1, (B or 1, 1, S, S)) replaced
         by the network's prediction from the masked image; known pixels kept as they are."""
-        if image.shape[-2:] != (self.image_size, self.image_size):
-            raise ValueError(f"{_OWNER}.inpaint: `image` must be (B, {self.in_channels}, {self.image_size}, "
-                             f"{self.image_size}); got {tuple(image.shape)}")
+        check_images(image, self.in_channels, self.image_size, "image", f"{_OWNER}.inpaint")
+        if getattr(mask, "ndim", 0) < 2 or tuple(mask.shape[-2:]) != (self.image_size, self.image_size):
+            raise ValueError(f"{_OWNER}.inpaint: `mask` must be (B or 1, 1, {self.image_size}, {self.image_size}) "
+                             f"or ({self.image_size}, {self.image_size}); got {tuple(getattr(mask, 'shape', ()))}")
         mask = mask.to(image.dtype)
         pred = self(apply_mask(image, mask, self.fill_value()))
         return image * (1 - mask) + self.prediction_as_image(pred, image) * mask

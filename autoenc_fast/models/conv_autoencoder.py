@@ -7,7 +7,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from ._args import choice, positive_int, positive_ints
+from ._args import check_codes, check_images, choice, positive_int, positive_ints
 from ._backend import check_backend
 
 __all__ = ["ConvAutoencoder", "alexnet_feature_sizes"]
@@ -133,10 +133,12 @@ class ConvAutoencoder(nn.Module):
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """(B, in_channels, image_size, image_size) -> code (B, latent_dim)."""
+        check_images(x, self.in_channels, self.image_size, "x", f"{_OWNER}.encode")
         return self.to_latent(self.encoder(x).flatten(1))
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """code (B, latent_dim) -> reconstruction (B, in_channels, image_size, image_size)."""
+        check_codes(z, self.latent_dim, "z", f"{_OWNER}.decode")
         features = torch.relu(self.from_latent(z)).view(z.shape[0], *self.feature_shape)
         out = self.decoder(features)
         return torch.sigmoid(out) if self.output_activation == "sigmoid" else out

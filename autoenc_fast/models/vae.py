@@ -8,7 +8,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from ._args import choice, positive_int, positive_ints
+from ._args import check_codes, check_images, choice, positive_int, positive_ints
 from ._backend import block_class, check_backend
 
 __all__ = ["VAE", "VAEOutput"]
@@ -115,11 +115,13 @@ class VAE(nn.Module):
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, C, S, S) -> (mu, logvar), (B, latent_dim) each."""
+        check_images(x, self.in_channels, self.image_size, "x", f"{_OWNER}.encode")
         features = self.encoder(x).flatten(1)
         return self.fc_mu(features), self.fc_logvar(features)
 
     def decode_logits(self, z: torch.Tensor) -> torch.Tensor:
         """(B, latent_dim) -> the decoder's output before the activation, (B, C, S, S)."""
+        check_codes(z, self.latent_dim, "z", f"{_OWNER}.decode")
         features = torch.relu(self.from_latent(z)).view(z.shape[0], *self.feature_shape)
         return self.decoder(features)
 
