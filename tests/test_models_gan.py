@@ -562,3 +562,14 @@ def test_spade_names_a_segmap_that_does_not_fit_x(backend, segmap_shape):
     spade = (afnn.SPADE if backend == "fused" else R.SPADE)(3, 4, hidden=8)
     with pytest.raises(ValueError, match=r"SPADE: `segmap` must have shape .* \(2, 4, h, w\); got"):
         spade(torch.randn(2, 3, 8, 8), torch.rand(segmap_shape))
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: ContextDiscriminator(region_size=32, widths=(8, 16))(torch.rand(2, 3, 16, 16)),
+     r"ContextDiscriminator: `region` must have shape \(B, 3, 32, 32\); got \(2, 3, 16, 16\)"),
+    (lambda: ConvEncoder(ngf=4, z_dim=8, input_size=32)(torch.rand(2, 1, 32, 32)),
+     r"ConvEncoder: `image` must have shape \(B, 3, H, W\) \(resized to 32 x 32\); got \(2, 1, 32, 32\)"),
+])
+def test_discriminator_and_encoder_name_an_input_of_another_shape(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()

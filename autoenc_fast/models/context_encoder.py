@@ -301,4 +301,5 @@ class ContextDiscriminator(nn.Module):
         self.classifier = nn.Conv2d(self.widths[-1], 1, region_size // 2 ** len(self.widths))
 
     def forward(self, region: torch.Tensor) -> torch.Tensor:
+        check_images(region, self.in_channels, self.region_size, "region", "ContextDiscriminator")
         return self.classifier(self.features(region)).flatten()

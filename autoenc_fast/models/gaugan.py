@@ -212,6 +212,9 @@ class ConvEncoder(nn.Module):
         self.fc_var = nn.Linear(widths[-1] * 16, z_dim)
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if getattr(image, "ndim", None) != 4 or image.shape[1] != 3:
+            raise ValueError(f"ConvEncoder: `image` must have shape (B, 3, H, W) (resized to "
+                             f"{self.input_size} x {self.input_size}); got {tuple(getattr(image, 'shape', ()))}")
         if image.shape[-2:] != (self.input_size, self.input_size):
             image = F.interpolate(image, size=(self.input_size, self.input_size), mode="bilinear",
                                   align_corners=False)
