@@ -53,6 +53,8 @@ def _cmd_train(args) -> int:
     from .train.loop import step_speedup, train
 
     args.out = Path(args.out or f"runs/{args.family}")
+    if args.out.exists() and not args.out.is_dir():
+        raise UsageError(f"--out {args.out} is a file; the run folder must be a directory (or not exist yet)")
     if not args.resume and latest_step(args.out / "checkpoints") is not None:
         raise UsageError(f"--out {args.out} already holds a run; pass --resume to continue it, "
                          "or choose another --out")
@@ -70,6 +72,7 @@ def _cmd_train(args) -> int:
 
 def _add_train_parser(sub) -> None:
     from .train.families import FAMILIES
+    from .train.options import COUNT, RATE, STEPS
 
     p_train = sub.add_parser("train", help="train a model family from the command line")
     families = p_train.add_subparsers(dest="family", required=True)
@@ -77,11 +80,11 @@ def _add_train_parser(sub) -> None:
         p = families.add_parser(family.name, help=family.help, description=family.help)
         p.add_argument("--data", type=Path, help="a folder of images (gaugan: DIR/images and DIR/labels); "
                                                  "default: the embedded data set")
-        p.add_argument("--epochs", type=int, default=5, help="passes over the data (default 5)")
-        p.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (0: no limit)")
-        p.add_argument("--batch-size", type=int, default=family.batch_size)
-        p.add_argument("--image-size", type=int, default=family.image_size)
-        p.add_argument("--lr", type=float, default=family.lr, help="learning rate")
+        p.add_argument("--epochs", type=COUNT, default=5, help="passes over the data (default 5)")
+        p.add_argument("--max-steps", type=STEPS, default=0, help="stop after this many steps (0: no limit)")
+        p.add_argument("--batch-size", type=COUNT, default=family.batch_size)
+        p.add_argument("--image-size", type=COUNT, default=family.image_size)
+        p.add_argument("--lr", type=RATE, default=family.lr, help="learning rate")
         p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
         p.add_argument("--backend", default="fused", choices=["fused", "reference"])
         p.add_argument("--amp", nargs="?", const="bf16", choices=["bf16", "fp16"],
@@ -90,7 +93,7 @@ def _add_train_parser(sub) -> None:
         p.add_argument("--out", help="the run folder (default runs/<family>)")
         p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
         p.add_argument("--seed", type=int, default=0)
-        p.add_argument("--checkpoint-every", type=int, default=100, metavar="STEPS",
+        p.add_argument("--checkpoint-every", type=STEPS, default=100, metavar="STEPS",
                        help="also checkpoint every this many steps (default 100; 0: at epoch ends only)")
         p.add_argument("--no-speedup", dest="speedup", action="store_false",
                        help="skip timing the fused against the reference step at the end")
@@ -137,13 +140,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .train.errors import CheckpointError, DataError, TrainingError
+    from .train.errors import CheckpointError, DataError, OptionError, TrainingError
 
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (UsageError, DataError, CheckpointError) as error:
+    except (UsageError, OptionError, DataError, CheckpointError) as error:
         print(f"autoenc-fast: error: {error}", file=sys.stderr)
         return 2
     except TrainingError as error:

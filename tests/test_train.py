@@ -363,3 +363,49 @@ def test_gaugan_torchrun_two_cpu_processes_synchronizes_spade_batch_norm(tmp_pat
     torchrun_train(run, "gaugan", batch_size=2, steps=2)
     assert sorted(losses(run)) == [1, 2]
     assert json.loads((run / "summary.json").read_text())["processes"] == 2
+
+
+@pytest.mark.parametrize("family, option, value, message", [
+    ("vae", "--batch-size", "0", "argument --batch-size: must be an int >= 1; got 0"),
+    ("vae", "--batch-size", "-1", "argument --batch-size: must be an int >= 1; got -1"),
+    ("vae", "--epochs", "0", "argument --epochs: must be an int >= 1; got 0"),
+    ("vae", "--max-steps", "-3", "argument --max-steps: must be an int >= 0; got -3"),
+    ("vae", "--checkpoint-every", "-1", "argument --checkpoint-every: must be an int >= 0; got -1"),
+    ("vae", "--lr", "-1", "argument --lr: must be a finite number > 0; got -1"),
+    ("vae", "--lr", "nan", "argument --lr: must be a finite number > 0; got nan"),
+    ("vae", "--beta", "-1", "argument --beta: must be a finite number >= 0; got -1"),
+    ("vae", "--latent-dim", "0", "argument --latent-dim: must be an int >= 1; got 0"),
+    ("context-encoder", "--overlap", "-1", "argument --overlap: must be an int >= 0; got -1"),
+    ("gaugan", "--label-nc", "0", "argument --label-nc: must be an int >= 1; got 0"),
+    ("gaugan", "--lambda-feat", "inf", "argument --lambda-feat: must be a finite number >= 0; got inf"),
+    ("ae", "--image-size", "x", "argument --image-size: must be an int >= 1; got 'x'"),
+])
+def test_train_refuses_an_option_out_of_range_before_training(tmp_path, capsys, family, option, value, message):
+    """These crashed inside training with a traceback (a ZeroDivisionError for --batch-size 0,
+    a format error on the missing final loss for --epochs 0) or ran silently (--checkpoint-every -1)."""
+    with pytest.raises(SystemExit) as exc:
+        main(["train", family, "--out", str(tmp_path / "run"), option, value])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("family, extra, message", [
+    ("vae", ["--image-size", "12"], "the options make no valid vae model: VAE: `image_size` must be a multiple"),
+    ("ae", ["--image-size", "20"], "the options make no valid ae model: ConvAutoencoder: `image_size` must be >= 67"),
+    ("context-encoder", ["--image-size", "16", "--overlap", "9"],
+     "the options make no valid context-encoder model: center_mask: `overlap` must be in [0, 4)"),
+    ("gaugan", ["--image-size", "33"], "the options make no valid gaugan model: SPADEGenerator: `crop_size`"),
+])
+def test_train_reports_a_model_its_options_cannot_make_in_one_line(tmp_path, capsys, family, extra, message):
+    assert main(["train", family, "--out", str(tmp_path / "run"), "--device", "cpu", "--no-speedup", *extra]) == 2
+    err = capsys.readouterr().err
+    assert f"autoenc-fast: error: {message}" in err and "Traceback" not in err
+
+
+def test_train_refuses_an_out_that_is_a_file(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.write_text("not a folder")
+    assert main(["train", "vae", "--out", str(out), "--device", "cpu"]) == 2
+    assert f"--out {out} is a file" in capsys.readouterr().err
+    assert out.read_text() == "not a folder"

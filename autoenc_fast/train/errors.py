@@ -2,6 +2,11 @@
 module needs none of the training extras."""
 
 
+class OptionError(ValueError):
+    """The options describe a model its constructor refuses (e.g. an --image-size the
+    encoder's strides cannot halve); the message is the constructor's, naming its argument."""
+
+
 class DataError(ValueError):
     """The data asked for cannot be used; the message says which and why."""
 

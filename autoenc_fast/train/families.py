@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from . import data
+from .options import COUNT, STEPS, WEIGHT
 
 
 @dataclass
@@ -79,8 +80,8 @@ class AutoencoderFamily(Family):
     image_size = 67  # the smallest size AlexNet's strides and pools keep >= 1x1
 
     def add_arguments(self, parser):
-        parser.add_argument("--latent-dim", type=int, default=64, help="size of the code (default 64)")
-        parser.add_argument("--widths", type=int, nargs=5, default=[16, 32, 48, 48, 32], metavar="C",
+        parser.add_argument("--latent-dim", type=COUNT, default=64, help="size of the code (default 64)")
+        parser.add_argument("--widths", type=COUNT, nargs=5, default=[16, 32, 48, 48, 32], metavar="C",
                             help="channels of conv1..conv5 (AlexNet: 96 256 384 384 256)")
 
     def build(self, args):
@@ -109,11 +110,11 @@ class VAEFamily(Family):
     help = "variational autoencoder with the fused reparametrize+KL kernel on 8x8 digits upsampled"
 
     def add_arguments(self, parser):
-        parser.add_argument("--latent-dim", type=int, default=16, help="size of z (default 16)")
-        parser.add_argument("--widths", type=int, nargs="+", default=[32, 64, 128], metavar="C",
+        parser.add_argument("--latent-dim", type=COUNT, default=16, help="size of z (default 16)")
+        parser.add_argument("--widths", type=COUNT, nargs="+", default=[32, 64, 128], metavar="C",
                             help="channels of the encoder's stride-2 stages (default 32 64 128)")
-        parser.add_argument("--beta", type=float, default=1.0, help="KL weight (default 1)")
-        parser.add_argument("--beta-warmup", type=int, default=200, metavar="STEPS",
+        parser.add_argument("--beta", type=WEIGHT, default=1.0, help="KL weight (default 1)")
+        parser.add_argument("--beta-warmup", type=STEPS, default=200, metavar="STEPS",
                             help="steps over which the KL weight rises from 0 to --beta (default 200)")
 
     def build(self, args):
@@ -171,11 +172,11 @@ class ContextEncoderFamily(Family):
     lr = 2e-4  # the original code's Adam: lr 2e-4, beta1 0.5
 
     def add_arguments(self, parser):
-        parser.add_argument("--widths", type=int, nargs="+", default=[16, 32, 64, 128], metavar="C",
+        parser.add_argument("--widths", type=COUNT, nargs="+", default=[16, 32, 64, 128], metavar="C",
                             help="encoder channels, one 4x4 stride-2 stage each (paper at 128: 64 64 128 256 512)")
-        parser.add_argument("--disc-widths", type=int, nargs="+", default=[32, 64], metavar="C",
+        parser.add_argument("--disc-widths", type=COUNT, nargs="+", default=[32, 64], metavar="C",
                             help="discriminator channels (paper: 64 128 256 512)")
-        parser.add_argument("--overlap", type=int, default=2,
+        parser.add_argument("--overlap", type=STEPS, default=2,
                             help="pixels of context the centre prediction overlaps, weighted 10x (paper: 4 at 128)")
 
     def dataset(self, args, log):
@@ -184,10 +185,11 @@ class ContextEncoderFamily(Family):
         return data.photo_crops(args.image_size)
 
     def build(self, args):
-        from ..models import ContextDiscriminator, ContextEncoder
+        from ..models import ContextDiscriminator, ContextEncoder, center_mask
 
         model = ContextEncoder("center128", backend=args.backend, image_size=args.image_size,
                                widths=tuple(args.widths))
+        center_mask(args.image_size, args.overlap)  # refuses an --overlap the steps' masks could not have
         return {"model": model,
                 "discriminator": ContextDiscriminator(3, model.prediction_size, widths=tuple(args.disc_widths))}
 
@@ -237,15 +239,15 @@ class GauGANFamily(Family):
     lr = 2e-4  # the original's lr; two time-scale update: generator lr / 2, discriminator lr * 2
 
     def add_arguments(self, parser):
-        parser.add_argument("--ngf", type=int, default=8, help="generator/encoder width (paper: 64)")
-        parser.add_argument("--ndf", type=int, default=16, help="discriminator width (paper: 64)")
-        parser.add_argument("--z-dim", type=int, default=32, help="size of z (paper: 256)")
-        parser.add_argument("--spade-hidden", type=int, default=32, help="SPADE's shared-MLP width (paper: 128)")
-        parser.add_argument("--n-layers-d", type=int, default=3, help="PatchGAN convolutions (paper: 4)")
-        parser.add_argument("--num-d", type=int, default=2, help="discriminator scales (paper: 2)")
-        parser.add_argument("--label-nc", type=int, default=None,
+        parser.add_argument("--ngf", type=COUNT, default=8, help="generator/encoder width (paper: 64)")
+        parser.add_argument("--ndf", type=COUNT, default=16, help="discriminator width (paper: 64)")
+        parser.add_argument("--z-dim", type=COUNT, default=32, help="size of z (paper: 256)")
+        parser.add_argument("--spade-hidden", type=COUNT, default=32, help="SPADE's shared-MLP width (paper: 128)")
+        parser.add_argument("--n-layers-d", type=COUNT, default=3, help="PatchGAN convolutions (paper: 4)")
+        parser.add_argument("--num-d", type=COUNT, default=2, help="discriminator scales (paper: 2)")
+        parser.add_argument("--label-nc", type=COUNT, default=None,
                             help="label classes (default: the data's largest id + 1; 6 for the procedural scenes)")
-        parser.add_argument("--lambda-feat", type=float, default=10.0, help="feature-matching weight (paper: 10)")
+        parser.add_argument("--lambda-feat", type=WEIGHT, default=10.0, help="feature-matching weight (paper: 10)")
         parser.add_argument("--no-vae", dest="use_vae", action="store_false",
                             help="no image encoder: the generator starts from the downsampled label map")
 

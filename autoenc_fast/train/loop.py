@@ -14,7 +14,7 @@ import torch.distributed as dist
 from torch.utils.data import BatchSampler, DistributedSampler, default_collate
 
 from . import checkpoint, images
-from .errors import DataError, TrainingError
+from .errors import DataError, OptionError, TrainingError
 from .families import FAMILIES, StepContext
 
 
@@ -52,6 +52,16 @@ def _autocast(args, device: torch.device):
     dtype = torch.float16 if args.amp == "fp16" else torch.bfloat16
     scaler = torch.amp.GradScaler("cuda") if args.amp == "fp16" else None
     return (lambda: torch.autocast(device.type, dtype=dtype)), scaler
+
+
+def _build(family, args, device: torch.device) -> dict:
+    """The family's modules on `device`; a constructor's refusal of the options (its
+    ValueError/TypeError names the argument) becomes an OptionError: one line, no traceback."""
+    try:
+        modules = family.build(args)
+    except (ValueError, TypeError) as error:
+        raise OptionError(f"the options make no valid {family.name} model: {error}") from None
+    return {k: m.to(device) for k, m in modules.items()}
 
 
 def _rng_state(device: torch.device) -> dict:
@@ -168,7 +178,7 @@ def _train(args, rank: int, world: int) -> dict:
     if len(dataset) < args.batch_size * world:
         raise DataError(f"--batch-size {args.batch_size}: the data has only {len(dataset)} image(s) "
                         f"for {world} process(es)")
-    modules = {k: m.to(device) for k, m in family.build(args).items()}
+    modules = _build(family, args, device)
     optimizers = family.optimizers(modules, args)
     autocast, scaler = _autocast(args, device)
     # Each process draws different noise and dropout; the weights start equal (DDP broadcasts rank 0's).
@@ -270,7 +280,7 @@ def step_speedup(args, repeats: int = 15, warmup: int = 3) -> dict:
         local = copy.copy(args)
         local.backend = backend
         torch.manual_seed(args.seed)
-        modules = {k: m.to(device) for k, m in family.build(local).items()}
+        modules = _build(family, local, device)
         optimizers = family.optimizers(modules, local)
         steps[backend] = (lambda modules, optimizers, local: lambda s: family.step(
             StepContext(modules, optimizers, contextlib.nullcontext, None, s, local), batch))(
