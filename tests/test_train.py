@@ -409,3 +409,14 @@ def test_train_refuses_an_out_that_is_a_file(tmp_path, capsys):
     assert main(["train", "vae", "--out", str(out), "--device", "cpu"]) == 2
     assert f"--out {out} is a file" in capsys.readouterr().err
     assert out.read_text() == "not a folder"
+
+
+@pytest.mark.parametrize("flag", ["--json", "--png"])
+def test_bench_refuses_an_output_in_a_missing_folder_before_measuring(tmp_path, capsys, flag):
+    """It used to measure the first row, then fail writing the file with a traceback."""
+    target = tmp_path / "missing" / "out.file"
+    assert main(["bench", "--quick", "--device", "cpu", "--op", "reparametrize_kl", "--no-models",
+                 flag, str(target)]) == 2
+    captured = capsys.readouterr()
+    assert f"{flag} {target}: the folder {target.parent} does not exist" in captured.err
+    assert "reparametrize_kl" not in captured.out + captured.err  # nothing was measured
