@@ -30,6 +30,15 @@ def _autocast_dtype(x) -> torch.dtype | None:
     return torch.get_autocast_dtype(x.device.type)
 
 
+def _kernels_unusable() -> bool:
+    """Whether the calls must take the reference path: the compiled extension is missing, or
+    a torch.func transform (grad, vjp, jacrev, jvp, vmap, ...) is active. The ops' C++
+    autograd has no transform rules (PyTorch refuses a C++ autograd.Function under them), so
+    there the reference runs instead: the same math in plain PyTorch ops, which every
+    transform supports, at the reference's speed."""
+    return not _ext.LOADED or torch._C._are_functorch_transforms_active()
+
+
 def _autocast_to(t, dtype: torch.dtype, *, float64_too: bool = False):
     """t cast to dtype if autocast would cast it: a floating-point tensor, and not float64
     (autocast leaves float64 alone) unless float64_too. Integer tensors and None pass
@@ -73,8 +82,12 @@ def reparametrize_kl(mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor |
 def _reparametrize_kl(mu, logvar, eps, seed_t):
     """The op on prepared arguments; seed_t None and eps None means z = mu."""
     check_inputs(mu, logvar, eps, seed_t)
-    if not _ext.LOADED:
+    if _kernels_unusable():
         if eps is None and seed_t is not None:
+            if torch._C._functorch.is_batchedtensor(seed_t):
+                raise RuntimeError("reparametrize_kl: under vmap(randomness='different') each sample would "
+                                   "need its own Philox seed; pass `eps` (e.g. torch.randn_like(mu)) or use "
+                                   "randomness='same'")
             key, offset = seed_t.tolist()
             eps = philox_normal(tuple(mu.shape), key, offset).to(device=mu.device, dtype=mu.dtype)
         return reparametrize_kl_math(mu, logvar, eps)
@@ -109,7 +122,7 @@ def channelwise_fc(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     if dtype is not None:  # a matrix product: autocast runs it in its lower precision
         x, weight, bias = (_autocast_to(t, dtype) for t in (x, weight, bias))
     check_channelwise_fc_inputs(x, weight, bias)
-    if not _ext.LOADED:
+    if _kernels_unusable():
         return _channelwise_fc_reference(x, weight, bias)
     if x.device.type == "cpu" and x.dtype in _HALF_TYPES:
         # The C++ CPU kernel computes in float32/float64: half types go through float32.
@@ -150,7 +163,7 @@ def spade_norm(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, *, norm
         gamma, beta = (_autocast_to(t, x.dtype, float64_too=True) for t in (gamma, beta))
     _spade_check_inputs(x, gamma, beta, norm, running_mean, running_var, training)
     instance = norm == "instance"
-    if not _ext.LOADED:
+    if _kernels_unusable():
         return _spade_norm_reference(x, gamma, beta, norm=norm, running_mean=running_mean,
                                      running_var=running_var, training=training, momentum=momentum,
                                      eps=eps, negative_slope=negative_slope,
@@ -189,7 +202,7 @@ def spade_norm_merged(x: torch.Tensor, gamma_beta: torch.Tensor, *, norm: str = 
         gamma_beta = _autocast_to(gamma_beta, x.dtype, float64_too=True)  # as spade_norm: in x's precision
     _spade_check_inputs(x, gamma_beta, None, norm, running_mean, running_var, training)
     instance = norm == "instance"
-    if not _ext.LOADED or (x.device.type == "cpu" and x.dtype in _HALF_TYPES):
+    if _kernels_unusable() or (x.device.type == "cpu" and x.dtype in _HALF_TYPES):
         gamma, beta = gamma_beta.chunk(2, dim=1)
         return spade_norm(x, gamma, beta, norm=norm, running_mean=running_mean, running_var=running_var,
                           training=training, momentum=momentum, eps=eps, negative_slope=negative_slope,
