@@ -45,7 +45,14 @@ def check_images(x, channels: int, size: int, name: str, owner: str) -> None:
         raise ValueError(f"{owner}: `{name}` must have shape (B, {channels}, {size}, {size}); got {_shape_of(x)}")
 
 
-def check_codes(z, dim: int, name: str, owner: str) -> None:
-    """z a (B, dim) tensor, else a ValueError naming `name`."""
-    if getattr(z, "ndim", None) != 2 or z.shape[1] != dim:
-        raise ValueError(f"{owner}: `{name}` must have shape (B, {dim}); got {_shape_of(z)}")
+def check_maps(x, channels: int, name: str, owner: str) -> None:
+    """x a (B, channels, H, W) tensor of any H, W, else a ValueError naming `name`."""
+    if getattr(x, "ndim", None) != 4 or x.shape[1] != channels:
+        raise ValueError(f"{owner}: `{name}` must have shape (B, {channels}, H, W); got {_shape_of(x)}")
+
+
+def check_codes(z, dim: int, name: str, owner: str, batch: int | None = None) -> None:
+    """z a (B, dim) tensor (B = batch when given), else a ValueError naming `name`."""
+    if getattr(z, "ndim", None) != 2 or z.shape[1] != dim or (batch is not None and z.shape[0] != batch):
+        raise ValueError(f"{owner}: `{name}` must have shape ({'B' if batch is None else batch}, {dim}); "
+                         f"got {_shape_of(z)}")

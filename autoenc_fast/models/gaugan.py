@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._args import choice, positive_int
+from ._args import check_codes, check_maps, choice, positive_int
 from ._backend import block_class, check_backend
 from .losses import GAUGAN_KL_WEIGHT
 
@@ -151,18 +151,13 @@ class SPADEGenerator(nn.Module):
             return self.fc(F.interpolate(seg, size=(self.sh, self.sw)))
         if z is None:
             z = torch.randn(seg.shape[0], self.z_dim, dtype=seg.dtype, device=seg.device)
-        elif not isinstance(z, torch.Tensor) or tuple(z.shape) != (seg.shape[0], self.z_dim):
-            shape = tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
-            raise ValueError(f"SPADEGenerator: `z` must have shape (B, z_dim) = ({seg.shape[0]}, {self.z_dim}), "
-                             f"B the segmap's batch size; got {shape}")
+        else:
+            check_codes(z, self.z_dim, "z", "SPADEGenerator", batch=seg.shape[0])  # the segmap's batch
         return self.fc(z).view(-1, 16 * self.ngf, self.sh, self.sw)
 
     def forward(self, segmap: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
         """segmap (B, label_nc, H, W), z (B, z_dim) or None -> (B, 3, H, W) in [-1, 1]."""
-        if not isinstance(segmap, torch.Tensor) or segmap.dim() != 4 or segmap.shape[1] != self.label_nc:
-            shape = tuple(segmap.shape) if isinstance(segmap, torch.Tensor) else type(segmap).__name__
-            raise ValueError(f"SPADEGenerator: `segmap` must have shape (B, label_nc, H, W) = "
-                             f"(B, {self.label_nc}, H, W); got {shape}")
+        check_maps(segmap, self.label_nc, "segmap", "SPADEGenerator")
         up = lambda t: F.interpolate(t, scale_factor=2, mode="nearest")  # noqa: E731
         more = self.num_upsampling_layers in ("more", "most")
         x = self.head_0(self._initial_map(segmap, z), segmap)
@@ -212,9 +207,7 @@ class ConvEncoder(nn.Module):
         self.fc_var = nn.Linear(widths[-1] * 16, z_dim)
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if getattr(image, "ndim", None) != 4 or image.shape[1] != 3:
-            raise ValueError(f"ConvEncoder: `image` must have shape (B, 3, H, W) (resized to "
-                             f"{self.input_size} x {self.input_size}); got {tuple(getattr(image, 'shape', ()))}")
+        check_maps(image, 3, "image", "ConvEncoder")  # any H, W: resized to input_size below
         if image.shape[-2:] != (self.input_size, self.input_size):
             image = F.interpolate(image, size=(self.input_size, self.input_size), mode="bilinear",
                                   align_corners=False)
