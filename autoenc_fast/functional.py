@@ -2,6 +2,8 @@
 registered ops (torch.ops.autoenc_fast.*)."""
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from . import _ext
@@ -30,13 +32,37 @@ def _autocast_dtype(x) -> torch.dtype | None:
     return torch.get_autocast_dtype(x.device.type)
 
 
-def _kernels_unusable() -> bool:
-    """Whether the calls must take the reference path: the compiled extension is missing, or
-    a torch.func transform (grad, vjp, jacrev, jvp, vmap, ...) is active. The ops' C++
-    autograd has no transform rules (PyTorch refuses a C++ autograd.Function under them), so
-    there the reference runs instead: the same math in plain PyTorch ops, which every
-    transform supports, at the reference's speed."""
-    return not _ext.LOADED or torch._C._are_functorch_transforms_active()
+# Which device types this build has compiled kernels for, per op, read once: every kernel
+# registers when the package is imported. A build without CUDA (no toolkit, or
+# AUTOENC_FAST_CUDA=0) used on CUDA tensors, or tensors on a device we have no kernels for
+# (MPS, XPU), take the reference path instead of failing in the dispatcher. Other device
+# types (meta, under tracing) go to the op, whose fake kernel serves them.
+_DISPATCH_KEYS = {"cpu": "CPU", "cuda": "CUDA", "mps": "MPS", "xpu": "XPU"}
+_HAS_KERNEL = {(op, device): _ext.has_kernel(op, key)
+               for op in ("reparametrize_kl", "channelwise_fc", "spade_norm", "spade_norm_merged")
+               for device, key in _DISPATCH_KEYS.items()}
+_WARNED_NO_KERNEL: set = set()
+
+
+def _use_reference(op: str, device: torch.device) -> bool:
+    """Whether a call must take the reference path (the same math in plain PyTorch ops):
+
+    - the compiled extension is missing (one warning at import says why);
+    - a torch.func transform (grad, vjp, jacrev, jvp, vmap, ...) is active: the ops' C++
+      autograd has no transform rules (PyTorch refuses a C++ autograd.Function under
+      them), while every transform supports the reference;
+    - this build has no kernel of `op` for the device (one warning per op and device)."""
+    if not _ext.LOADED or torch._C._are_functorch_transforms_active():
+        return True
+    if _HAS_KERNEL.get((op, device.type), True):
+        return False
+    if (op, device.type) not in _WARNED_NO_KERNEL and not torch.compiler.is_compiling():
+        _WARNED_NO_KERNEL.add((op, device.type))
+        warnings.warn(f"autoenc_fast: this build has no {_DISPATCH_KEYS[device.type]} kernel for {op}; "
+                      f"{device.type} tensors run its plain-PyTorch reference (for the CUDA kernels, rebuild "
+                      "with a CUDA toolkit: AUTOENC_FAST_CUDA=1 pip install --no-build-isolation -e .)",
+                      stacklevel=3)
+    return True
 
 
 def _autocast_to(t, dtype: torch.dtype, *, float64_too: bool = False):
@@ -82,7 +108,7 @@ def reparametrize_kl(mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor |
 def _reparametrize_kl(mu, logvar, eps, seed_t):
     """The op on prepared arguments; seed_t None and eps None means z = mu."""
     check_inputs(mu, logvar, eps, seed_t)
-    if _kernels_unusable():
+    if _use_reference("reparametrize_kl", mu.device):
         if eps is None and seed_t is not None:
             if torch._C._functorch.is_batchedtensor(seed_t):
                 raise RuntimeError("reparametrize_kl: under vmap(randomness='different') each sample would "
@@ -122,7 +148,7 @@ def channelwise_fc(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     if dtype is not None:  # a matrix product: autocast runs it in its lower precision
         x, weight, bias = (_autocast_to(t, dtype) for t in (x, weight, bias))
     check_channelwise_fc_inputs(x, weight, bias)
-    if _kernels_unusable():
+    if _use_reference("channelwise_fc", x.device):
         return _channelwise_fc_reference(x, weight, bias)
     if x.device.type == "cpu" and x.dtype in _HALF_TYPES:
         # The C++ CPU kernel computes in float32/float64: half types go through float32.
@@ -163,7 +189,7 @@ def spade_norm(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, *, norm
         gamma, beta = (_autocast_to(t, x.dtype, float64_too=True) for t in (gamma, beta))
     _spade_check_inputs(x, gamma, beta, norm, running_mean, running_var, training)
     instance = norm == "instance"
-    if _kernels_unusable():
+    if _use_reference("spade_norm", x.device):
         return _spade_norm_reference(x, gamma, beta, norm=norm, running_mean=running_mean,
                                      running_var=running_var, training=training, momentum=momentum,
                                      eps=eps, negative_slope=negative_slope,
@@ -202,7 +228,7 @@ def spade_norm_merged(x: torch.Tensor, gamma_beta: torch.Tensor, *, norm: str = 
         gamma_beta = _autocast_to(gamma_beta, x.dtype, float64_too=True)  # as spade_norm: in x's precision
     _spade_check_inputs(x, gamma_beta, None, norm, running_mean, running_var, training)
     instance = norm == "instance"
-    if _kernels_unusable() or (x.device.type == "cpu" and x.dtype in _HALF_TYPES):
+    if _use_reference("spade_norm_merged", x.device) or (x.device.type == "cpu" and x.dtype in _HALF_TYPES):
         gamma, beta = gamma_beta.chunk(2, dim=1)
         return spade_norm(x, gamma, beta, norm=norm, running_mean=running_mean, running_var=running_var,
                           training=training, momentum=momentum, eps=eps, negative_slope=negative_slope,

@@ -5,7 +5,9 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 
+import pytest
 import torch
 
 import autoenc_fast
@@ -133,3 +135,40 @@ def test_setup_refuses_a_torch_older_than_2_6(tmp_path):
     proc = run_setup_with_fake_torch(tmp_path, "__version__ = '2.5.1+cpu'\n")
     assert proc.returncode != 0
     assert "torch 2.5.1+cpu is too old" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def _autoenc_fast_ops_run(fn) -> set:
+    """The autoenc_fast ops a call dispatches (by the profiler's record of them)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    return {e.name for e in prof.events() if e.name.startswith("autoenc_fast::")}
+
+
+def test_a_device_without_a_kernel_in_this_build_runs_the_reference(monkeypatch):
+    """A build without CUDA kernels used on CUDA tensors (or tensors on MPS/XPU) failed in the
+    dispatcher ("Could not run ... with arguments from the 'CUDA' backend") while info()
+    said "reference". Simulated here by hiding the CPU kernels from the functional API."""
+    from autoenc_fast import functional as AF
+    from autoenc_fast import reference as R
+
+    x, gamma, beta = (torch.randn(2, 3, 4, 4, dtype=torch.float64) for _ in range(3))
+    w = torch.randn(3, 16, 16, dtype=torch.float64)
+    mu, logvar, eps = (torch.randn(4, 5, dtype=torch.float64) for _ in range(3))
+    calls = {
+        "channelwise_fc": (lambda: AF.channelwise_fc(x, w), lambda: R.channelwise_fc(x, w, None)),
+        "spade_norm": (lambda: AF.spade_norm(x, gamma, beta), lambda: R.spade_norm(x, gamma, beta)),
+        "spade_norm_merged": (lambda: AF.spade_norm_merged(x, torch.cat([gamma, beta], 1)),
+                              lambda: R.spade_norm(x, gamma, beta)),
+        "reparametrize_kl": (lambda: AF.reparametrize_kl(mu, logvar, eps)[1],
+                             lambda: R.reparametrize_kl(mu, logvar, eps)[1]),
+    }
+    assert _autoenc_fast_ops_run(calls["channelwise_fc"][0])  # the kernels run when present
+    for op, (ours, reference) in calls.items():
+        monkeypatch.setitem(AF._HAS_KERNEL, (op, "cpu"), False)
+        monkeypatch.setattr(AF, "_WARNED_NO_KERNEL", set())
+        with pytest.warns(UserWarning, match=f"no CPU kernel for {op}; cpu tensors run its plain-PyTorch reference"):
+            assert not _autoenc_fast_ops_run(ours)
+        torch.testing.assert_close(ours(), reference())
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # once per op and device
+            ours()
