@@ -58,10 +58,10 @@ def _use_reference(op: str, device: torch.device) -> bool:
         return False
     if (op, device.type) not in _WARNED_NO_KERNEL and not torch.compiler.is_compiling():
         _WARNED_NO_KERNEL.add((op, device.type))
-        warnings.warn(f"autoenc_fast: this build has no {_DISPATCH_KEYS[device.type]} kernel for {op}; "
-                      f"{device.type} tensors run its plain-PyTorch reference (for the CUDA kernels, rebuild "
-                      "with a CUDA toolkit: AUTOENC_FAST_CUDA=1 pip install --no-build-isolation -e .)",
-                      stacklevel=3)
+        warnings.warn(f"autoenc_fast: this install has no {_DISPATCH_KEYS[device.type]} kernel for {op}; "
+                      f"{device.type} tensors run its plain-PyTorch reference. autoenc_fast.info() lists the "
+                      "kernels; the CUDA ones need a build with a CUDA toolkit (AUTOENC_FAST_CUDA=1 pip install "
+                      "--no-build-isolation -e .), reparametrize_kl's also triton", stacklevel=3)
     return True
 
 

@@ -172,3 +172,17 @@ def test_a_device_without_a_kernel_in_this_build_runs_the_reference(monkeypatch)
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # once per op and device
             ours()
+
+
+def test_without_triton_no_cuda_kernel_is_claimed_for_reparametrize_kl():
+    """The Triton kernels registered for CUDA even where triton cannot be imported (it is a
+    dependency on Linux only): CUDA tensors then failed at the first call."""
+    code = """
+import sys
+sys.modules["triton"] = None  # as if triton were not installed
+import autoenc_fast
+from autoenc_fast import _ext
+print(_ext.has_kernel("reparametrize_kl", "CUDA"), autoenc_fast.info()["kernels"]["reparametrize_kl"]["cuda"])
+"""
+    assert run_python(code).stdout.split() == ["False", "reference"]
+    assert _ext.has_kernel("reparametrize_kl", "CUDA")  # here triton is installed

@@ -3,6 +3,8 @@ for CUDA. The C++ CPU kernel registers itself from csrc/cpu, the autograd from
 csrc/autograd/reparametrize_kl.cpp."""
 from __future__ import annotations
 
+import importlib.util
+
 import torch
 
 from ..reference.reparametrize_kl import kl_accumulation_dtype
@@ -26,18 +28,26 @@ def _reparametrize_kl_backward_fake(grad_z, grad_kl, mu, logvar, z):
     return torch.empty(mu.shape, **shape), torch.empty(mu.shape, **shape)
 
 
-@torch.library.impl(OP, "CUDA")
-def _reparametrize_kl_cuda(mu, logvar, eps, seed):
-    check_inputs(mu, logvar, eps, seed)
-    from ..triton.reparametrize_kl import reparametrize_kl_forward
+def _register_triton_kernels() -> None:
+    """The CUDA kernels, written in Triton. Registered only where triton can be imported
+    (a dependency on Linux only): elsewhere CUDA tensors take the reference path with one
+    warning (functional._use_reference) instead of failing at the first call."""
 
-    with torch.cuda.device(mu.device):
-        return reparametrize_kl_forward(mu, logvar, eps, seed)
+    @torch.library.impl(OP, "CUDA")
+    def _reparametrize_kl_cuda(mu, logvar, eps, seed):
+        check_inputs(mu, logvar, eps, seed)
+        from ..triton.reparametrize_kl import reparametrize_kl_forward
+
+        with torch.cuda.device(mu.device):
+            return reparametrize_kl_forward(mu, logvar, eps, seed)
+
+    @torch.library.impl(BACKWARD_OP, "CUDA")
+    def _reparametrize_kl_backward_cuda(grad_z, grad_kl, mu, logvar, z):
+        from ..triton.reparametrize_kl import reparametrize_kl_backward
+
+        with torch.cuda.device(mu.device):
+            return reparametrize_kl_backward(grad_z, grad_kl, mu, logvar, z)
 
 
-@torch.library.impl(BACKWARD_OP, "CUDA")
-def _reparametrize_kl_backward_cuda(grad_z, grad_kl, mu, logvar, z):
-    from ..triton.reparametrize_kl import reparametrize_kl_backward
-
-    with torch.cuda.device(mu.device):
-        return reparametrize_kl_backward(grad_z, grad_kl, mu, logvar, z)
+if importlib.util.find_spec("triton") is not None:
+    _register_triton_kernels()
