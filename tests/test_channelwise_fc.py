@@ -424,3 +424,14 @@ def test_cuda_kernel_variants_equal_the_default_kernel(variant, dtype, monkeypat
     monkeypatch.setenv("AUTOENC_FAST_CHANNELWISE_FC_COLS", "3")
     with pytest.raises(RuntimeError, match="AUTOENC_FAST_CHANNELWISE_FC_COLS must be 1, 2, 4 or 4x4; got '3'"):
         OPS.channelwise_fc(x, weight, bias)
+
+
+@pytest.mark.parametrize("module", [ChannelwiseFC, reference.ChannelwiseFC])
+@pytest.mark.parametrize("args, error, message", [
+    ((0, 4, 4), ValueError, "`channels` must be >= 1; got 0"),
+    ((3, 4, -1), ValueError, "`width` must be >= 1; got -1"),
+    ((3.0, 4, 4), TypeError, "`channels` must be an int; got float"),
+])
+def test_module_bad_constructor_arguments_name_them(module, args, error, message):
+    with pytest.raises(error, match=f"ChannelwiseFC: {message}"):
+        module(*args)

@@ -734,6 +734,23 @@ def test_module_bad_norm():
         SPADE(4, 3, norm="group")
 
 
+@pytest.mark.parametrize("module", [SPADE, R.SPADE])
+@pytest.mark.parametrize("kwargs, error, message", [
+    (dict(norm_nc=0), ValueError, "`norm_nc` must be >= 1; got 0"),
+    (dict(label_nc=0), ValueError, "`label_nc` must be >= 1; got 0"),
+    (dict(hidden=0), ValueError, "`hidden` must be >= 1; got 0"),
+    (dict(norm_nc=4.0), TypeError, "`norm_nc` must be an int; got float"),
+    (dict(kernel_size=2), ValueError, "`kernel_size` must be odd"),
+    (dict(negative_slope="0.2"), TypeError, "`negative_slope` must be a number or None; got '0.2'"),
+])
+def test_module_bad_constructor_arguments_name_them(module, kwargs, error, message):
+    """These built a module that failed at its first call (an even kernel_size grew the
+    modulation maps past x's size) or never (0 channels)."""
+    arguments = dict(norm_nc=4, label_nc=3) | kwargs
+    with pytest.raises(error, match=f"SPADE: {message}"):
+        module(**arguments)
+
+
 def _sync_worker(rank, world_size, init_file, out_dir):
     import torch.distributed as dist
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._args import check_codes, check_images, choice, positive_int, positive_ints
+from .._args import check_codes, check_images, choice, positive_int, positive_ints
 from ._backend import block_class, check_backend
 from .conv_autoencoder import ALEXNET_WIDTHS, _alexnet_encoder, alexnet_feature_sizes
 

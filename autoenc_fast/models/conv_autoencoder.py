@@ -7,7 +7,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from ._args import check_codes, check_images, choice, positive_int, positive_ints
+from .._args import check_codes, check_images, choice, positive_int, positive_ints
 from ._backend import check_backend
 
 __all__ = ["ConvAutoencoder", "alexnet_feature_sizes"]

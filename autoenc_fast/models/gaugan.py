@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._args import check_codes, check_maps, choice, positive_int
+from .._args import check_codes, check_maps, choice, positive_int
 from ._backend import block_class, check_backend
 from .losses import GAUGAN_KL_WEIGHT
 

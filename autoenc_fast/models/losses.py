@@ -6,7 +6,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from ._args import choice
+from .._args import choice
 
 __all__ = ["VAELoss", "beta_warmup", "mse_reconstruction_loss", "vae_loss"]
 

@@ -8,7 +8,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from ._args import check_codes, check_images, choice, positive_int, positive_ints
+from .._args import check_codes, check_images, choice, positive_int, positive_ints
 from ._backend import block_class, check_backend
 
 __all__ = ["VAE", "VAEOutput"]

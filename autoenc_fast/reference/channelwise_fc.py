@@ -8,6 +8,8 @@ import math
 import torch
 from torch import nn
 
+from .._args import positive_int
+
 
 def channelwise_fc(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """y[b, c, j] = sum_i x[b, c, i] * weight[c, i, j] + bias[c, j], positions i, j
@@ -41,9 +43,8 @@ class ChannelwiseFC(nn.Module):
     def __init__(self, channels: int, height: int, width: int, bias: bool = True,
                  device=None, dtype=None):
         super().__init__()
-        if min(channels, height, width) < 1:
-            raise ValueError("ChannelwiseFC: `channels`, `height` and `width` must be positive; "
-                             f"got {channels}, {height}, {width}")
+        for name, value in (("channels", channels), ("height", height), ("width", width)):
+            positive_int(value, name, "ChannelwiseFC")
         self.channels, self.height, self.width = channels, height, width
         positions = height * width
         factory = dict(device=device, dtype=dtype)

@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._args import positive_int
+
 from ..ops.spade_norm_checks import (NORMS, check_inputs, check_merged, check_x, group_count,  # noqa: F401
                                      update_running_stats)
 
@@ -87,6 +89,15 @@ class SPADE(nn.Module):
     def __init__(self, norm_nc: int, label_nc: int, hidden: int = 128, kernel_size: int = 3,
                  norm: str = "batch", negative_slope: float | None = None):
         super().__init__()
+        for name, value in (("norm_nc", norm_nc), ("label_nc", label_nc), ("hidden", hidden),
+                            ("kernel_size", kernel_size)):
+            positive_int(value, name, "SPADE")
+        if kernel_size % 2 == 0:  # padding k // 2 keeps the map's size only for odd k
+            raise ValueError(f"SPADE: `kernel_size` must be odd (the modulation maps keep x's size); "
+                             f"got {kernel_size}")
+        if negative_slope is not None and (isinstance(negative_slope, bool)
+                                           or not isinstance(negative_slope, (int, float))):
+            raise TypeError(f"SPADE: `negative_slope` must be a number or None; got {negative_slope!r}")
         if norm == "instance":
             self.param_free_norm = nn.InstanceNorm2d(norm_nc, affine=False)
         elif norm in ("batch", "syncbatch"):

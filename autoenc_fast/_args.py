@@ -1,4 +1,4 @@
-"""Constructor argument checks shared by the models: each error names the argument."""
+"""Argument checks shared by the models and modules: each error names the argument."""
 from __future__ import annotations
 
 from collections.abc import Sequence
