@@ -572,3 +572,20 @@ def test_spade_names_a_segmap_that_does_not_fit_x(backend, segmap_shape):
 def test_discriminator_and_encoder_name_an_input_of_another_shape(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: hinge_discriminator_loss([], []), "hinge_discriminator_loss: `real` must be a non-empty list"),
+    (lambda: hinge_generator_loss([]), "hinge_generator_loss: `fake` must be a non-empty list"),
+    (lambda: feature_matching_loss([[torch.rand(2, 3), torch.rand(2)]], [[torch.rand(2, 3), torch.rand(2)]] * 2),
+     "feature_matching_loss: the outputs must have one count of scales; got `fake` 1, `real` 2"),
+    (lambda: masked_reconstruction_loss(torch.rand(2, 3, 8, 8), torch.rand(2, 3, 8, 8), torch.ones(4, 4)),
+     r"masked_reconstruction_loss: `weights` \(4, 4\) must broadcast to `pred`'s shape \(2, 3, 8, 8\)"),
+    (lambda: apply_mask(torch.rand(2, 3, 8, 8), torch.ones(4, 4)),
+     r"apply_mask: `mask` \(4, 4\) must broadcast to `image`'s shape"),
+])
+def test_losses_and_masks_name_inputs_that_do_not_fit(call, message):
+    """An empty list divided by zero; a scale missing from one side was dropped by zip; a
+    mask of another size failed inside the arithmetic without naming it."""
+    with pytest.raises(ValueError, match=message):
+        call()

@@ -274,9 +274,23 @@ class MultiscaleDiscriminator(nn.Module):
 # ---------------------------------------------------------------- losses
 
 
+def _check_scales(owner: str, **outputs: list) -> None:
+    """The discriminator outputs (one list per scale) are non-empty and, when there are
+    two, have one count of scales: a zip over them would silently drop a scale."""
+    counts = {name: len(value) if isinstance(value, (list, tuple)) else None for name, value in outputs.items()}
+    for name, count in counts.items():
+        if not count:
+            raise ValueError(f"{owner}: `{name}` must be a non-empty list of per-scale discriminator outputs "
+                             f"(MultiscaleDiscriminator's); got {outputs[name]!r:.80}")
+    if len(set(counts.values())) > 1:
+        raise ValueError(f"{owner}: the outputs must have one count of scales; got " +
+                         ", ".join(f"`{name}` {count}" for name, count in counts.items()))
+
+
 def hinge_discriminator_loss(real: list, fake: list) -> torch.Tensor:
     """mean over scales of mean(relu(1 - D(real))) + mean(relu(1 + D(fake))), reading
     each scale's patch logits (the last entry of its list)."""
+    _check_scales("hinge_discriminator_loss", real=real, fake=fake)
     loss_real = sum(F.relu(1 - scale[-1]).mean() for scale in real) / len(real)
     loss_fake = sum(F.relu(1 + scale[-1]).mean() for scale in fake) / len(fake)
     return loss_real + loss_fake
@@ -284,12 +298,14 @@ def hinge_discriminator_loss(real: list, fake: list) -> torch.Tensor:
 
 def hinge_generator_loss(fake: list) -> torch.Tensor:
     """mean over scales of -mean(D(fake))."""
+    _check_scales("hinge_generator_loss", fake=fake)
     return -sum(scale[-1].mean() for scale in fake) / len(fake)
 
 
 def feature_matching_loss(fake: list, real: list, weight: float = FEATURE_MATCHING_WEIGHT) -> torch.Tensor:
     """weight / num_D * sum over scales and intermediate stages (the logits excluded)
     of L1(D_feature(fake), D_feature(real).detach())."""
+    _check_scales("feature_matching_loss", fake=fake, real=real)
     total = fake[0][-1].new_zeros(())
     for fake_scale, real_scale in zip(fake, real):
         for f, r in zip(fake_scale[:-1], real_scale[:-1]):
