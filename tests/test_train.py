@@ -138,11 +138,17 @@ def test_corrupt_or_foreign_checkpoints_are_clear_errors(tmp_path, capsys):
     torch.save({"format": "autoenc_fast-1", "evil": Payload()}, state)
     assert train(tmp_path, "vae", "--max-steps", "4", "--resume") == 2
     assert "cannot read the training state" in capsys.readouterr().err
-    # Weights of another model: a clear error, not a traceback.
-    other = tmp_path / "other"
+    # Weights of another model under the run's own options: a clear error, not a traceback.
+    # (Resuming with other model options is refused before, naming them: see
+    # test_resume_refuses_options_that_change_the_run.)
+    other, bigger = tmp_path / "other", tmp_path / "bigger"
     assert train(other, "vae", "--max-steps", "1") == 0
-    assert main(["train", "vae", "--out", str(other), "--batch-size", "16", "--no-speedup", "--resume",
-                 "--image-size", "16", "--widths", "8", "--latent-dim", "4"]) == 2
+    assert train(bigger, "vae", "--max-steps", "1", "--latent-dim", "6") == 0
+    def latest_weights(run):
+        return run / "checkpoints" / json.loads((run / "checkpoints" / "latest.json").read_text())["weights"]
+
+    latest_weights(other).write_bytes(latest_weights(bigger).read_bytes())
+    assert train(other, "vae", "--max-steps", "2", "--resume") == 2
     assert "does not fit this model" in capsys.readouterr().err
 
 
@@ -420,3 +426,29 @@ def test_bench_refuses_an_output_in_a_missing_folder_before_measuring(tmp_path, 
     captured = capsys.readouterr()
     assert f"{flag} {target}: the folder {target.parent} does not exist" in captured.err
     assert "reparametrize_kl" not in captured.out + captured.err  # nothing was measured
+
+
+@pytest.mark.parametrize("changed, message", [
+    (["--lr", "0.1"], "--lr 0.1 (the run's: 0.001)"),  # the restored optimizer state would override it
+    (["--batch-size", "8"], "--batch-size 8 (the run's: 16)"),
+    (["--seed", "3"], "--seed 3 (the run's: 0)"),
+    (["--beta", "0.5"], "--beta 0.5 (the run's: 1.0)"),
+])
+def test_resume_refuses_options_that_change_the_run(tmp_path, capsys, changed, message):
+    run = tmp_path / "run"
+    assert train(run, "vae", "--max-steps", "4", "--checkpoint-every", "2") == 0
+    before = (run / "checkpoints" / "latest.json").read_text()
+    args = ["train", "vae", "--out", str(run), "--batch-size", "16", "--no-speedup", "--device", "cpu",
+            *TINY["vae"], "--max-steps", "6", "--resume", *changed]  # a later option wins
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "--resume continues the run with the options it started with" in err and message in err
+    assert (run / "checkpoints" / "latest.json").read_text() == before  # nothing trained, nothing written
+
+
+def test_resume_may_change_how_long_and_where_a_run_goes(tmp_path):
+    run = tmp_path / "run"
+    assert train(run, "vae", "--max-steps", "4", "--checkpoint-every", "2") == 0
+    assert train(run, "vae", "--max-steps", "6", "--epochs", "9", "--checkpoint-every", "3", "--backend",
+                 "reference", "--resume") == 0
+    assert max(losses(run)) == 6

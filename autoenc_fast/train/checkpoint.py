@@ -75,8 +75,9 @@ def latest_step(directory: Path) -> int | None:
         return None
 
 
-def load_checkpoint(directory: Path, modules: dict) -> dict:
-    """Load the latest checkpoint's weights into `modules` (strict) and return its state."""
+def load_checkpoint(directory: Path, modules: dict, check_state=None) -> dict:
+    """Load the latest checkpoint's weights into `modules` (strict) and return its state;
+    check_state(state), when given, runs before any weight is loaded (it may refuse)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -89,15 +90,17 @@ def load_checkpoint(directory: Path, modules: dict) -> dict:
     except (ValueError, KeyError, TypeError):
         raise CheckpointError(f"{pointer_path} is not an autoenc_fast checkpoint pointer") from None
     try:
-        tensors = load_file(str(weights_path))
-    except (OSError, SafetensorError) as error:
-        raise CheckpointError(f"cannot read the weights {weights_path}: {error}") from None
-    try:
         state = torch.load(state_path, map_location="cpu", weights_only=True)
     except Exception as error:  # unpickling refuses anything but tensors and plain values
         raise CheckpointError(f"cannot read the training state {state_path}: {error}") from None
     if not isinstance(state, dict) or state.get("format") != "autoenc_fast-1":
         raise CheckpointError(f"{state_path} is not an autoenc_fast training state")
+    if check_state is not None:
+        check_state(state)
+    try:
+        tensors = load_file(str(weights_path))
+    except (OSError, SafetensorError) as error:
+        raise CheckpointError(f"cannot read the weights {weights_path}: {error}") from None
     for name, module in modules.items():
         prefix = f"{name}."
         own = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}

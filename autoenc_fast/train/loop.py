@@ -129,11 +129,38 @@ class RunFolder:
 # ---------------------------------------------------------------- the loop
 
 
-def _state(step, epoch, batch_in_epoch, optimizers, history, device, scaler) -> dict:
+# Options a resumed run may change: how long and where it runs, not what it trains.
+RESUMABLE = {"command", "func", "resume", "out", "max_steps", "epochs", "checkpoint_every", "speedup",
+             "device", "compile", "backend"}
+
+
+def _run_options(args) -> dict:
+    """The options that define a run (data, sizes, learning rate, seed, precision, the
+    family's own), as plain values a checkpoint's state can hold."""
+    plain = lambda v: str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v  # noqa: E731
+    return {k: plain(v) for k, v in sorted(vars(args).items()) if k not in RESUMABLE}
+
+
+def _check_resume_options(state: dict, args) -> None:
+    """--resume continues the run that was started: a different --lr would be silently
+    overridden by the optimizer state it restores, a different --batch-size or --seed
+    would skip or repeat data. Refuse such a change, naming each option."""
+    saved = state.get("options")
+    if saved is None:  # a checkpoint written before the options were kept
+        return
+    now = _run_options(args)
+    changed = [k for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)]
+    if changed:
+        detail = "; ".join(f"--{k.replace('_', '-')} {now.get(k)!r} (the run's: {saved.get(k)!r})" for k in changed)
+        raise OptionError(f"--resume continues the run with the options it started with, and these differ: "
+                          f"{detail}. Drop them, or start a new run in another --out")
+
+
+def _state(step, epoch, batch_in_epoch, optimizers, history, device, scaler, args) -> dict:
     return {"step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
             "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
             "scaler": scaler.state_dict() if scaler is not None else None,
-            "rng": _rng_state(device), "history": history}
+            "rng": _rng_state(device), "history": history, "options": _run_options(args)}
 
 
 def _batch_to(batch, device):
@@ -186,7 +213,8 @@ def _train(args, rank: int, world: int) -> dict:
 
     step, epoch, batch_in_epoch, history = 0, 0, 0, []
     if args.resume:
-        state = checkpoint.load_checkpoint(run.checkpoints, modules)
+        state = checkpoint.load_checkpoint(run.checkpoints, modules,
+                                           check_state=lambda saved: _check_resume_options(saved, args))
         for name, optimizer in optimizers.items():
             optimizer.load_state_dict(state["optimizers"][name])
         if scaler is not None and state.get("scaler"):
@@ -212,7 +240,8 @@ def _train(args, rank: int, world: int) -> dict:
     def save(step, epoch, batch_in_epoch):
         if run.enabled:
             checkpoint.save_checkpoint(run.checkpoints, step, modules,
-                                       _state(step, epoch, batch_in_epoch, optimizers, history, device, scaler))
+                                       _state(step, epoch, batch_in_epoch, optimizers, history, device, scaler,
+                                              args))
 
     while step < total:
         sampler.set_epoch(epoch)
