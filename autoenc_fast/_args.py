@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
+
 
 def positive_int(value, name: str, owner: str) -> int:
     """`value` as an int >= 1, else a TypeError/ValueError naming `name`."""
@@ -56,3 +58,14 @@ def check_codes(z, dim: int, name: str, owner: str, batch: int | None = None) ->
     if getattr(z, "ndim", None) != 2 or z.shape[1] != dim or (batch is not None and z.shape[0] != batch):
         raise ValueError(f"{owner}: `{name}` must have shape ({'B' if batch is None else batch}, {dim}); "
                          f"got {_shape_of(z)}")
+
+
+def check_broadcasts_to(t, like, name: str, like_name: str, owner: str) -> None:
+    """t broadcasts to like's shape (and does not grow it), else a ValueError naming `name`."""
+    try:
+        fits = torch.broadcast_shapes(t.shape, like.shape) == like.shape
+    except RuntimeError:
+        fits = False
+    if not fits:
+        raise ValueError(f"{owner}: `{name}` {tuple(t.shape)} must broadcast to `{like_name}`'s shape "
+                         f"{tuple(like.shape)}")

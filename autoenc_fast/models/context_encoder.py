@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._args import check_codes, check_images, choice, positive_int, positive_ints
+from .._args import check_broadcasts_to, check_codes, check_images, choice, positive_int, positive_ints
 from ._backend import block_class, check_backend
 from .conv_autoencoder import ALEXNET_WIDTHS, _alexnet_encoder, alexnet_feature_sizes
 
@@ -70,19 +70,8 @@ def random_block_mask(batch: int, image_size: int, *, coverage: float = 0.25, bl
 def apply_mask(image: torch.Tensor, mask: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
     """The network's input: `image` (B, C, S, S) with the hidden pixels (mask 1,
     broadcast over B and C) set to `fill` (0: the mid-grey of tanh-range images)."""
-    _check_broadcasts_to(mask, image, "mask", "image", "apply_mask")
+    check_broadcasts_to(mask, image, "mask", "image", "apply_mask")
     return image * (1 - mask) + fill * mask
-
-
-def _check_broadcasts_to(t, like: torch.Tensor, name: str, like_name: str, owner: str) -> None:
-    """t broadcasts to like's shape (and does not grow it), else a ValueError naming `name`."""
-    try:
-        fits = torch.broadcast_shapes(t.shape, like.shape) == like.shape
-    except RuntimeError:
-        fits = False
-    if not fits:
-        raise ValueError(f"{owner}: `{name}` {tuple(t.shape)} must broadcast to `{like_name}`'s shape "
-                         f"{tuple(like.shape)}")
 
 
 def overlap_weights(center_size: int, overlap: int = OVERLAP, weight: float = OVERLAP_WEIGHT,
@@ -100,7 +89,7 @@ def masked_reconstruction_loss(pred: torch.Tensor, target: torch.Tensor, weights
     if pred.shape != target.shape:
         raise ValueError(f"masked_reconstruction_loss: `pred` {tuple(pred.shape)} and `target` "
                          f"{tuple(target.shape)} must have one shape")
-    _check_broadcasts_to(weights, pred, "weights", "pred", "masked_reconstruction_loss")
+    check_broadcasts_to(weights, pred, "weights", "pred", "masked_reconstruction_loss")
     return (weights * (pred - target).pow(2)).sum() / pred.numel()
 
 
