@@ -105,6 +105,16 @@ def reparametrize_kl(mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor |
     return _reparametrize_kl(mu, logvar, eps, seed_t)
 
 
+def _seed_values(seed_t: torch.Tensor) -> list[int]:
+    """[key, offset] of a seed tensor as Python ints. Under a torch.func transform the
+    tensor is wrapped, and torch 2.6 cannot read a wrapped tensor's data: read it with the
+    transforms set aside (its value is the same)."""
+    if torch._C._are_functorch_transforms_active():
+        with torch._C._DisableFuncTorch():
+            return seed_t.tolist()
+    return seed_t.tolist()
+
+
 def _reparametrize_kl(mu, logvar, eps, seed_t):
     """The op on prepared arguments; seed_t None and eps None means z = mu."""
     check_inputs(mu, logvar, eps, seed_t)
@@ -114,7 +124,7 @@ def _reparametrize_kl(mu, logvar, eps, seed_t):
                 raise RuntimeError("reparametrize_kl: under vmap(randomness='different') each sample would "
                                    "need its own Philox seed; pass `eps` (e.g. torch.randn_like(mu)) or use "
                                    "randomness='same'")
-            key, offset = seed_t.tolist()
+            key, offset = _seed_values(seed_t)
             eps = philox_normal(tuple(mu.shape), key, offset).to(device=mu.device, dtype=mu.dtype)
         return reparametrize_kl_math(mu, logvar, eps)
     if mu.device.type == "cpu" and mu.dtype in _HALF_TYPES:
