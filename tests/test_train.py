@@ -208,6 +208,9 @@ def test_torchrun_two_cpu_processes(tmp_path):
     assert sorted(losses(run)) == [1, 2, 3]  # rank 0 alone wrote the metrics, once per step
     summary = json.loads((run / "summary.json").read_text())
     assert summary["processes"] == 2
+    # One process would shard the data differently from the two the run started with.
+    assert main(["train", "vae", "--out", str(run), "--batch-size", "8", "--no-speedup", "--device", "cpu",
+                 *TINY["vae"], "--max-steps", "5", "--resume"]) == 2
 
 
 def test_bench_quick(capsys):

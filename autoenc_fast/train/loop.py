@@ -134,33 +134,38 @@ RESUMABLE = {"command", "func", "resume", "out", "max_steps", "epochs", "checkpo
              "device", "compile", "backend"}
 
 
-def _run_options(args) -> dict:
+def _run_options(args, world: int) -> dict:
     """The options that define a run (data, sizes, learning rate, seed, precision, the
-    family's own), as plain values a checkpoint's state can hold."""
+    family's own, and the number of processes that shard the data), as plain values a
+    checkpoint's state can hold."""
     plain = lambda v: str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v  # noqa: E731
-    return {k: plain(v) for k, v in sorted(vars(args).items()) if k not in RESUMABLE}
+    return {"processes": world, **{k: plain(v) for k, v in sorted(vars(args).items()) if k not in RESUMABLE}}
 
 
-def _check_resume_options(state: dict, args) -> None:
+def _option_name(key: str) -> str:
+    return "processes (torchrun --nproc-per-node)" if key == "processes" else f"--{key.replace('_', '-')}"
+
+
+def _check_resume_options(state: dict, args, world: int) -> None:
     """--resume continues the run that was started: a different --lr would be silently
     overridden by the optimizer state it restores, a different --batch-size or --seed
     would skip or repeat data. Refuse such a change, naming each option."""
     saved = state.get("options")
     if saved is None:  # a checkpoint written before the options were kept
         return
-    now = _run_options(args)
+    now = _run_options(args, world)
     changed = [k for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)]
     if changed:
-        detail = "; ".join(f"--{k.replace('_', '-')} {now.get(k)!r} (the run's: {saved.get(k)!r})" for k in changed)
+        detail = "; ".join(f"{_option_name(k)} {now.get(k)!r} (the run's: {saved.get(k)!r})" for k in changed)
         raise OptionError(f"--resume continues the run with the options it started with, and these differ: "
                           f"{detail}. Drop them, or start a new run in another --out")
 
 
-def _state(step, epoch, batch_in_epoch, optimizers, history, device, scaler, args) -> dict:
+def _state(step, epoch, batch_in_epoch, optimizers, history, device, scaler, args, world) -> dict:
     return {"step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
             "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
             "scaler": scaler.state_dict() if scaler is not None else None,
-            "rng": _rng_state(device), "history": history, "options": _run_options(args)}
+            "rng": _rng_state(device), "history": history, "options": _run_options(args, world)}
 
 
 def _batch_to(batch, device):
@@ -214,7 +219,7 @@ def _train(args, rank: int, world: int) -> dict:
     step, epoch, batch_in_epoch, history = 0, 0, 0, []
     if args.resume:
         state = checkpoint.load_checkpoint(run.checkpoints, modules,
-                                           check_state=lambda saved: _check_resume_options(saved, args))
+                                           check_state=lambda saved: _check_resume_options(saved, args, world))
         for name, optimizer in optimizers.items():
             optimizer.load_state_dict(state["optimizers"][name])
         if scaler is not None and state.get("scaler"):
@@ -241,7 +246,7 @@ def _train(args, rank: int, world: int) -> dict:
         if run.enabled:
             checkpoint.save_checkpoint(run.checkpoints, step, modules,
                                        _state(step, epoch, batch_in_epoch, optimizers, history, device, scaler,
-                                              args))
+                                              args, world))
 
     while step < total:
         sampler.set_epoch(epoch)
