@@ -138,7 +138,8 @@ def _run_options(args, world: int) -> dict:
     """The options that define a run (data, sizes, learning rate, seed, precision, the
     family's own, and the number of processes that shard the data), as plain values a
     checkpoint's state can hold."""
-    plain = lambda v: str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v  # noqa: E731
+    # A folder by its absolute path: `--data d` and `--data ./d` from the same place are one run.
+    plain = lambda v: str(v.resolve()) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v  # noqa: E731
     return {"processes": world, **{k: plain(v) for k, v in sorted(vars(args).items()) if k not in RESUMABLE}}
 
 
