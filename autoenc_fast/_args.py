@@ -35,7 +35,8 @@ def choice(value, choices: tuple, name: str, owner: str):
     return value
 
 
-def _shape_of(t) -> object:
+def shape_of(t) -> object:
+    """A tensor's shape for an error message, or the type name of what came instead."""
     return tuple(t.shape) if hasattr(t, "shape") else type(t).__name__
 
 
@@ -44,20 +45,20 @@ def check_images(x, channels: int, size: int, name: str, owner: str) -> None:
     layers are sized for it, and their own errors ("mat1 and mat2 shapes cannot be
     multiplied") would not say which input was wrong."""
     if getattr(x, "ndim", None) != 4 or tuple(x.shape[1:]) != (channels, size, size):
-        raise ValueError(f"{owner}: `{name}` must have shape (B, {channels}, {size}, {size}); got {_shape_of(x)}")
+        raise ValueError(f"{owner}: `{name}` must have shape (B, {channels}, {size}, {size}); got {shape_of(x)}")
 
 
 def check_maps(x, channels: int, name: str, owner: str) -> None:
     """x a (B, channels, H, W) tensor of any H, W, else a ValueError naming `name`."""
     if getattr(x, "ndim", None) != 4 or x.shape[1] != channels:
-        raise ValueError(f"{owner}: `{name}` must have shape (B, {channels}, H, W); got {_shape_of(x)}")
+        raise ValueError(f"{owner}: `{name}` must have shape (B, {channels}, H, W); got {shape_of(x)}")
 
 
 def check_codes(z, dim: int, name: str, owner: str, batch: int | None = None) -> None:
     """z a (B, dim) tensor (B = batch when given), else a ValueError naming `name`."""
     if getattr(z, "ndim", None) != 2 or z.shape[1] != dim or (batch is not None and z.shape[0] != batch):
         raise ValueError(f"{owner}: `{name}` must have shape ({'B' if batch is None else batch}, {dim}); "
-                         f"got {_shape_of(z)}")
+                         f"got {shape_of(z)}")
 
 
 def check_broadcasts_to(t, like, name: str, like_name: str, owner: str) -> None:

@@ -20,8 +20,9 @@ def _cmd_bench(args) -> int:
     from .bench import format_table, keep_freed_memory, run_benchmarks, write_json
 
     for flag, path in (("--json", args.json), ("--png", args.png)):
-        if path and not Path(path).resolve().parent.is_dir():  # known before minutes of measuring, not after
-            raise UsageError(f"{flag} {path}: the folder {Path(path).resolve().parent} does not exist")
+        folder = Path(path).resolve().parent if path else None
+        if folder is not None and not folder.is_dir():  # known before minutes of measuring, not after
+            raise UsageError(f"{flag} {path}: the folder {folder} does not exist")
     malloc = "system default" if args.system_malloc or not keep_freed_memory() else "freed memory kept"
     amps = tuple(None if a == "fp32" else a for a in dict.fromkeys(args.amp or ["fp32"]))
     measured = []

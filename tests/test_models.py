@@ -510,7 +510,8 @@ BAD_MODEL_CALLS = [  # (build, call, message): the layers' own errors would not 
     (lambda b: ContextEncoder("center128", image_size=64, widths=(8, 16, 32, 64), backend=b),
      lambda m: m(torch.rand(2, 3, 32, 32)), r"ContextEncoder: `masked_image` must have shape \(B, 3, 64, 64\)"),
     (lambda b: ContextEncoder("center128", image_size=64, widths=(8, 16, 32, 64), backend=b),
-     lambda m: m.inpaint(torch.rand(2, 3, 64, 64), torch.ones(32, 32)), r"ContextEncoder.inpaint: `mask` must be"),
+     lambda m: m.inpaint(torch.rand(2, 3, 64, 64), torch.ones(32, 32)),
+     r"ContextEncoder.inpaint: `mask` \(32, 32\) must broadcast to `image`'s shape \(2, 3, 64, 64\)"),
 ]
 
 

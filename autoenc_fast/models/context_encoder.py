@@ -268,9 +268,7 @@ class ContextEncoder(nn.Module):
         """`image` (B, C, S, S) with its hidden pixels (mask 1, (B or 1, 1, S, S)) replaced
         by the network's prediction from the masked image; known pixels kept as they are."""
         check_images(image, self.in_channels, self.image_size, "image", f"{_OWNER}.inpaint")
-        if getattr(mask, "ndim", 0) < 2 or tuple(mask.shape[-2:]) != (self.image_size, self.image_size):
-            raise ValueError(f"{_OWNER}.inpaint: `mask` must be (B or 1, 1, {self.image_size}, {self.image_size}) "
-                             f"or ({self.image_size}, {self.image_size}); got {tuple(getattr(mask, 'shape', ()))}")
+        check_broadcasts_to(mask, image, "mask", "image", f"{_OWNER}.inpaint")
         mask = mask.to(image.dtype)
         pred = self(apply_mask(image, mask, self.fill_value()))
         return image * (1 - mask) + self.prediction_as_image(pred, image) * mask

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._args import positive_int
+from .._args import positive_int, shape_of
 
 from ..ops.spade_norm_checks import (NORMS, check_inputs, check_merged, check_x, group_count,  # noqa: F401
                                      update_running_stats)
@@ -133,10 +133,9 @@ class SPADE(nn.Module):
         label_nc = self.mlp_shared[0].in_channels
         if not isinstance(segmap, torch.Tensor) or segmap.dim() != 4 or segmap.shape[1] != label_nc \
                 or (isinstance(x, torch.Tensor) and x.dim() >= 1 and segmap.shape[0] != x.shape[0]):
-            shape = tuple(segmap.shape) if isinstance(segmap, torch.Tensor) else type(segmap).__name__
             batch = x.shape[0] if isinstance(x, torch.Tensor) and x.dim() >= 1 else "N"
             raise ValueError(f"SPADE: `segmap` must have shape (N, label_nc, h, w) with x's batch size, "
-                             f"({batch}, {label_nc}, h, w); got {shape}")
+                             f"({batch}, {label_nc}, h, w); got {shape_of(segmap)}")
 
     def forward(self, x, segmap):
         self.check_segmap(x, segmap)
