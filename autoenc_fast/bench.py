@@ -16,6 +16,8 @@ from typing import Callable
 import torch
 from torch.utils.benchmark import Timer
 
+from .train.optim import adam
+
 PROVIDERS = ("ours", "eager", "compiled")
 OPS = ("reparametrize_kl", "channelwise_fc", "spade_norm")
 MODES = ("forward", "backward", "full")
@@ -316,7 +318,8 @@ LAYOUTS = {"contiguous": torch.contiguous_format, "channels_last": torch.channel
 
 def make_model_step(family: str, provider: str, device, size: str | None = None,
                     amp: str | None = None, layout: str = "contiguous") -> Callable[[], None]:
-    """One training step (forward, loss, backward, Adam) of `family` on a fixed batch;
+    """One training step (forward, loss, backward, Adam) of `family` on a fixed batch, with
+    the optimizer `autoenc-fast train` uses (train.optim.adam: fused where PyTorch has it);
     provider is ours/eager/compiled or fused/reference/reference_compiled. amp="bf16"
     runs the forward and the loss under torch.autocast in bfloat16 (no grad scaler is
     needed for bfloat16). layout="channels_last" converts the model's 4-D weights and
@@ -334,7 +337,7 @@ def make_model_step(family: str, provider: str, device, size: str | None = None,
     model.to(memory_format=LAYOUTS[layout])
     inputs = tuple(t.contiguous(memory_format=LAYOUTS[layout]) if t.dim() == 4 else t for t in inputs)
     forward = torch.compile(model) if provider == "reference_compiled" else model
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    optimizer = adam(model.parameters(), lr=1e-4)
     sync = _sync_for(device)
     device_type = torch.device(device).type
 

@@ -455,3 +455,91 @@ def test_resume_may_change_how_long_and_where_a_run_goes(tmp_path):
     assert train(run, "vae", "--max-steps", "6", "--epochs", "9", "--checkpoint-every", "3", "--backend",
                  "reference", "--resume") == 0
     assert max(losses(run)) == 6
+
+
+# ---------------------------------------------------------------- the optimizer
+
+
+def _fresh_grads(params, seed):
+    gen = torch.Generator().manual_seed(seed)
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=gen, dtype=p.dtype)
+
+
+def test_adam_is_fused_on_the_cpu_and_steps_as_torchs_default():
+    from autoenc_fast.train.optim import adam
+
+    ours_params = [torch.randn(5, 7, dtype=torch.float64), torch.randn(3, dtype=torch.float64)]
+    plain_params = [p.clone() for p in ours_params]
+    start = [p.clone() for p in ours_params]
+    ours = adam(ours_params, lr=1e-2, betas=(0.5, 0.999))
+    plain = torch.optim.Adam(plain_params, lr=1e-2, betas=(0.5, 0.999))
+    assert ours.defaults["fused"] is True and not plain.defaults["fused"]
+    for seed in range(4):
+        _fresh_grads(ours_params, seed)
+        _fresh_grads(plain_params, seed)
+        ours.step()
+        plain.step()
+    for p, q, p0 in zip(ours_params, plain_params, start):
+        assert (p - p0).abs().min() > 0 and (p - q).abs().max() < 1e-12
+
+
+def test_adam_keeps_the_default_where_there_is_no_fused_kernel():
+    from autoenc_fast.train.optim import adam
+
+    meta = adam([torch.empty(4, device="meta", requires_grad=True)], lr=1e-3)
+    assert meta.defaults["fused"] is None and meta.defaults["foreach"] is None
+
+
+def test_adam_resumes_the_state_of_torchs_default_adam():
+    """Checkpoints written before the fused optimizer hold the default Adam's state (and
+    its settings, which PyTorch restores with it): loaded into ours, the run continues
+    exactly as the default would."""
+    import copy
+
+    from autoenc_fast.train.optim import adam
+
+    before = torch.optim.Adam([torch.randn(6, 2, dtype=torch.float64)], lr=1e-2)
+    _fresh_grads(before.param_groups[0]["params"], 0)
+    before.step()
+    trained = before.param_groups[0]["params"][0].detach()
+    ours, plain = adam([trained.clone()], lr=1e-2), torch.optim.Adam([trained.clone()], lr=1e-2)
+    # deep copies: loading keeps the saved tensors themselves where dtype and device match
+    ours.load_state_dict(copy.deepcopy(before.state_dict()))
+    plain.load_state_dict(copy.deepcopy(before.state_dict()))
+    for seed in (1, 2):
+        _fresh_grads(ours.param_groups[0]["params"], seed)
+        _fresh_grads(plain.param_groups[0]["params"], seed)
+        ours.step()
+        plain.step()
+    got, want = ours.param_groups[0]["params"][0], plain.param_groups[0]["params"][0]
+    assert (got - trained).abs().min() > 0 and torch.equal(got, want)
+
+
+def test_adam_resumes_its_own_state():
+    import copy
+
+    from autoenc_fast.train.optim import adam
+
+    first = adam([torch.randn(3, 4)], lr=1e-2)
+    _fresh_grads(first.param_groups[0]["params"], 0)
+    first.step()
+    params = first.param_groups[0]["params"][0].detach()
+    resumed = adam([params.clone()], lr=1e-2)
+    resumed.load_state_dict(copy.deepcopy(first.state_dict()))
+    for opt in (first, resumed):
+        _fresh_grads(opt.param_groups[0]["params"], 1)
+        opt.step()
+    assert resumed.param_groups[0]["fused"] is True
+    assert torch.equal(resumed.param_groups[0]["params"][0], first.param_groups[0]["params"][0])
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_every_family_trains_with_the_fused_adam_on_the_cpu(family):
+    from autoenc_fast.cli import build_parser
+
+    fam = FAMILIES[family]
+    labels = ["--label-nc", "6"] if family == "gaugan" else []  # else read from the data set
+    args = build_parser().parse_args(["train", family, *TINY[family], *labels])
+    optimizers = fam.optimizers(fam.build(args), args)
+    assert optimizers and all(o.defaults["fused"] is True for o in optimizers.values())

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from . import data
+from .optim import adam
 from .options import COUNT, STEPS, WEIGHT
 
 
@@ -63,7 +64,7 @@ class Family:
         raise NotImplementedError
 
     def optimizers(self, modules: dict, args) -> dict:
-        return {"model": torch.optim.Adam(modules["model"].parameters(), lr=args.lr)}
+        return {"model": adam(modules["model"].parameters(), lr=args.lr)}
 
     def step(self, ctx: StepContext, batch) -> dict:
         raise NotImplementedError
@@ -194,7 +195,7 @@ class ContextEncoderFamily(Family):
                 "discriminator": ContextDiscriminator(3, model.prediction_size, widths=tuple(args.disc_widths))}
 
     def optimizers(self, modules, args):
-        return {name: torch.optim.Adam(modules[name].parameters(), lr=args.lr, betas=(0.5, 0.999))
+        return {name: adam(modules[name].parameters(), lr=args.lr, betas=(0.5, 0.999))
                 for name in ("model", "discriminator")}
 
     def step(self, ctx, batch):
@@ -277,8 +278,8 @@ class GauGANFamily(Family):
 
     def optimizers(self, modules, args):
         trained = [p for name in ("generator", "encoder") if name in modules for p in modules[name].parameters()]
-        return {"generator": torch.optim.Adam(trained, lr=args.lr / 2, betas=(0.0, 0.9)),
-                "discriminator": torch.optim.Adam(modules["discriminator"].parameters(), lr=args.lr * 2,
+        return {"generator": adam(trained, lr=args.lr / 2, betas=(0.0, 0.9)),
+                "discriminator": adam(modules["discriminator"].parameters(), lr=args.lr * 2,
                                                   betas=(0.0, 0.9))}
 
     @staticmethod
