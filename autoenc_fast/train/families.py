@@ -279,8 +279,7 @@ class GauGANFamily(Family):
     def optimizers(self, modules, args):
         trained = [p for name in ("generator", "encoder") if name in modules for p in modules[name].parameters()]
         return {"generator": adam(trained, lr=args.lr / 2, betas=(0.0, 0.9)),
-                "discriminator": adam(modules["discriminator"].parameters(), lr=args.lr * 2,
-                                                  betas=(0.0, 0.9))}
+                "discriminator": adam(modules["discriminator"].parameters(), lr=args.lr * 2, betas=(0.0, 0.9))}
 
     @staticmethod
     def _discriminate(disc, seg, fake, real):
