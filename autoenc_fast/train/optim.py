@@ -18,8 +18,8 @@ def adam(params: Iterable[torch.Tensor], **kwargs) -> torch.optim.Adam:
     no fused kernel, this keeps Adam's default.
     """
     params = list(params)
-    fused = bool(params) and all(p.is_floating_point() and p.device.type in _fused_adam_devices()
-                                 for p in params)
+    devices = _fused_adam_devices()
+    fused = bool(params) and all(p.is_floating_point() and p.device.type in devices for p in params)
     # None, not False, where fused is off: an explicit False would also turn off the
     # multi-tensor (foreach) default that Adam picks on CUDA.
     return torch.optim.Adam(params, fused=True if fused else None, **kwargs)
