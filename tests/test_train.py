@@ -1,6 +1,7 @@
 """`autoenc-fast train` end to end: each family, resume, crashes, NaN, bad data, torchrun."""
 from __future__ import annotations
 
+import copy
 import json
 import os
 import platform
@@ -18,6 +19,7 @@ pytest.importorskip("sklearn")
 
 from autoenc_fast.cli import main  # noqa: E402
 from autoenc_fast.train.families import FAMILIES  # noqa: E402
+from autoenc_fast.train.optim import adam  # noqa: E402
 
 TINY = {
     "ae": ["--image-size", "67", "--widths", "4", "8", "8", "8", "8", "--latent-dim", "8"],
@@ -460,33 +462,33 @@ def test_resume_may_change_how_long_and_where_a_run_goes(tmp_path):
 # ---------------------------------------------------------------- the optimizer
 
 
-def _fresh_grads(params, seed):
-    gen = torch.Generator().manual_seed(seed)
-    for p in params:
-        p.grad = torch.randn(p.shape, generator=gen, dtype=p.dtype)
+def _step_together(optimizers, seeds):
+    """For each seed, the same fresh random gradients on every optimizer's parameters, then
+    a step of each."""
+    for seed in seeds:
+        for optimizer in optimizers:
+            gen = torch.Generator().manual_seed(seed)
+            for p in optimizer.param_groups[0]["params"]:
+                p.grad = torch.randn(p.shape, generator=gen, dtype=p.dtype)
+            optimizer.step()
+
+
+def _params(optimizer):
+    return optimizer.param_groups[0]["params"]
 
 
 def test_adam_is_fused_on_the_cpu_and_steps_as_torchs_default():
-    from autoenc_fast.train.optim import adam
-
     ours_params = [torch.randn(5, 7, dtype=torch.float64), torch.randn(3, dtype=torch.float64)]
-    plain_params = [p.clone() for p in ours_params]
     start = [p.clone() for p in ours_params]
     ours = adam(ours_params, lr=1e-2, betas=(0.5, 0.999))
-    plain = torch.optim.Adam(plain_params, lr=1e-2, betas=(0.5, 0.999))
+    plain = torch.optim.Adam([p.clone() for p in ours_params], lr=1e-2, betas=(0.5, 0.999))
     assert ours.defaults["fused"] is True and not plain.defaults["fused"]
-    for seed in range(4):
-        _fresh_grads(ours_params, seed)
-        _fresh_grads(plain_params, seed)
-        ours.step()
-        plain.step()
-    for p, q, p0 in zip(ours_params, plain_params, start):
+    _step_together([ours, plain], range(4))
+    for p, q, p0 in zip(_params(ours), _params(plain), start):
         assert (p - p0).abs().min() > 0 and (p - q).abs().max() < 1e-12
 
 
 def test_adam_keeps_the_default_where_there_is_no_fused_kernel():
-    from autoenc_fast.train.optim import adam
-
     meta = adam([torch.empty(4, device="meta", requires_grad=True)], lr=1e-3)
     assert meta.defaults["fused"] is None and meta.defaults["foreach"] is None
 
@@ -495,43 +497,26 @@ def test_adam_resumes_the_state_of_torchs_default_adam():
     """Checkpoints written before the fused optimizer hold the default Adam's state (and
     its settings, which PyTorch restores with it): loaded into ours, the run continues
     exactly as the default would."""
-    import copy
-
-    from autoenc_fast.train.optim import adam
-
     before = torch.optim.Adam([torch.randn(6, 2, dtype=torch.float64)], lr=1e-2)
-    _fresh_grads(before.param_groups[0]["params"], 0)
-    before.step()
-    trained = before.param_groups[0]["params"][0].detach()
+    _step_together([before], [0])
+    trained = _params(before)[0].detach()
     ours, plain = adam([trained.clone()], lr=1e-2), torch.optim.Adam([trained.clone()], lr=1e-2)
     # deep copies: loading keeps the saved tensors themselves where dtype and device match
     ours.load_state_dict(copy.deepcopy(before.state_dict()))
     plain.load_state_dict(copy.deepcopy(before.state_dict()))
-    for seed in (1, 2):
-        _fresh_grads(ours.param_groups[0]["params"], seed)
-        _fresh_grads(plain.param_groups[0]["params"], seed)
-        ours.step()
-        plain.step()
-    got, want = ours.param_groups[0]["params"][0], plain.param_groups[0]["params"][0]
+    _step_together([ours, plain], (1, 2))
+    got, want = _params(ours)[0], _params(plain)[0]
     assert (got - trained).abs().min() > 0 and torch.equal(got, want)
 
 
 def test_adam_resumes_its_own_state():
-    import copy
-
-    from autoenc_fast.train.optim import adam
-
     first = adam([torch.randn(3, 4)], lr=1e-2)
-    _fresh_grads(first.param_groups[0]["params"], 0)
-    first.step()
-    params = first.param_groups[0]["params"][0].detach()
-    resumed = adam([params.clone()], lr=1e-2)
+    _step_together([first], [0])
+    resumed = adam([_params(first)[0].detach().clone()], lr=1e-2)
     resumed.load_state_dict(copy.deepcopy(first.state_dict()))
-    for opt in (first, resumed):
-        _fresh_grads(opt.param_groups[0]["params"], 1)
-        opt.step()
+    _step_together([first, resumed], [1])
     assert resumed.param_groups[0]["fused"] is True
-    assert torch.equal(resumed.param_groups[0]["params"][0], first.param_groups[0]["params"][0])
+    assert torch.equal(_params(resumed)[0], _params(first)[0])
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
