@@ -179,6 +179,22 @@ def test_spade_norm_forward_and_backward_match_the_cpu_kernel(emu, shape, layout
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("fused", ["0", "1"], ids=["split", "per-group"])
+def test_spade_norm_nan_stays_in_its_channel_statistics(emu, layout, fused, monkeypatch):
+    # The variance's clamp at zero keeps NaN (a max() with 0 on the GPU would return 0).
+    monkeypatch.setenv("AUTOENC_FAST_SPADE_NORM_FUSED", fused)
+    x, gamma, beta, _ = spade_inputs((2, 4, 4, 4), torch.float32, layout)
+    x[1, 2, 3, 0] = float("nan")
+    for instance, poisoned in ((False, [2]), (True, [4 + 2])):
+        y, mean, var = emu.spade_norm(x, gamma, beta, None, None, True, instance, 1e-5, None)
+        for stat in (mean, var):
+            assert stat.flatten().isnan().nonzero().flatten().tolist() == poisoned
+        expected = torch.ops.autoenc_fast.spade_norm(x, gamma, beta, None, None, True, instance, 1e-5, None)
+        for actual, want in zip((y, mean, var), expected):
+            torch.testing.assert_close(actual, want, equal_nan=True)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 def test_spade_norm_running_statistics_and_pieces_match_the_cpu_kernel(emu, layout):
     # Eval mode (running statistics), and the ops the synchronized batch norm calls one by one.
     x, gamma, beta, grad_y = spade_inputs((3, 8, 4, 4), layout=layout)

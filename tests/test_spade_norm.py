@@ -290,6 +290,28 @@ def test_fused_ops_equal_their_pieces(device, instance, channels_last):
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_nan_in_one_channel_gives_nan_statistics_there_as_batch_norm(device, channels_last):
+    """A NaN poisons its channel's mean, variance and running statistics, as in F.batch_norm
+    (the variance's clamp at zero must not turn NaN into 0), and no other channel."""
+    x, gamma, beta = (torch.randn(3, 4, 5, 6, device=device) for _ in range(3))
+    x[1, 2, 3, 4] = float("nan")
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    running = (torch.rand(4, device=device), torch.rand(4, device=device) + 0.5)
+    stats = {"ours": running, "ref": tuple(t.clone() for t in running)}
+    y = AF.spade_norm(x, gamma, beta, running_mean=stats["ours"][0], running_var=stats["ours"][1])
+    y_ref = R.spade_norm(x, gamma, beta, running_mean=stats["ref"][0], running_var=stats["ref"][1])
+    mean, var = torch.ops.autoenc_fast.spade_norm_stats(x, False)
+    assert mean.isnan().tolist() == var.isnan().tolist() == [False, False, True, False]
+    assert y.isnan().any((0, 2, 3)).tolist() == [False, False, True, False]
+    torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-5, equal_nan=True)
+    for ours, ref in zip(stats["ours"], stats["ref"]):
+        torch.testing.assert_close(ours, ref, equal_nan=True)
+        assert ours.isnan().tolist() == [False, False, True, False]
+
+
 @needs_ext
 def test_large_mean_small_std_statistics():
     """The shifted one-pass variance stays accurate when |mean| >> std (float32)."""

@@ -106,7 +106,9 @@ def _group_mean_var(x_ptr, g, N, C, HW, INSTANCE: tl.constexpr, ACC: tl.constexp
     rows = 1 if INSTANCE else N
     m = (rows * HW).to(ACC)
     d_mean = s1 / m
-    return center + d_mean, tl.maximum(s2 / m - d_mean * d_mean, 0.0)
+    var = s2 / m - d_mean * d_mean
+    # Rounding can leave a constant group's variance just below zero; NaN stays NaN.
+    return center + d_mean, tl.where(var < 0.0, 0.0, var)
 
 
 @triton.jit

@@ -55,6 +55,10 @@ constexpr int64_t kGrainElems = 32768;
 constexpr int64_t kMinBlockedRow = 1024;
 constexpr int64_t kSmallTensorBytes = 512 * 1024;
 
+// var = S2 / M - mean^2 can round to just below zero for a constant group; clamp that,
+// but keep NaN as F.batch_norm does (std::max(0.0, NaN) is 0).
+inline double clamp_variance(double v) { return v < 0.0 ? 0.0 : v; }
+
 template <typename T>
 using Vec = at::vec::Vectorized<T>;
 // Up to four per-group parameters (mean, invstd, ...) as vectors for one step.
@@ -391,7 +395,7 @@ void stats_kernel(const at::Tensor& x, const Geometry& geo, at::Tensor& mean, at
   for (int64_t g = 0; g < geo.groups(); ++g) {
     const double d = s1[g] / m;
     mp[g] = static_cast<T>(shift[g] + d);
-    vp[g] = static_cast<T>(std::max(0.0, s2[g] / m - d * d));
+    vp[g] = static_cast<T>(clamp_variance(s2[g] / m - d * d));
   }
 }
 
@@ -481,7 +485,7 @@ void fused_forward_nchw(Pointers<T> p, const Geometry& geo, double eps, at::Tens
     const auto sums = group_sums<T>(geo, g, group_params<T>(shift, T(0)), stats_term(p.x));
     const double d = sums.first / m;
     mp[g] = static_cast<T>(shift + d);
-    vp[g] = static_cast<T>(std::max(0.0, sums.second / m - d * d));
+    vp[g] = static_cast<T>(clamp_variance(sums.second / m - d * d));
     // invstd as the backward recomputes it from var: rsqrt(var + eps) in T.
     const T invstd = T(1) / std::sqrt(vp[g] + static_cast<T>(eps));
     group_steps<T>(geo, g, group_params<T>(mp[g], invstd), apply_step(p));

@@ -58,6 +58,13 @@ struct alignas(sizeof(T) * N) Pack {
   T v[N];
 };
 
+// var = S2 / M - mean^2 can round to just below zero for a constant group; clamp that,
+// but keep NaN (max() would turn it into 0, fmaxf returning the other operand).
+template <typename T>
+__device__ __forceinline__ T clamp_variance(T v) {
+  return v < T(0) ? T(0) : v;
+}
+
 template <int N, typename T>
 __device__ __forceinline__ Pack<T, N> load_pack(const T* p) {
   return *reinterpret_cast<const Pack<T, N>*>(p);
@@ -269,7 +276,7 @@ __global__ void finalize_kernel(const acc_t* __restrict__ partial, const scalar_
         s.channels_last ? x[z * s.HW * s.C + c] : x[g * s.HW]);  // as the reduce kernels
     const acc_t d = a / m;
     out1[g] = shift + d;
-    out2[g] = max(b / m - d * d, acc_t(0));
+    out2[g] = clamp_variance(b / m - d * d);
   }
 }
 
@@ -440,7 +447,7 @@ __global__ void __launch_bounds__(kThreads)
   for (int j = 0; j < VEC; ++j) shift[j] = k;
   group_sums<false>(in, s, g, shift, unused, a, b);
   const acc_t m = static_cast<acc_t>(packs) * VEC, d = a / m;
-  const acc_t var = max(b / m - d * d, acc_t(0));
+  const acc_t var = clamp_variance(b / m - d * d);
   acc_t mean[VEC], invstd[VEC];
 #pragma unroll
   for (int j = 0; j < VEC; ++j) mean[j] = k + d, invstd[j] = acc_t(1) / sqrt(var + eps);

@@ -33,6 +33,7 @@
 #include <cstring>
 #include <string>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 // ------------------------------------------------------------ CUDA keywords and types
@@ -53,12 +54,22 @@ struct dim3 {
 inline uint3 threadIdx{0, 0, 0}, blockIdx{0, 0, 0};
 inline dim3 blockDim, gridDim;
 
+// CUDA's min/max: on floating point, fminf/fmaxf, which return the other operand when one
+// is NaN (so a kernel that lets max() meet a NaN behaves here as on the GPU).
 template <typename A, typename B>
 constexpr auto min(A a, B b) -> decltype(a + b) {
+  if constexpr (std::is_floating_point_v<decltype(a + b)>) {
+    if (a != a) return b;
+    if (b != b) return a;
+  }
   return b < a ? b : a;
 }
 template <typename A, typename B>
 constexpr auto max(A a, B b) -> decltype(a + b) {
+  if constexpr (std::is_floating_point_v<decltype(a + b)>) {
+    if (a != a) return b;
+    if (b != b) return a;
+  }
   return a < b ? b : a;
 }
 
