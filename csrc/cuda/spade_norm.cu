@@ -247,12 +247,22 @@ __global__ void reduce_nhwc_kernel(Inputs<scalar_t, acc_t> in, Shape s, int64_t 
   }
 }
 
+// What finalize_kernel writes besides its sums, so that the ops need no small torch ops
+// (each a launch) between the passes: the forward's invstd = 1 / sqrt(var + eps) when
+// `invstd` is set, and in the backward the means A / M and B / M instead of the sums.
+template <typename acc_t>
+struct Finish {
+  acc_t* invstd = nullptr;
+  acc_t eps = 0;
+  bool means = false;
+};
+
 // One warp per group adds its `parts` partials in a fixed order and writes
-// (mean, var) (stats) or (A, B) (backward).
+// (mean, var) (stats) or (A, B) (backward), then what `finish` asks for.
 template <bool kBackward, typename scalar_t, typename acc_t>
 __global__ void finalize_kernel(const acc_t* __restrict__ partial, const scalar_t* __restrict__ x,
                                 Shape s, int64_t parts, acc_t* __restrict__ out1,
-                                acc_t* __restrict__ out2) {
+                                acc_t* __restrict__ out2, Finish<acc_t> finish) {
   const int64_t groups = s.groups();
   const int64_t g = static_cast<int64_t>(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
@@ -267,16 +277,17 @@ __global__ void finalize_kernel(const acc_t* __restrict__ partial, const scalar_
   a = warp_sum(a);
   b = warp_sum(b);
   if (lane != 0) return;
+  const acc_t m = static_cast<acc_t>(s.instance ? s.HW : s.N * s.HW);
   if constexpr (kBackward) {
-    out1[g] = a;
-    out2[g] = b;
+    out1[g] = finish.means ? a / m : a;
+    out2[g] = finish.means ? b / m : b;
   } else {
-    const acc_t m = static_cast<acc_t>(s.instance ? s.HW : s.N * s.HW);
     const acc_t shift = static_cast<acc_t>(
         s.channels_last ? x[z * s.HW * s.C + c] : x[g * s.HW]);  // as the reduce kernels
-    const acc_t d = a / m;
+    const acc_t d = a / m, var = clamp_variance(b / m - d * d);
     out1[g] = shift + d;
-    out2[g] = clamp_variance(b / m - d * d);
+    out2[g] = var;
+    if (finish.invstd != nullptr) finish.invstd[g] = acc_t(1) / sqrt(var + finish.eps);  // as the fused kernel
   }
 }
 
@@ -533,7 +544,7 @@ void with_pack(const Shape& s, const Inputs<scalar_t, acc_t>& in, std::initializ
 // Runs the reduce + finalize kernels; out1/out2 are (C,) or (N, C) accumulate-type tensors.
 template <bool kBackward, int VEC, typename scalar_t, typename acc_t>
 void launch_reduce(const Inputs<scalar_t, acc_t>& in, const Shape& s, const at::Tensor& x,
-                   at::Tensor& out1, at::Tensor& out2) {
+                   at::Tensor& out1, at::Tensor& out2, Finish<acc_t> finish) {
   const auto stream = c10::cuda::getCurrentCUDAStream();
   at::Tensor partial;
   int64_t parts = 0;
@@ -571,15 +582,15 @@ void launch_reduce(const Inputs<scalar_t, acc_t>& in, const Shape& s, const at::
   constexpr int kWarps = kThreads / 32;
   finalize_kernel<kBackward><<<static_cast<unsigned>((groups + kWarps - 1) / kWarps), kThreads, 0, stream>>>(
       partial.const_data_ptr<acc_t>(), in.x, s, parts, out1.mutable_data_ptr<acc_t>(),
-      out2.mutable_data_ptr<acc_t>());
+      out2.mutable_data_ptr<acc_t>(), finish);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 template <bool kBackward, typename scalar_t, typename acc_t>
 void reduce(const Inputs<scalar_t, acc_t>& in, const Shape& s, const at::Tensor& x, at::Tensor& out1,
-            at::Tensor& out2) {
+            at::Tensor& out2, Finish<acc_t> finish = {}) {
   with_pack(s, in, {}, [&](auto vec) {
-    launch_reduce<kBackward, decltype(vec)::value>(in, s, x, out1, out2);
+    launch_reduce<kBackward, decltype(vec)::value>(in, s, x, out1, out2, finish);
   });
 }
 
@@ -621,20 +632,27 @@ void check_cuda_inputs(const at::Tensor& x, const char* op) {
   TORCH_CHECK(x.is_cuda(), op, ": `x` must be a CUDA tensor for the CUDA kernel; got ", x.device());
 }
 
-std::tuple<at::Tensor, at::Tensor> stats_impl(const at::Tensor& x_in, bool instance) {
+// mean and var per group; with `eps`, also invstd = 1 / sqrt(var + eps) (same kernels).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> stats_impl(const at::Tensor& x_in, bool instance,
+                                                          std::optional<double> eps = std::nullopt) {
   const at::Tensor x = x_in.contiguous(spade_memory_format(x_in));
-  at::Tensor mean = spade_empty_stats(x, instance), var = spade_empty_stats(x, instance);
+  at::Tensor mean = spade_empty_stats(x, instance), var = spade_empty_stats(x, instance), invstd;
   if (x.numel() == 0) {
     mean.zero_();
     var.zero_();
-    return {mean, var};
+    if (eps.has_value()) invstd = (var + *eps).rsqrt();
+    return {mean, var, invstd};
   }
+  if (eps.has_value()) invstd = spade_empty_stats(x, instance);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "spade_norm_stats_cuda", [&] {
     using acc_t = at::acc_type<scalar_t, true>;
     const SpadeLaidOut t{{}, x, SpadeParams{{}, {}, 0, x.size(1)}};
-    reduce<false>(inputs_of<scalar_t, acc_t>(t, {}, {}, std::nullopt), shape_of(x, instance), x, mean, var);
+    const Finish<acc_t> finish{invstd.defined() ? invstd.mutable_data_ptr<acc_t>() : nullptr,
+                               static_cast<acc_t>(eps.value_or(0.0)), false};
+    reduce<false>(inputs_of<scalar_t, acc_t>(t, {}, {}, std::nullopt), shape_of(x, instance), x, mean, var,
+                  finish);
   });
-  return {mean, var};
+  return {mean, var, invstd};
 }
 
 at::Tensor apply_impl(const SpadeLaidOut& t, const at::Tensor& mean_in, const at::Tensor& invstd_in,
@@ -699,8 +717,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_impl(
     const std::optional<at::Tensor>& running_var, bool use_input_stats, bool instance, double eps,
     std::optional<double> slope) {
   if (use_input_stats && use_fused_groups(t.x, instance)) return fused_forward(t, instance, eps, slope);
-  auto [mean, var] = spade_forward_stats(t.x, running_mean, running_var, use_input_stats,
-                                         [&] { return stats_impl(t.x, instance); });
+  if (use_input_stats) {
+    auto [mean, var, invstd] = stats_impl(t.x, instance, eps);
+    return {apply_impl(t, mean, invstd, slope), mean, var};
+  }
+  auto [mean, var] = spade_forward_stats(t.x, running_mean, running_var, false, [] {
+    return std::pair<at::Tensor, at::Tensor>();  // not called: fixed statistics
+  });
   return {apply_impl(t, mean, (var + eps).rsqrt(), slope), mean, var};
 }
 
@@ -726,15 +749,18 @@ at::Tensor fused_backward(const SpadeLaidOut& t, const at::Tensor& mean_in, cons
   return dx;
 }
 
+// The sums A = sum dxhat and B = sum dxhat * xhat per group, or with `means` A / M and B / M.
 std::tuple<at::Tensor, at::Tensor> backward_reduce_impl(const SpadeLaidOut& t, const at::Tensor& mean_in,
-                                                        const at::Tensor& invstd_in, std::optional<double> slope) {
+                                                        const at::Tensor& invstd_in, std::optional<double> slope,
+                                                        bool means = false) {
   const at::Tensor mean = mean_in.contiguous(), invstd = invstd_in.contiguous();
-  at::Tensor sum1 = at::zeros_like(mean), sum2 = at::zeros_like(mean);
-  if (t.x.numel() == 0) return {sum1, sum2};
+  if (t.x.numel() == 0) return {at::zeros_like(mean), at::zeros_like(mean)};
+  // finalize_kernel writes every group: no zero fill (a launch each) first.
+  at::Tensor sum1 = at::empty_like(mean), sum2 = at::empty_like(mean);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, t.x.scalar_type(), "spade_norm_backward_reduce_cuda", [&] {
     using acc_t = at::acc_type<scalar_t, true>;
     reduce<true>(inputs_of<scalar_t, acc_t>(t, mean, invstd, slope), shape_of(t.x, mean.dim() == 2), t.x, sum1,
-                 sum2);
+                 sum2, Finish<acc_t>{nullptr, 0, means});
   });
   return {sum1, sum2};
 }
@@ -778,11 +804,7 @@ at::Tensor backward_impl(const SpadeLaidOut& t, const at::Tensor& mean, const at
   if (use_input_stats && use_fused_groups(t.x, mean.dim() == 2)) return fused_backward(t, mean, invstd, grads, slope);
   std::optional<at::Tensor> mean_dxhat, mean_dxhat_xhat;
   if (use_input_stats) {
-    auto [sum1, sum2] = backward_reduce_impl(t, mean, invstd, slope);
-    const int64_t hw = t.x.size(2) * t.x.size(3);
-    const double m = static_cast<double>(std::max<int64_t>(1, mean.dim() == 2 ? hw : t.x.size(0) * hw));
-    mean_dxhat = sum1 / m;
-    mean_dxhat_xhat = sum2 / m;
+    std::tie(mean_dxhat, mean_dxhat_xhat) = backward_reduce_impl(t, mean, invstd, slope, /*means=*/true);
   }
   return backward_elemt_impl(t, mean, invstd, mean_dxhat, mean_dxhat_xhat, grads, slope);
 }
@@ -816,7 +838,8 @@ std::tuple<at::Tensor, at::Tensor> spade_norm_stats_cuda(const at::Tensor& x, bo
   check_spade_x(x, "spade_norm_stats");
   check_cuda_inputs(x, "spade_norm_stats");
   const c10::cuda::CUDAGuard guard(x.device());
-  return stats_impl(x, instance);
+  auto [mean, var, unused] = stats_impl(x, instance);
+  return {mean, var};
 }
 
 at::Tensor spade_norm_apply_cuda(const at::Tensor& x, const at::Tensor& gamma, const at::Tensor& beta,
