@@ -338,12 +338,33 @@ def test_modules_match_reference_twins_state_dict_both_ways(bias):
     ours.eval(), twin.eval()
     torch.testing.assert_close(ours(x), twin(x), **TOLERANCES[torch.float32])
     # In training the dropout sits between the two layers: outputs change, shape stays.
-    # (Its mask follows memory order, and einsum's output layout differs from ours, so
-    # train-mode outputs of the twins are not compared element by element.)
     ours.train()
     y = ours(x)
     assert not torch.allclose(y, twin(x))
     assert y.shape == (5, 6, 4, 4)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
+def test_bottleneck_twins_drop_the_same_elements_for_the_same_seed(layout):
+    """Dropout's mask follows memory order: the reference lays the einsum's output out as
+    the fused op's, so in training the same seed gives the same outputs and gradients."""
+    ours = ChannelwiseFCBottleneck(3, 4, 5, dropout=0.5)
+    twin = reference.ChannelwiseFCBottleneck(3, 4, 5, dropout=0.5)
+    twin.load_state_dict(ours.state_dict())
+    x = make_x((6, 3, 4, 5), layout)
+    seed = torch.seed()
+    results = []
+    for module in (ours, twin):
+        torch.manual_seed(seed)
+        module(x).square().sum().backward()
+        results.append([module(x)] + [p.grad for p in module.parameters()])  # a second draw too
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, **TOLERANCES[torch.float32])
+
+
+def test_bottleneck_out_channels_must_be_positive():
+    with pytest.raises(ValueError, match="`out_channels` must be >= 1; got 0"):
+        ChannelwiseFCBottleneck(4, 2, 2, out_channels=0)
 
 
 def test_info_lists_op():

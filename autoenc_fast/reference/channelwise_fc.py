@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from .._args import positive_int
+from ..ops.channelwise_fc_checks import output_memory_format
 
 
 def channelwise_fc(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -77,9 +78,15 @@ class ChannelwiseFCBottleneck(nn.Module):
                  out_channels: int | None = None, bias: bool = True, device=None, dtype=None):
         super().__init__()
         factory = dict(device=device, dtype=dtype)
+        if out_channels is not None:
+            positive_int(out_channels, "out_channels", "ChannelwiseFCBottleneck")
         self.fc = self.fc_class(channels, height, width, bias=bias, **factory)
         self.dropout = nn.Dropout(dropout)
         self.conv = nn.Conv2d(channels, out_channels or channels, kernel_size=1, bias=bias, **factory)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(self.dropout(self.fc(x)))
+        # nn.Dropout draws its mask in memory order: the einsum's output (batch inside
+        # channel in memory) is laid out as the fused op's, so that both backends drop the
+        # same elements for the same seed. The 1x1 convolution would copy it anyway.
+        y = self.fc(x).contiguous(memory_format=output_memory_format(x))
+        return self.conv(self.dropout(y))
