@@ -91,7 +91,7 @@ def reparametrize_kl(mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor |
             default generator of mu's device). It advances on every call, so
             ``torch.manual_seed`` reproduces a run and two calls draw different noise.
         seed: instead of a generator, an explicit Philox key (int), (key, offset) pair or
-            int64 tensor of two: the CPU and CUDA kernels draw the same noise for it.
+            integer tensor of two: the CPU and CUDA kernels draw the same noise for it.
 
     Returns:
         ``(z, kl)``: z like mu (contiguous); kl of shape (B,), float64 for float64

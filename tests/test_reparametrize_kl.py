@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from conftest import (TOLERANCES, assert_double_backward_refused, compile_for_sm90, devices, requires_cuda,
@@ -264,7 +265,10 @@ def test_explicit_seed_forms_agree(device):
     by_int, _ = F.reparametrize_kl(mu, logvar, seed=42)
     by_pair, _ = F.reparametrize_kl(mu, logvar, seed=(42, 0))
     by_tensor, _ = F.reparametrize_kl(mu, logvar, seed=torch.tensor([42, 0]))
-    assert torch.equal(by_int, by_pair) and torch.equal(by_int, by_tensor)
+    by_numpy, _ = F.reparametrize_kl(mu, logvar, seed=np.int64(42))
+    by_int32, _ = F.reparametrize_kl(mu, logvar, seed=torch.tensor([42, 0], dtype=torch.int32))
+    for other in (by_pair, by_tensor, by_numpy, by_int32):
+        assert torch.equal(by_int, other)
     shifted, _ = F.reparametrize_kl(mu, logvar, seed=(42, 1))
     assert not torch.equal(by_int, shifted)
 
@@ -527,6 +531,22 @@ def test_bad_input_names_the_argument(name, make, message):
     if name != "device":  # the C++ kernel checks too, when called directly
         with pytest.raises(RuntimeError, match=message):
             OP(*args, torch.tensor([1, 2]) if args[2] is None else None)
+
+
+@pytest.mark.parametrize("seed", [3.5, "abc", True, (1, 2, 3), (1, 2.0), torch.tensor([1.0, 2.0]),
+                                  torch.tensor([1, 2, 3])], ids=repr)
+def test_bad_python_seed_names_the_argument(seed):
+    mu = torch.randn(2, 3)
+    with pytest.raises(TypeError, match=r"`seed` must be an int key, a \(key, offset\) pair"):
+        F.reparametrize_kl(mu, mu, seed=seed)
+    with pytest.raises(TypeError, match=r"`seed` must be an int key, a \(key, offset\) pair"):
+        R.reparametrize_kl(mu, mu, seed=seed)
+
+
+def test_non_tensor_eps_names_it():
+    mu = torch.randn(2, 3)
+    with pytest.raises(TypeError, match="`eps` must be a tensor of mu's shape; got list"):
+        F.reparametrize_kl(mu, mu, mu.tolist())
 
 
 def test_bad_seed_names_the_argument():

@@ -7,6 +7,8 @@ import torch
 
 
 def check_same_as_mu(t: torch.Tensor, name: str, mu: torch.Tensor) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"reparametrize_kl: `{name}` must be a tensor of mu's shape; got {type(t).__name__}")
     if t.shape != mu.shape:
         raise ValueError(f"reparametrize_kl: `{name}` must have mu's shape {tuple(mu.shape)}; "
                          f"got {tuple(t.shape)}")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import operator
 
 import torch
 from torch import nn
@@ -33,13 +34,35 @@ def draw_seed(generator: torch.Generator | None, device: torch.device) -> torch.
                          generator=generator)
 
 
+_SEED_EXPECTED = "an int key, a (key, offset) pair of ints, or an integer tensor of two elements"
+
+
+def _seed_int(value, seed) -> int:
+    """An int-like seed part (int, numpy integer; not bool or float) wrapped to int64."""
+    if isinstance(value, bool):
+        raise TypeError(f"reparametrize_kl: `seed` must be {_SEED_EXPECTED}; got {seed!r}")
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise TypeError(f"reparametrize_kl: `seed` must be {_SEED_EXPECTED}; got {seed!r}") from None
+    return ((value + 2**63) % 2**64) - 2**63
+
+
 def seed_tensor(seed, device: torch.device) -> torch.Tensor:
-    """An explicit seed: an int key, a (key, offset) pair, or such an int64 tensor."""
+    """An explicit seed: an int key, a (key, offset) pair, or such an integer tensor."""
     if isinstance(seed, torch.Tensor):
+        if seed.dtype.is_floating_point or seed.dtype.is_complex or seed.dtype == torch.bool \
+                or seed.numel() != 2:
+            raise TypeError(f"reparametrize_kl: `seed` must be {_SEED_EXPECTED}; got a {seed.dtype} tensor "
+                            f"of shape {tuple(seed.shape)}")
         return seed.to(device=device, dtype=torch.int64).reshape(2)
-    key, offset = (seed, 0) if isinstance(seed, int) else seed
-    wrap = lambda v: ((int(v) + 2**63) % 2**64) - 2**63  # noqa: E731
-    return torch.tensor([wrap(key), wrap(offset)], dtype=torch.int64, device=device)
+    if isinstance(seed, (tuple, list)):
+        if len(seed) != 2:
+            raise TypeError(f"reparametrize_kl: `seed` must be {_SEED_EXPECTED}; got {seed!r}")
+        key, offset = (_seed_int(v, seed) for v in seed)
+    else:
+        key, offset = _seed_int(seed, seed), 0
+    return torch.tensor([key, offset], dtype=torch.int64, device=device)
 
 
 def reparametrize_kl(mu, logvar, eps=None, *, generator=None, seed=None):
