@@ -323,9 +323,11 @@ def test_module_init_keeps_scale_and_repr():
     assert "bias=False" in repr(ChannelwiseFC(2, 3, 4, bias=False))
 
 
-def test_module_rejects_wrong_map_shape():
-    with pytest.raises(ValueError, match=r"`x` must have shape \(B, 4, 6, 6\)"):
-        ChannelwiseFC(4, 6, 6)(torch.randn(2, 4, 4, 4))
+@pytest.mark.parametrize("module_class", [ChannelwiseFC, reference.ChannelwiseFC])
+@pytest.mark.parametrize("shape", [(2, 4, 4, 4), (4, 6, 6), (2, 4, 6, 6, 1)])
+def test_module_rejects_wrong_map_shape(module_class, shape):
+    with pytest.raises(ValueError, match=r"ChannelwiseFC: `x` must have shape \(B, 4, 6, 6\); got"):
+        module_class(4, 6, 6)(torch.randn(shape))
 
 
 @pytest.mark.parametrize("bias", [True, False])

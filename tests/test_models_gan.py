@@ -544,6 +544,7 @@ GENERATOR_BAD_CALLS = [  # (use_vae, call, argument, expected): z is read only w
         (lambda g: g(torch.rand(2, 4, 32)), "got (2, 4, 32)"))],
     (True, lambda g: g(torch.rand(2, 4, 32, 32), torch.randn(3, 8)), "z", "must have shape (2, 8); got (3, 8)"),
     (True, lambda g: g(torch.rand(2, 4, 32, 32), torch.randn(2, 7)), "z", "got (2, 7)"),
+    (False, lambda g: g(torch.rand(2, 4, 32, 32), torch.randn(2, 8)), "z", "only read with use_vae=True"),
 ]
 
 
@@ -561,6 +562,21 @@ def test_spade_names_a_segmap_that_does_not_fit_x(backend, segmap_shape):
     spade = (afnn.SPADE if backend == "fused" else R.SPADE)(3, 4, hidden=8)
     with pytest.raises(ValueError, match=r"SPADE: `segmap` must have shape .* \(2, 4, h, w\); got"):
         spade(torch.randn(2, 3, 8, 8), torch.rand(segmap_shape))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("x_shape", [(2, 4, 8, 8), (2, 3, 8)])
+def test_spade_names_an_x_of_another_shape(backend, x_shape):
+    spade = (afnn.SPADE if backend == "fused" else R.SPADE)(3, 4, hidden=8)
+    with pytest.raises(ValueError, match=r"SPADE: `x` must have shape \(B, 3, H, W\); got"):
+        spade(torch.randn(x_shape), torch.rand(2, 4, 8, 8))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_spade_names_an_integer_segmap(backend):
+    spade = (afnn.SPADE if backend == "fused" else R.SPADE)(3, 4, hidden=8)
+    with pytest.raises(TypeError, match="SPADE: `segmap` must be a floating-point tensor.*got torch.int64"):
+        spade(torch.randn(2, 3, 8, 8), torch.randint(0, 2, (2, 4, 8, 8)))
 
 
 @pytest.mark.parametrize("call, message", [

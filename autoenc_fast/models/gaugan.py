@@ -148,6 +148,9 @@ class SPADEGenerator(nn.Module):
 
     def _initial_map(self, seg: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor:
         if not self.use_vae:
+            if z is not None:  # GauGAN's code ignores it here; a caller passing one expects it used
+                raise ValueError("SPADEGenerator: `z` is only read with use_vae=True; this generator starts "
+                                 "from the downsampled segmap: pass z=None")
             return self.fc(F.interpolate(seg, size=(self.sh, self.sw)))
         if z is None:
             z = torch.randn(seg.shape[0], self.z_dim, dtype=seg.dtype, device=seg.device)

@@ -60,5 +60,5 @@ class SPADE(ReferenceSPADE):
         return gamma, beta
 
     def forward(self, x: torch.Tensor, segmap: torch.Tensor) -> torch.Tensor:
-        self.check_segmap(x, segmap)
+        self.check_inputs(x, segmap)
         return spade_norm_merged(x, self.merged_modulation(segmap, x), **self.norm_arguments())

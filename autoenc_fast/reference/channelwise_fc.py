@@ -8,7 +8,7 @@ import math
 import torch
 from torch import nn
 
-from .._args import positive_int
+from .._args import positive_int, shape_of
 from ..ops.channelwise_fc_checks import output_memory_format
 
 
@@ -57,9 +57,9 @@ class ChannelwiseFC(nn.Module):
         init_channelwise_fc_(self.weight, self.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() == 4 and tuple(x.shape[1:]) != (self.channels, self.height, self.width):
+        if getattr(x, "ndim", None) != 4 or tuple(x.shape[1:]) != (self.channels, self.height, self.width):
             raise ValueError(f"ChannelwiseFC: `x` must have shape (B, {self.channels}, {self.height}, "
-                             f"{self.width}); got {tuple(x.shape)}")
+                             f"{self.width}); got {shape_of(x)}")
         return self.op(x, self.weight, self.bias)
 
     def extra_repr(self) -> str:

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._args import positive_int, shape_of
+from .._args import check_maps, positive_int, shape_of
 
 from ..ops.spade_norm_checks import (NORMS, check_inputs, check_merged, check_x, group_count,  # noqa: F401
                                      update_running_stats)
@@ -127,18 +127,22 @@ class SPADE(nn.Module):
                 "training": use_batch, "momentum": batch_norm_momentum(bn), "eps": bn.eps,
                 "negative_slope": self.negative_slope, "process_group": group}
 
-    def check_segmap(self, x, segmap) -> None:
-        """segmap (N, label_nc, h, w) with x's batch size N, or a ValueError naming it (the
-        convolutions and the op would otherwise fail on tensors the caller never passed)."""
+    def check_inputs(self, x, segmap) -> None:
+        """x (N, norm_nc, H, W) and a floating-point segmap (N, label_nc, h, w) with x's
+        batch size, or an error naming the one that is not (the convolutions and the op
+        would otherwise fail on tensors the caller never passed)."""
+        check_maps(x, self.mlp_gamma.out_channels, "x", "SPADE")
         label_nc = self.mlp_shared[0].in_channels
         if not isinstance(segmap, torch.Tensor) or segmap.dim() != 4 or segmap.shape[1] != label_nc \
-                or (isinstance(x, torch.Tensor) and x.dim() >= 1 and segmap.shape[0] != x.shape[0]):
-            batch = x.shape[0] if isinstance(x, torch.Tensor) and x.dim() >= 1 else "N"
+                or segmap.shape[0] != x.shape[0]:
             raise ValueError(f"SPADE: `segmap` must have shape (N, label_nc, h, w) with x's batch size, "
-                             f"({batch}, {label_nc}, h, w); got {shape_of(segmap)}")
+                             f"({x.shape[0]}, {label_nc}, h, w); got {shape_of(segmap)}")
+        if not segmap.is_floating_point():
+            raise TypeError(f"SPADE: `segmap` must be a floating-point tensor (a one-hot or soft label map, "
+                            f"e.g. one_hot(labels).permute(0, 3, 1, 2).float()); got {segmap.dtype}")
 
     def forward(self, x, segmap):
-        self.check_segmap(x, segmap)
+        self.check_inputs(x, segmap)
         gamma, beta = self.modulation(segmap, x)
         return self.op(x, gamma, beta, **self.norm_arguments())
 
