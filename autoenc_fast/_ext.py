@@ -46,10 +46,18 @@ def load_extension(path: Path = BUILD_INFO_PATH) -> tuple[bool, str]:
     return True, f"autoenc_fast._C built for torch {info['torch_version']}"
 
 
+def fallback_message(status: str, disabled: bool) -> str:
+    """The one warning when the extension is not loaded: why, and the way back to the
+    kernels (a rebuild, or, when AUTOENC_FAST_DISABLE_EXTENSION asked for it, unsetting it)."""
+    remedy = "unset AUTOENC_FAST_DISABLE_EXTENSION" if disabled else REBUILD_HINT
+    return (f"autoenc_fast: {status}; every op falls back to its plain-PyTorch reference (slower). "
+            f"To get the fused kernels, {remedy}.")
+
+
 LOADED, STATUS = load_extension()
 if not LOADED:
-    warnings.warn(f"autoenc_fast: {STATUS}; every op falls back to its plain-PyTorch reference "
-                  f"(slower). To get the fused kernels, {REBUILD_HINT}.", RuntimeWarning, stacklevel=2)
+    warnings.warn(fallback_message(STATUS, os.environ.get("AUTOENC_FAST_DISABLE_EXTENSION") == "1"),
+                  RuntimeWarning, stacklevel=2)
 
 
 def has_kernel(op: str, dispatch_key: str) -> bool:

@@ -19,6 +19,9 @@ def _cmd_info(args) -> int:
 def _cmd_bench(args) -> int:
     from .bench import format_table, keep_freed_memory, run_benchmarks, write_json
 
+    if args.no_models and args.model:
+        raise UsageError("--no-models and --model contradict each other: name the model steps to time, "
+                         "or leave them out")
     for flag, path in (("--json", args.json), ("--png", args.png)):
         folder = Path(path).resolve().parent if path else None
         if folder is not None and not folder.is_dir():  # known before minutes of measuring, not after

@@ -51,7 +51,7 @@ with warnings.catch_warnings(record=True) as caught:
     assert F.spade_norm(x, torch.randn_like(x), torch.randn_like(x), negative_slope=0.2).shape == x.shape
 ours = [w for w in caught if "autoenc_fast" in str(w.message)]
 assert len(ours) == 1, [str(w.message) for w in caught]
-assert "pip install --no-build-isolation -e ." in str(ours[0].message)
+assert "To get the fused kernels, unset AUTOENC_FAST_DISABLE_EXTENSION." in str(ours[0].message)
 print(autoenc_fast.info()["kernels"]["reparametrize_kl"])
 torch.save((mu, lv, z, kl), "fallback.pt")
 """
@@ -63,6 +63,16 @@ torch.save((mu, lv, z, kl), "fallback.pt")
     z_kernel, kl_kernel = autoenc_fast.functional.reparametrize_kl(mu, lv, seed=(5, 0))
     torch.testing.assert_close(z, z_kernel, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(kl, kl_kernel, atol=1e-4, rtol=1e-4)
+
+
+def test_fallback_warning_says_how_to_get_the_kernels_back():
+    from autoenc_fast._ext import fallback_message
+
+    missing = fallback_message("the compiled extension autoenc_fast._C is not built", disabled=False)
+    assert "is not built; every op falls back" in missing
+    assert "rebuild with `pip install --no-build-isolation -e .`" in missing
+    disabled = fallback_message("AUTOENC_FAST_DISABLE_EXTENSION=1 is set", disabled=True)
+    assert "unset AUTOENC_FAST_DISABLE_EXTENSION" in disabled and "pip install" not in disabled
 
 
 def test_info_command_prints_versions_and_kernels():
