@@ -139,7 +139,16 @@ def test_corrupt_or_foreign_checkpoints_are_clear_errors(tmp_path, capsys):
 
     torch.save({"format": "autoenc_fast-1", "evil": Payload()}, state)
     assert train(tmp_path, "vae", "--max-steps", "4", "--resume") == 2
-    assert "cannot read the training state" in capsys.readouterr().err
+    _assert_unreadable_state(capsys.readouterr().err, state)
+    # Random bytes, and a checkpoint cut short: the same one line, never torch's advice to
+    # load with weights_only=False.
+    state.write_bytes(os.urandom(300))
+    assert train(tmp_path, "vae", "--max-steps", "4", "--resume") == 2
+    _assert_unreadable_state(capsys.readouterr().err, state)
+    torch.save({"format": "autoenc_fast-1", "step": 2, "noise": torch.randn(1000)}, state)
+    state.write_bytes(state.read_bytes()[:-500])
+    assert train(tmp_path, "vae", "--max-steps", "4", "--resume") == 2
+    _assert_unreadable_state(capsys.readouterr().err, state)
     # Weights of another model under the run's own options: a clear error, not a traceback.
     # (Resuming with other model options is refused before, naming them: see
     # test_resume_refuses_options_that_change_the_run.)
@@ -152,6 +161,23 @@ def test_corrupt_or_foreign_checkpoints_are_clear_errors(tmp_path, capsys):
     latest_weights(other).write_bytes(latest_weights(bigger).read_bytes())
     assert train(other, "vae", "--max-steps", "2", "--resume") == 2
     assert "does not fit this model" in capsys.readouterr().err
+
+
+def _assert_unreadable_state(err: str, state: Path) -> None:
+    assert err.strip() == f"autoenc-fast: error: {state} is not a readable checkpoint: it is corrupt or " \
+        "truncated, or holds more than tensors and plain values (never loaded: that could run code)"
+
+
+def test_checkpoint_files_follow_the_umask(tmp_path):
+    """safetensors' save_file wrote the weights 0600, every other file followed the umask."""
+    previous = os.umask(0o027)
+    try:
+        assert train(tmp_path, "vae", "--max-steps", "1") == 0
+    finally:
+        os.umask(previous)
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert any(p.suffix == ".safetensors" for p in files)
+    assert {p.name: oct(p.stat().st_mode & 0o777) for p in files} == {p.name: "0o640" for p in files}
 
 
 def _png_claiming(width: int, height: int) -> bytes:

@@ -46,13 +46,15 @@ def atomic_write(path: Path, write) -> None:
 
 def save_checkpoint(directory: Path, step: int, modules: dict, state: dict) -> Path:
     """Write checkpoint `step` of `modules` ({name: nn.Module}) and `state`, then point to it."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     directory.mkdir(parents=True, exist_ok=True)
     stem = f"step-{step:08d}"
     tensors = {f"{name}.{key}": value.detach().cpu().clone()
                for name, module in modules.items() for key, value in module.state_dict().items()}
-    atomic_write(directory / f"{stem}.safetensors", lambda p: save_file(tensors, str(p)))
+    # Serialized here and written by Python: safetensors' own save_file writes through a
+    # private temporary file (mode 0600), where every other file of the run follows the umask.
+    atomic_write(directory / f"{stem}.safetensors", lambda p: p.write_bytes(save(tensors)))
     atomic_write(directory / f"{stem}.pt", lambda p: torch.save({"format": "autoenc_fast-1", **state}, p))
     pointer = {"step": step, "weights": f"{stem}.safetensors", "state": f"{stem}.pt"}
     atomic_write(directory / POINTER, lambda p: p.write_text(json.dumps(pointer)))
@@ -75,12 +77,8 @@ def latest_step(directory: Path) -> int | None:
         return None
 
 
-def load_checkpoint(directory: Path, modules: dict, check_state=None) -> dict:
-    """Load the latest checkpoint's weights into `modules` (strict) and return its state;
-    check_state(state), when given, runs before any weight is loaded (it may refuse)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
+def read_state(directory: Path) -> tuple[dict, Path]:
+    """The latest checkpoint's training state, and the path of its weights."""
     pointer_path = directory / POINTER
     try:
         pointer = json.loads(pointer_path.read_text())
@@ -91,16 +89,24 @@ def load_checkpoint(directory: Path, modules: dict, check_state=None) -> dict:
         raise CheckpointError(f"{pointer_path} is not an autoenc_fast checkpoint pointer") from None
     try:
         state = torch.load(state_path, map_location="cpu", weights_only=True)
-    except Exception as error:  # unpickling refuses anything but tensors and plain values
-        raise CheckpointError(f"cannot read the training state {state_path}: {error}") from None
+    except Exception:  # noqa: BLE001 -- torch's message suggests weights_only=False: never shown
+        raise CheckpointError(f"{state_path} is not a readable checkpoint: it is corrupt or truncated, or holds "
+                              "more than tensors and plain values (never loaded: that could run code)") from None
     if not isinstance(state, dict) or state.get("format") != "autoenc_fast-1":
         raise CheckpointError(f"{state_path} is not an autoenc_fast training state")
-    if check_state is not None:
-        check_state(state)
+    return state, weights_path
+
+
+def load_weights(weights_path: Path, modules: dict) -> None:
+    """Load a checkpoint's weights into `modules` ({name: nn.Module}), strictly."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
     try:
         tensors = load_file(str(weights_path))
     except (OSError, SafetensorError) as error:
-        raise CheckpointError(f"cannot read the weights {weights_path}: {error}") from None
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise CheckpointError(f"cannot read the weights {weights_path}: {reason}") from None
     for name, module in modules.items():
         prefix = f"{name}."
         own = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
@@ -109,4 +115,3 @@ def load_checkpoint(directory: Path, modules: dict, check_state=None) -> dict:
         except RuntimeError as error:
             first_line = str(error).splitlines()[0]
             raise CheckpointError(f"{weights_path} does not fit this model ({name}): {first_line}") from None
-    return state

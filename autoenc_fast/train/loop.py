@@ -219,8 +219,9 @@ def _train(args, rank: int, world: int) -> dict:
 
     step, epoch, batch_in_epoch, history = 0, 0, 0, []
     if args.resume:
-        state = checkpoint.load_checkpoint(run.checkpoints, modules,
-                                           check_state=lambda saved: _check_resume_options(saved, args, world))
+        state, weights = checkpoint.read_state(run.checkpoints)
+        _check_resume_options(state, args, world)  # before any weight is loaded: it may refuse
+        checkpoint.load_weights(weights, modules)
         for name, optimizer in optimizers.items():
             optimizer.load_state_dict(state["optimizers"][name])
         if scaler is not None and state.get("scaler"):
