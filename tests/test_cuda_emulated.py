@@ -46,8 +46,11 @@ def shape_id(shape) -> str:
 # -------------------------------------------------------------------- channelwise_fc
 
 # (B, C, H, W): the Context Encoder's 6x6 and 4x4 maps at a small batch, 1x1 maps, H != W,
-# and 9x9 = 81 positions (two column tiles and two K tiles of 64).
-CHANNELWISE_SHAPES = [(5, 3, 6, 6), (9, 2, 4, 4), (1, 1, 1, 1), (3, 2, 3, 5), (4, 2, 9, 9)]
+# 9x9 = 81 positions (two column tiles and two K tiles of 64), and 6x6 maps at batches that
+# split into row tiles of blocks that are not whole warps (B = 64: three tiles of 24 rows
+# by 216 threads; B = 30: two of 16 by 144; the weight gradient's 37 rows: two of 20).
+CHANNELWISE_SHAPES = [(5, 3, 6, 6), (9, 2, 4, 4), (1, 1, 1, 1), (3, 2, 3, 5), (4, 2, 9, 9), (64, 2, 6, 6),
+                      (30, 1, 6, 6)]
 
 
 @pytest.mark.parametrize("shape", CHANNELWISE_SHAPES, ids=shape_id)

@@ -344,20 +344,22 @@ __global__ void __launch_bounds__(kThreads) channel_gemm_pair_kernel(Gemm1 first
   }
 }
 
-// Threads per block for a product of M rows and tile_n columns: kThreads for kCols = 1.
-// Wider columns make a row group narrower, so kThreads threads would span more rows than a
-// small batch has (4x4 maps: 256 rows for B = 64); those blocks get just the row groups M
-// needs (at least two warps).
+// Threads per block for a product of M rows and tile_n columns. A block of kThreads can
+// span more rows than M has (the weight gradient's P + 1 = 17 rows at 4x4 maps against 64
+// row slots; 37 against 2 x 28 at 6x6, the second tile one row), and the idle row slots
+// still stage and multiply zeros. So: as few row tiles as kThreads threads allow, the rows
+// split evenly between them, and the threads those rows need (at least two warps).
 template <int kCols>
 int threads_for(int64_t M, int tile_n) {
-  if (kCols == 1) return kThreads;
   if (kCols == kMicro) {  // the row groups M needs, in whole warps
     const int64_t wanted = (round_up4(tile_n) / 4) * ((M + 3) / 4);
     return static_cast<int>(std::clamp<int64_t>((wanted + 31) / 32 * 32, kMaxTile, kThreads));
   }
-  const int col_threads = (tile_n + kCols - 1) / kCols;
-  const int64_t groups_needed = (M + kRowsPerThread - 1) / kRowsPerThread;
-  return static_cast<int>(std::clamp<int64_t>(col_threads * groups_needed, kMaxTile, kThreads));
+  const int64_t col_threads = (tile_n + kCols - 1) / kCols;
+  const int64_t max_rows = std::max<int64_t>(1, kThreads / col_threads) * kRowsPerThread;
+  const int64_t tiles = std::max<int64_t>(1, (M + max_rows - 1) / max_rows);
+  const int64_t groups = ((M + tiles - 1) / tiles + kRowsPerThread - 1) / kRowsPerThread;
+  return static_cast<int>(std::clamp<int64_t>(col_threads * groups, kMaxTile, kThreads));
 }
 
 struct GemmLaunch {
