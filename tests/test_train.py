@@ -394,6 +394,55 @@ def test_gaugan_trains_on_a_paired_folder_and_skips_a_mismatched_pair(tmp_path, 
     assert list(run.glob("samples_epoch*.png"))
 
 
+def _paired_folder(root: Path, labels: dict) -> Path:
+    """root/images/NAME.png (random RGB) and root/labels/NAME.png (the given PIL images)."""
+    from PIL import Image
+
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    for name, label in labels.items():
+        Image.fromarray((torch.rand(label.height, label.width, 3) * 255).byte().numpy()).save(
+            root / "images" / f"{name}.png")
+        label.save(root / "labels" / f"{name}.png")
+    return root
+
+
+def test_gaugan_label_maps_are_read_as_the_class_ids_stored(tmp_path):
+    """Label maps went through convert("L"): a palette PNG's ids became their colours'
+    brightness (0-3 -> 0, 38, 75, 113), a 16-bit one's ids above 255 were clipped."""
+    from PIL import Image
+
+    from autoenc_fast.train import data
+
+    palette_ids = torch.randint(0, 4, (12, 12), dtype=torch.uint8)
+    palette = Image.fromarray(palette_ids.numpy(), mode="P")
+    palette.putpalette([0, 0, 0, 200, 30, 30, 30, 200, 30, 30, 30, 200])
+    wide_ids = torch.randint(0, 1000, (12, 12), dtype=torch.int32)
+    wide_ids[0, 0] = 999
+    wide = Image.fromarray(wide_ids.numpy().astype("uint16"))
+    grey_ids = torch.randint(0, 7, (12, 12), dtype=torch.uint8)
+    root = _paired_folder(tmp_path / "pairs", {"a": palette, "b": wide, "c": Image.fromarray(grey_ids.numpy())})
+    assert Image.open(root / "labels" / "a.png").mode == "P" and Image.open(root / "labels" / "b.png").mode == "I;16"
+    read = data.paired_folder(root, 12, log=lambda _: None).extra["labels"]
+    assert torch.equal(read[0].long(), palette_ids.long())
+    assert torch.equal(read[1].long(), wide_ids.long())
+    assert torch.equal(read[2].long(), grey_ids.long())
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA"])
+def test_gaugan_refuses_a_colour_coded_label_map_naming_it(tmp_path, capsys, mode):
+    from PIL import Image
+
+    colours = Image.fromarray((torch.rand(12, 12, len(mode)) * 255).byte().numpy(), mode=mode)
+    ids = Image.fromarray(torch.randint(0, 3, (12, 12), dtype=torch.uint8).numpy())
+    root = _paired_folder(tmp_path / "pairs", {"a": ids, "b": colours})
+    assert main(["train", "gaugan", "--out", str(tmp_path / "run"), "--device", "cpu", "--no-speedup",
+                 *TINY["gaugan"], "--data", str(root)]) == 2
+    err = capsys.readouterr().err
+    assert f"the label map {root / 'labels' / 'b.png'} has the PIL mode {mode}; label maps hold one class id" in err
+    assert "Traceback" not in err
+
+
 def test_gaugan_torchrun_two_cpu_processes_synchronizes_spade_batch_norm(tmp_path):
     # Two ranks: SPADE's "syncbatch" all-reduces its statistics over the default process group.
     run = tmp_path / "run"

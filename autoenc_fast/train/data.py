@@ -151,8 +151,9 @@ def _image_files(folder: Path) -> list[Path]:
     return files
 
 
-def _decode(path: Path, mode: str):
-    """PIL image in `mode`, or None when the file is unreadable, truncated or too large."""
+def _decode(path: Path, mode: str | None):
+    """PIL image in `mode` (None: as stored), or None when the file is unreadable, truncated
+    or too large."""
     from PIL import Image
 
     Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
@@ -161,7 +162,7 @@ def _decode(path: Path, mode: str):
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as image:
                 image.load()  # decodes now: truncated data raises here
-                return image.convert(mode)
+                return image.convert(mode) if mode else image.copy()
     except (OSError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning, SyntaxError):
         return None
 
@@ -194,6 +195,31 @@ def image_folder(folder: Path, size: int, channels: int, log=print) -> TensorIma
     return TensorImages(torch.cat(images), skipped=len(skipped))
 
 
+# Modes whose pixels are class ids as stored: 1-bit, 8-bit grey (L), palette indices (P;
+# converting P to L would map each id through its colour to a brightness) and 16/32-bit
+# integers (I;16 PNGs, I TIFFs). Colour modes (RGB, RGBA, ...) hold colours, not ids.
+LABEL_MODES = {"1", "L", "P", "I", "I;16", "I;16B", "I;16L", "I;16N"}
+
+
+def _label_ids(path: Path):
+    """Class ids (H, W) int64 as stored in the label map, or None when it is unreadable; a
+    label map in a colour mode, or with negative values, is refused naming the file."""
+    import numpy as np
+
+    label = _decode(path, None)
+    if label is None:
+        return None
+    if label.mode not in LABEL_MODES:
+        raise DataError(f"--data: the label map {path} has the PIL mode {label.mode}; label maps hold one class id "
+                        "per pixel: a greyscale (L), palette (P: the ids are the palette indices) or 16-bit "
+                        "greyscale (I;16) PNG, not colour-coded classes")
+    ids = torch.from_numpy(np.asarray(label).astype(np.int64))
+    if ids.numel() and int(ids.min()) < 0:
+        raise DataError(f"--data: the label map {path} holds negative values ({int(ids.min())}); "
+                        "class ids are 0 or more")
+    return ids
+
+
 def paired_folder(folder: Path, size: int, log=print) -> TensorImages:
     """GauGAN pairs: folder/images/NAME.* (RGB) and folder/labels/NAME.png (class ids)."""
     image_files = {p.stem: p for p in _image_files(folder / "images")}
@@ -204,15 +230,19 @@ def paired_folder(folder: Path, size: int, log=print) -> TensorImages:
             f"{', '.join(unmatched[:5])}{' ...' if len(unmatched) > 5 else ''}")
     images, labels, skipped = [], [], len(unmatched)
     for stem in sorted(set(image_files) & set(label_files)):
-        image, label = _decode(image_files[stem], "RGB"), _decode(label_files[stem], "L")
-        if image is None or label is None or image.size != label.size:
+        image, ids = _decode(image_files[stem], "RGB"), _label_ids(label_files[stem])
+        if image is None or ids is None or (image.height, image.width) != tuple(ids.shape):
             skipped += 1
             log(f"skipped {stem}: unreadable, or image and label map differ in size")
             continue
         pixels = _pil_to_tensor(image).float().unsqueeze(0) / 255
         images.append(_to_uint8(_resize_square(pixels, size)))
-        ids = _pil_to_tensor(label).unsqueeze(0).float()
-        labels.append(F.interpolate(ids, size=(size, size), mode="nearest")[:, 0].to(torch.uint8))
+        # float64 holds every id exactly (float32 would round ids above 2**24)
+        resized = F.interpolate(ids.double()[None, None], size=(size, size), mode="nearest")
+        labels.append(resized[:, 0].long())
     if not images:
         raise DataError(f"--data: no usable image/label-map pair in {folder}/images and {folder}/labels")
-    return TensorImages(torch.cat(images), skipped=skipped, labels=torch.cat(labels))
+    ids = torch.cat(labels)
+    # uint8 where the ids fit (the cache's memory), else int32 (16-bit label maps)
+    return TensorImages(torch.cat(images), skipped=skipped,
+                        labels=ids.to(torch.uint8 if int(ids.max()) <= 255 else torch.int32))

@@ -233,7 +233,8 @@ class ContextEncoderFamily(Family):
 class GauGANFamily(Family):
     name = "gaugan"
     help = ("GauGAN (SPADE generator, VAE image encoder, multiscale PatchGAN; hinge + feature matching + KL) "
-            "on procedural label-map scenes, or --data DIR with DIR/images and DIR/labels")
+            "on procedural label-map scenes, or --data DIR with DIR/images and DIR/labels (one class id a "
+            "pixel: greyscale, palette or 16-bit PNGs)")
     image_size = 32
     channels = 3
     batch_size = 8
