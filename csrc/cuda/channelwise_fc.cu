@@ -325,7 +325,7 @@ __device__ __forceinline__ void channel_gemm_block(const Gemm& gemm, int64_t c, 
 // The product for channel c = blockIdx.x.
 template <int kCols, typename acc_t, typename Gemm>
 __global__ void __launch_bounds__(kThreads) channel_gemm_kernel(Gemm gemm) {
-  extern __shared__ unsigned char shared_raw[];
+  extern __shared__ __align__(16) unsigned char shared_raw[];  // read as 16-byte quads
   channel_gemm_block<kCols>(gemm, blockIdx.x, reinterpret_cast<acc_t*>(shared_raw));
 }
 
@@ -334,7 +334,7 @@ __global__ void __launch_bounds__(kThreads) channel_gemm_kernel(Gemm gemm) {
 // blocks past a product's own row tiles (the grid has the larger count) do nothing.
 template <int kCols, typename acc_t, typename Gemm1, typename Gemm2>
 __global__ void __launch_bounds__(kThreads) channel_gemm_pair_kernel(Gemm1 first, Gemm2 second, int64_t C) {
-  extern __shared__ unsigned char shared_raw[];
+  extern __shared__ __align__(16) unsigned char shared_raw[];  // read as 16-byte quads
   acc_t* shared = reinterpret_cast<acc_t*>(shared_raw);
   const int64_t block = blockIdx.x;
   if (block < C) {

@@ -685,7 +685,11 @@ at::Tensor apply_impl(const SpadeLaidOut& t, const at::Tensor& mean_in, const at
 bool use_fused_groups(const at::Tensor& x, bool instance) {
   const Shape s = shape_of(x, instance);
   const int64_t elems = s.rows_per_group() * s.HW;
-  if (s.channels_last || x.numel() == 0 || elems > std::numeric_limits<int32_t>::max()) return false;
+  // One block per group, and int pack indices stepping by blockDim inside it: both stay far
+  // from overflowing (only AUTOENC_FAST_SPADE_NORM_FUSED=1 sends large groups here).
+  if (s.channels_last || x.numel() == 0 || elems > (int64_t{1} << 30) ||
+      s.groups() > std::numeric_limits<int32_t>::max())
+    return false;
   const std::string mode = env_switch("spade_norm", "AUTOENC_FAST_SPADE_NORM_FUSED", {"0", "1", "auto"});
   if (mode == "0" || mode == "1") return mode == "1";
   return elems <= kFusedGroupElems;

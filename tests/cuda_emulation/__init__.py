@@ -39,7 +39,8 @@ def split_top_level(text: str) -> list[str]:
 
 # kernel<template args><<<grid, block[, shared[, stream]]>>>(
 _LAUNCH = re.compile(r"(?P<kernel>\b[A-Za-z_]\w*(?:<[^;{}<>]*>)?)<<<(?P<config>.*?)>>>\(", re.DOTALL)
-_DYNAMIC_SHARED = re.compile(r"extern\s+__shared__\s+(?P<type>[\w:\s]+?)\s+(?P<name>\w+)\[\];")
+_DYNAMIC_SHARED = re.compile(
+    r"extern\s+__shared__\s+(?:__align__\(\d+\)\s+)?(?P<type>[\w:\s]+?)\s+(?P<name>\w+)\[\];")
 
 
 def _launch(match: re.Match) -> str:
