@@ -26,6 +26,11 @@ def _cmd_bench(args) -> int:
         folder = Path(path).resolve().parent if path else None
         if folder is not None and not folder.is_dir():  # known before minutes of measuring, not after
             raise UsageError(f"{flag} {path}: the folder {folder} does not exist")
+    if args.png:
+        from .train.extras import missing, missing_message
+
+        if missing(["matplotlib"]):  # draws the chart, after the measuring
+            raise UsageError(missing_message(["matplotlib"], f"--png {args.png}"))
     malloc = "system default" if args.system_malloc or not keep_freed_memory() else "freed memory kept"
     amps = tuple(None if a == "fp32" else a for a in dict.fromkeys(args.amp or ["fp32"]))
     measured = []
@@ -57,8 +62,14 @@ def _cmd_bench(args) -> int:
 
 def _cmd_train(args) -> int:
     from .train.checkpoint import latest_step
+    from .train.extras import missing, missing_message
+    from .train.families import FAMILIES
     from .train.loop import step_speedup, train
 
+    # Known now, not as a traceback after steps (and a checkpoint) were written.
+    absent = missing(FAMILIES[args.family].packages(args))
+    if absent:
+        raise UsageError(missing_message(absent, f"autoenc-fast train {args.family}"))
     args.out = Path(args.out or f"runs/{args.family}")
     if args.out.exists() and not args.out.is_dir():
         raise UsageError(f"--out {args.out} is a file; the run folder must be a directory (or not exist yet)")

@@ -508,6 +508,48 @@ def test_bench_refuses_an_output_in_a_missing_folder_before_measuring(tmp_path, 
     assert "reparametrize_kl" not in captured.out + captured.err  # nothing was measured
 
 
+@pytest.mark.parametrize("family, extra, hidden, absent", [
+    ("vae", [], ["tqdm", "matplotlib"], "tqdm, matplotlib"),
+    ("ae", [], ["sklearn"], "scikit-learn"),
+    ("context-encoder", [], ["skimage", "safetensors"], "safetensors, scikit-image"),
+    ("gaugan", [], ["PIL"], "pillow"),
+])
+def test_train_names_missing_extras_before_it_writes_anything(tmp_path, capsys, monkeypatch, family, extra,
+                                                               hidden, absent):
+    """tqdm failed at the start with a traceback, safetensors at the first checkpoint,
+    matplotlib after the first epoch (whose checkpoint then refused a plain rerun)."""
+    for module in hidden:
+        monkeypatch.setitem(sys.modules, module, None)  # `import module` raises ImportError
+    assert train(tmp_path / "run", family, *extra) == 2
+    err = capsys.readouterr().err
+    assert err == (f"autoenc-fast: error: autoenc-fast train {family} needs packages that are not installed: "
+                   f"{absent}. Install the training extras with `pip install --no-build-isolation -e \".[train]\"` "
+                   f"in the autoenc_fast source folder (or `pip install {absent.replace(', ', ' ')}`)\n")
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_on_a_folder_does_not_need_the_embedded_data_sets_packages(tmp_path, monkeypatch):
+    from PIL import Image
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for i in range(4):
+        Image.fromarray((torch.rand(12, 12) * 255).byte().numpy()).save(folder / f"{i}.png")
+    monkeypatch.setitem(sys.modules, "sklearn", None)
+    assert main(["train", "vae", "--out", str(tmp_path / "run"), "--batch-size", "4", "--no-speedup",
+                 "--device", "cpu", *TINY["vae"], "--data", str(folder), "--max-steps", "1"]) == 0
+
+
+def test_bench_png_needs_matplotlib_before_measuring(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    target = tmp_path / "chart.png"
+    assert main(["bench", "--quick", "--device", "cpu", "--op", "reparametrize_kl", "--no-models",
+                 "--png", str(target)]) == 2
+    captured = capsys.readouterr()
+    assert f"--png {target} needs packages that are not installed: matplotlib." in captured.err
+    assert "reparametrize_kl" not in captured.out + captured.err  # nothing was measured
+
+
 @pytest.mark.parametrize("changed, message", [
     (["--lr", "0.1"], "--lr 0.1 (the run's: 0.001)"),  # the restored optimizer state would override it
     (["--batch-size", "8"], "--batch-size 8 (the run's: 16)"),

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from . import extras
 from .errors import DataError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -57,7 +58,7 @@ def digits(size: int) -> TensorImages:
     try:
         from sklearn.datasets import load_digits
     except ImportError:
-        raise DataError("the default data of ae/vae needs scikit-learn: pip install 'autoenc_fast[train]'") from None
+        raise DataError(extras.missing_message(["scikit-learn"], "the default data of ae/vae")) from None
     pixels = torch.from_numpy(load_digits().images).float().unsqueeze(1) / 16.0
     return TensorImages(_to_uint8(_resize_square(pixels, size)))
 
@@ -67,8 +68,7 @@ def photo_crops(size: int, count: int = 2048, seed: int = 0) -> TensorImages:
     try:
         from skimage import data as skdata
     except ImportError:
-        raise DataError("the default data of context-encoder needs scikit-image: "
-                        "pip install 'autoenc_fast[train]'") from None
+        raise DataError(extras.missing_message(["scikit-image"], "the default data of context-encoder")) from None
     photos = []
     for name in ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "motorcycle_left",
                  "colorwheel", "hubble_deep_field", "retina", "cat"):

@@ -44,6 +44,11 @@ def _backward_and_step(ctx: StepContext, loss: torch.Tensor, name: str) -> None:
         optimizer.step()
 
 
+# The [train] extra's packages every run imports: checkpoints, the progress bar, the
+# pictures and the loss curve.
+RUN_PACKAGES = ("safetensors", "tqdm", "pillow", "matplotlib")
+
+
 class Family:
     name = ""
     help = ""
@@ -51,6 +56,11 @@ class Family:
     channels = 1
     batch_size = 64
     lr = 1e-3
+    default_data_packages: tuple[str, ...] = ()  # what the embedded data set (no --data) imports
+
+    def packages(self, args) -> list[str]:
+        """The [train] extra's packages (pip names) this run will import."""
+        return [*RUN_PACKAGES, *(() if args.data else self.default_data_packages)]
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         """Family options beyond the common ones."""
@@ -79,6 +89,7 @@ class AutoencoderFamily(Family):
     name = "ae"
     help = "convolutional autoencoder (AlexNet encoder, mirrored decoder) on 8x8 digits upsampled"
     image_size = 67  # the smallest size AlexNet's strides and pools keep >= 1x1
+    default_data_packages = ("scikit-learn",)
 
     def add_arguments(self, parser):
         parser.add_argument("--latent-dim", type=COUNT, default=64, help="size of the code (default 64)")
@@ -109,6 +120,7 @@ class AutoencoderFamily(Family):
 class VAEFamily(Family):
     name = "vae"
     help = "variational autoencoder with the fused reparametrize+KL kernel on 8x8 digits upsampled"
+    default_data_packages = ("scikit-learn",)
 
     def add_arguments(self, parser):
         parser.add_argument("--latent-dim", type=COUNT, default=16, help="size of z (default 16)")
@@ -171,6 +183,7 @@ class ContextEncoderFamily(Family):
     channels = 3
     batch_size = 32
     lr = 2e-4  # the original code's Adam: lr 2e-4, beta1 0.5
+    default_data_packages = ("scikit-image",)
 
     def add_arguments(self, parser):
         parser.add_argument("--widths", type=COUNT, nargs="+", default=[16, 32, 64, 128], metavar="C",
