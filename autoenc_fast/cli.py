@@ -64,7 +64,7 @@ def _cmd_train(args) -> int:
     from .train.checkpoint import latest_step
     from .train.extras import missing, missing_message
     from .train.families import FAMILIES
-    from .train.loop import step_speedup, train
+    from .train.loop import METRICS, step_speedup, train
 
     # Known now, not as a traceback after steps (and a checkpoint) were written.
     absent = missing(FAMILIES[args.family].packages(args))
@@ -75,6 +75,12 @@ def _cmd_train(args) -> int:
         raise UsageError(f"--out {args.out} is a file; the run folder must be a directory (or not exist yet)")
     if not args.resume and latest_step(args.out / "checkpoints") is not None:
         raise UsageError(f"--out {args.out} already holds a run; pass --resume to continue it, "
+                         "or choose another --out")
+    if not args.resume and (args.out / METRICS).exists():
+        # A run that stopped before its first checkpoint: nothing to resume, and a run never
+        # overwrites (nor appends to) another's records.
+        raise UsageError(f"--out {args.out} holds the {METRICS} of an earlier run that stopped before its first "
+                         f"checkpoint, so it cannot be resumed; remove {args.out / METRICS} to start anew there, "
                          "or choose another --out")
     summary = train(args)
     if summary["processes"] == 1:

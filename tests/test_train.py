@@ -122,6 +122,48 @@ def test_refuses_to_overwrite_a_run(tmp_path, capsys):
     assert "--resume" in capsys.readouterr().err
 
 
+def test_a_run_stopped_before_its_first_checkpoint_is_not_appended_to(tmp_path, monkeypatch, capsys):
+    """A rerun into its --out appended to its metrics.jsonl: step 1 recorded twice."""
+    family = FAMILIES["vae"]
+    real_step = family.step
+    monkeypatch.setattr(family, "step", lambda ctx, batch: {**real_step(ctx, batch), "loss": torch.tensor(
+        float("nan"))} if ctx.step == 2 else real_step(ctx, batch))
+    assert train(tmp_path, "vae", "--max-steps", "8", "--checkpoint-every", "0") == 3
+    monkeypatch.setattr(family, "step", real_step)
+    before = (tmp_path / "metrics.jsonl").read_text()
+    assert sorted(losses(tmp_path)) == [1, 2] and not (tmp_path / "checkpoints").exists()
+    capsys.readouterr()
+    assert train(tmp_path, "vae", "--max-steps", "2") == 2
+    err = capsys.readouterr().err
+    assert f"--out {tmp_path} holds the metrics.jsonl of an earlier run that stopped before its first checkpoint" \
+        in err and f"remove {tmp_path / 'metrics.jsonl'} to start anew" in err
+    assert (tmp_path / "metrics.jsonl").read_text() == before
+
+
+def test_resume_drops_metrics_past_the_checkpoint_and_a_cut_off_line(tmp_path, capsys):
+    """A cut-off last line (a run killed mid-write) made --resume a JSONDecodeError traceback."""
+    assert train(tmp_path, "vae", "--max-steps", "4", "--checkpoint-every", "2") == 0
+    first = losses(tmp_path)
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"step": 5, "epoch": 1, "loss": 0.5}\n{"step": 6, "epo')
+    assert train(tmp_path, "vae", "--max-steps", "6", "--resume") == 0
+    assert "dropped 2 line(s) after the checkpoint's step 4 or cut off" in capsys.readouterr().out
+    resumed = losses(tmp_path)
+    assert sorted(resumed) == [1, 2, 3, 4, 5, 6] and resumed[5] != 0.5
+    assert {k: resumed[k] for k in first} == first
+
+
+@pytest.mark.parametrize("refused", [
+    ["--resume"],  # nothing to resume
+    ["--data", "missing-folder"],
+    ["--image-size", "12"],  # no VAE of that size
+])
+def test_a_refused_run_creates_no_out_folder(tmp_path, refused):
+    out = tmp_path / "new" / "run"
+    assert main(["train", "vae", "--out", str(out), "--device", "cpu", "--no-speedup", *refused]) == 2
+    assert not (tmp_path / "new").exists()
+
+
 def test_corrupt_or_foreign_checkpoints_are_clear_errors(tmp_path, capsys):
     assert train(tmp_path, "vae", "--max-steps", "2") == 0
     pointer = json.loads((tmp_path / "checkpoints" / "latest.json").read_text())

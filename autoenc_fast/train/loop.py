@@ -94,14 +94,20 @@ def _wrap(modules: dict, args, device, world: int) -> dict:
 # ---------------------------------------------------------------- files
 
 
+METRICS = "metrics.jsonl"
+
+
 class RunFolder:
-    """Everything a run writes, on rank 0 only."""
+    """Everything a run writes, on rank 0 only. The folder is made by create(), once every
+    check that may refuse the run has passed: a refused run leaves no folder behind."""
 
     def __init__(self, out: Path, enabled: bool):
         self.out, self.enabled = out, enabled
         self.checkpoints = out / "checkpoints"
-        if enabled:
-            out.mkdir(parents=True, exist_ok=True)
+
+    def create(self) -> None:
+        if self.enabled:
+            self.out.mkdir(parents=True, exist_ok=True)
 
     def log(self, message: str) -> None:
         if self.enabled:
@@ -109,21 +115,34 @@ class RunFolder:
 
     def metrics(self, record: dict) -> None:
         if self.enabled:
-            with open(self.out / "metrics.jsonl", "a") as f:
+            with open(self.out / METRICS, "a") as f:
                 f.write(json.dumps(record) + "\n")
 
     def trim_metrics(self, last_step: int) -> None:
-        """On resume: drop records a killed run wrote after its last checkpoint."""
-        path = self.out / "metrics.jsonl"
+        """On resume: keep the records up to the checkpoint's step. A run stopped after it
+        wrote more, and a run killed mid-write leaves a cut-off last line: both dropped."""
+        path = self.out / METRICS
         if not self.enabled or not path.exists():
             return
-        kept = [line for line in path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= last_step]
+        lines = path.read_text().splitlines()
+        kept = [line for line, step in zip(lines, map(_step_of, lines)) if step is not None and step <= last_step]
+        if len(kept) < len(lines):
+            self.log(f"{path}: dropped {len(lines) - len(kept)} line(s) after the checkpoint's step {last_step} "
+                     "or cut off")
         checkpoint.atomic_write(path, lambda p: p.write_text("".join(line + "\n" for line in kept)))
 
     def write_json(self, name: str, data: dict) -> None:
         if self.enabled:
             checkpoint.atomic_write(self.out / name, lambda p: p.write_text(json.dumps(data, indent=1)))
+
+
+def _step_of(line: str) -> int | None:
+    """The step of a metrics.jsonl line; None for a cut-off or foreign one."""
+    try:
+        step = json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return step if isinstance(step, int) else None
 
 
 # ---------------------------------------------------------------- the loop
@@ -232,6 +251,7 @@ def _train(args, rank: int, world: int) -> dict:
         run.trim_metrics(step)
         run.log(f"resumed from step {step} (epoch {epoch + 1}, batch {batch_in_epoch})")
     trained = _wrap(modules, args, device, world)
+    run.create()
     run.write_json("args.json", {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()
                                  if k != "func"})
 
