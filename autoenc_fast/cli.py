@@ -83,15 +83,25 @@ def _cmd_train(args) -> int:
                          f"checkpoint, so it cannot be resumed; remove {args.out / METRICS} to start anew there, "
                          "or choose another --out")
     summary = train(args)
-    if summary["processes"] == 1:
-        print(f"trained {summary['family']} ({summary['backend']}) for {summary['steps']} steps in "
-              f"{summary['seconds']} s ({summary['images_per_second']} images/s); "
-              f"final loss {summary['final_loss']:.4g}; files in {summary['out']}")
-        if args.speedup:
+    if summary is not None:  # rank 0 (the only process without torchrun)
+        print(_summary_line(summary))
+        if args.speedup and summary["processes"] == 1:
             timing = step_speedup(args)
             print(f"training step: fused {timing['fused_ms']:.2f} ms, reference {timing['reference_ms']:.2f} ms "
                   f"-> fused is {timing['speedup']:.2f}x the reference")
     return 0
+
+
+def _summary_line(summary: dict) -> str:
+    """This session's steps and time; images/s over the training steps alone."""
+    session, total = summary["session_steps"], summary["steps"]
+    steps = f"{session} steps" if session == total else \
+        f"{session} steps this session (steps {total - session + 1}-{total} of the run)" if session else \
+        f"no step this session (the run had reached step {total})"
+    timing = (f" in {summary['step_seconds']:.2f} s of training steps ({summary['images_per_second']} images/s), "
+              f"{summary['session_seconds']:.2f} s with checkpoints and pictures") if session else ""
+    loss = f"; final loss {summary['final_loss']:.4g}" if summary["final_loss"] is not None else ""
+    return f"trained {summary['family']} ({summary['backend']}): {steps}{timing}{loss}; files in {summary['out']}"
 
 
 def _add_train_parser(sub) -> None:
@@ -120,7 +130,8 @@ def _add_train_parser(sub) -> None:
         p.add_argument("--checkpoint-every", type=STEPS, default=100, metavar="STEPS",
                        help="also checkpoint every this many steps (default 100; 0: at epoch ends only)")
         p.add_argument("--no-speedup", dest="speedup", action="store_false",
-                       help="skip timing the fused against the reference step at the end")
+                       help="skip timing the fused against the reference step at the end (a single "
+                            "process only: skipped under torchrun)")
         family.add_arguments(p)
         p.set_defaults(func=_cmd_train)
 

@@ -8,6 +8,7 @@ import platform
 import struct
 import subprocess
 import sys
+import time
 import zlib
 from pathlib import Path
 
@@ -68,6 +69,30 @@ def test_resume_equals_uninterrupted(tmp_path):
     assert train(split, "vae", "--max-steps", "4") == 0
     assert train(split, "vae", "--max-steps", "8", "--resume") == 0
     assert losses(split) == losses(whole)  # bit-equal on the CPU with a fixed seed
+
+
+def test_summary_times_this_sessions_steps_alone(tmp_path, monkeypatch, capsys):
+    """The summary's time and images/s took in checkpoint writes and pictures, and after a
+    resume counted every step of the run against this session's time."""
+    from autoenc_fast.train import checkpoint
+
+    real_save = checkpoint.save_checkpoint
+
+    def slow_save(*args, **kwargs):
+        time.sleep(0.4)
+        return real_save(*args, **kwargs)
+
+    monkeypatch.setattr(checkpoint, "save_checkpoint", slow_save)
+    assert train(tmp_path, "vae", "--max-steps", "2") == 0
+    assert train(tmp_path, "vae", "--max-steps", "5", "--resume") == 0
+    out = capsys.readouterr().out
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["steps"] == 5 and summary["session_steps"] == 3
+    assert summary["step_seconds"] + 0.35 < summary["session_seconds"]  # the checkpoint's 0.4 s is not a step's
+    assert summary["images_per_second"] == pytest.approx(3 * 16 / summary["step_seconds"], rel=0.05)
+    assert f"trained vae (fused): 3 steps this session (steps 3-5 of the run) in {summary['step_seconds']:.2f} s " \
+        f"of training steps ({summary['images_per_second']} images/s), {summary['session_seconds']:.2f} s with " \
+        "checkpoints and pictures; final loss" in out
 
 
 def test_resume_across_an_epoch_boundary(tmp_path):
@@ -262,20 +287,24 @@ def _png_bytes(Image) -> bytes:
     return buffer.getvalue()
 
 
-def torchrun_train(run: Path, family: str, batch_size: int, steps: int) -> None:
-    """`torchrun --nproc_per_node=2 -m autoenc_fast train FAMILY` on the CPU (gloo)."""
+def torchrun_train(run: Path, family: str, batch_size: int, steps: int) -> str:
+    """`torchrun --nproc_per_node=2 -m autoenc_fast train FAMILY` on the CPU (gloo); its stdout."""
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
          "-m", "autoenc_fast", "train", family, "--out", str(run), "--batch-size", str(batch_size),
          "--device", "cpu", *TINY[family], "--max-steps", str(steps)],
         capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
 
 
 def test_torchrun_two_cpu_processes(tmp_path):
     run = tmp_path / "run"
-    torchrun_train(run, "vae", batch_size=8, steps=3)
+    out = torchrun_train(run, "vae", batch_size=8, steps=3)
     assert sorted(losses(run)) == [1, 2, 3]  # rank 0 alone wrote the metrics, once per step
+    # Rank 0 alone prints the summary (no process printed it).
+    assert [line for line in out.splitlines() if line.startswith("trained vae (fused): 3 steps in")] != []
+    assert out.count("trained vae") == 1
     summary = json.loads((run / "summary.json").read_text())
     assert summary["processes"] == 2
     # One process would shard the data differently from the two the run started with.

@@ -207,7 +207,9 @@ def _picture(family, modules, batch, args, run: RunFolder, epoch: int) -> None:
     images.save_png(images.grid(shown), run.out / f"samples_epoch{epoch:03d}.png", scale=scale)
 
 
-def train(args) -> dict:
+def train(args) -> dict | None:
+    """Train as `args` say; the run's summary on rank 0 (the process that prints it), None
+    on the other ranks."""
     rank, world = _distributed(args)
     try:
         summary = _train(args, rank, world)
@@ -215,7 +217,7 @@ def train(args) -> dict:
             # Every rank leaves together: a rank tearing gloo down while rank 0 still writes
             # its last files can abort the other ("terminate called without an active exception").
             dist.barrier()
-        return summary
+        return summary if rank == 0 else None
     finally:
         if world > 1 and dist.is_initialized():
             dist.destroy_process_group()
@@ -262,7 +264,9 @@ def _train(args, rank: int, world: int) -> dict:
     if args.max_steps:
         total = min(total, args.max_steps)
     progress = _progress(run, total, step)
-    started, images_seen, last_batch = time.perf_counter(), 0, None
+    # This session's work: images/s is over the training steps alone (data, forward, backward,
+    # optimizer), not the checkpoints and pictures written between them.
+    started, first_step, step_seconds, images_seen, last_batch = time.perf_counter(), step, 0.0, 0, None
 
     def save(step, epoch, batch_in_epoch):
         if run.enabled:
@@ -274,9 +278,11 @@ def _train(args, rank: int, world: int) -> dict:
         sampler.set_epoch(epoch)
         batches = list(BatchSampler(sampler, args.batch_size, drop_last=True))
         for index in batches[batch_in_epoch:]:
+            step_started = time.perf_counter()
             batch = _batch_to(default_collate([dataset[i] for i in index]), device)
             ctx = StepContext(trained, optimizers, autocast, scaler, step, args)
-            metrics = {k: float(v) for k, v in family.step(ctx, batch).items()}
+            metrics = {k: float(v) for k, v in family.step(ctx, batch).items()}  # float(): waits for the GPU
+            step_seconds += time.perf_counter() - step_started
             if not all(math.isfinite(v) for v in metrics.values()):
                 last = checkpoint.latest_step(run.checkpoints)
                 kept = f"the last good checkpoint (step {last}) is kept in {run.checkpoints}" if last is not None \
@@ -291,7 +297,7 @@ def _train(args, rank: int, world: int) -> dict:
             last_batch = batch
             progress.update(1)
             progress.set_postfix(loss=f"{metrics['loss']:.4g}",
-                                 img_s=f"{images_seen / (time.perf_counter() - started):.0f}")
+                                 img_s=f"{images_seen / step_seconds:.0f}")
             if args.checkpoint_every and step % args.checkpoint_every == 0 and step < total:
                 save(step, epoch, batch_in_epoch)
             if step >= total:
@@ -304,10 +310,12 @@ def _train(args, rank: int, world: int) -> dict:
         if run.enabled and history:
             images.save_loss_curve(history, run.out / "loss.png", f"{family.name} ({args.backend})")
     progress.close()
-    elapsed = time.perf_counter() - started
     summary = {"family": family.name, "backend": args.backend, "device": str(device), "processes": world,
-               "steps": step, "epochs_completed": epoch, "seconds": round(elapsed, 2),
-               "images_per_second": round(images_seen / elapsed, 1) if elapsed > 0 else None,
+               "steps": step, "epochs_completed": epoch,  # the run's, resumed sessions included
+               "session_steps": step - first_step,  # this session's
+               "step_seconds": round(step_seconds, 3),  # in those steps alone
+               "session_seconds": round(time.perf_counter() - started, 3),  # with checkpoints and pictures
+               "images_per_second": round(images_seen / step_seconds, 1) if step_seconds > 0 else None,
                "final_loss": history[-1]["loss"] if history else None, "out": str(run.out)}
     run.write_json("summary.json", summary)
     return summary
