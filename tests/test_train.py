@@ -247,6 +247,33 @@ def test_checkpoint_files_follow_the_umask(tmp_path):
     assert {p.name: oct(p.stat().st_mode & 0o777) for p in files} == {p.name: "0o640" for p in files}
 
 
+def test_sample_grid_starts_each_kind_on_a_row_of_its_own():
+    """Under 8 a batch, inputs, outputs and samples ran together in the rows of 8."""
+    from autoenc_fast.train.images import grid
+
+    kinds = [torch.rand(3, 1, 5, 5), torch.rand(3, 3, 5, 5), torch.rand(5, 3, 5, 5)]
+    canvas = grid(kinds, per_row=4, pad=1)
+    assert canvas.shape == (3, 4 * 6 + 1, 4 * 6 + 1)  # rows: 3 | 3 | 4 + 1; columns: 4
+
+    def at(row, column):
+        return canvas[:, 1 + row * 6:row * 6 + 6, 1 + column * 6:column * 6 + 6]
+
+    assert torch.equal(at(0, 2), kinds[0][2].expand(3, -1, -1))
+    assert torch.equal(at(1, 0), kinds[1][0]) and torch.equal(at(1, 3), torch.ones(3, 5, 5))
+    assert torch.equal(at(2, 3), kinds[2][3]) and torch.equal(at(3, 0), kinds[2][4])
+
+
+def test_vae_pictures_keep_their_rows_at_a_small_batch(tmp_path):
+    from PIL import Image
+
+    assert main(["train", "vae", "--out", str(tmp_path), "--batch-size", "4", "--no-speedup", "--device", "cpu",
+                 *TINY["vae"], "--max-steps", "1"]) == 0
+    picture = Image.open(next(tmp_path.glob("samples_epoch*.png")))
+    scale = 256 // 16 // 2  # 16-pixel images, enlarged
+    # 4 inputs, 4 reconstructions, 16 samples in 2 rows of 8
+    assert picture.size == ((8 * 18 + 2) * scale, (4 * 18 + 2) * scale)
+
+
 def _png_claiming(width: int, height: int) -> bytes:
     """A PNG header that claims a huge image: a decompression bomb's first bytes."""
     def chunk(kind: bytes, body: bytes) -> bytes:

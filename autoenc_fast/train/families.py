@@ -80,8 +80,9 @@ class Family:
         raise NotImplementedError
 
     @torch.no_grad()
-    def picture(self, modules: dict, batch, args) -> torch.Tensor:
-        """Images (N, C, H, W) in [0, 1] laid out in rows of `row` images."""
+    def picture(self, modules: dict, batch, args) -> list[torch.Tensor]:
+        """Groups of images (N, C, H, W) in [0, 1], each kind (inputs, outputs, samples) one
+        group: the grid starts each on a row of its own."""
         raise NotImplementedError
 
 
@@ -114,7 +115,7 @@ class AutoencoderFamily(Family):
     @torch.no_grad()
     def picture(self, modules, batch, args):
         shown = batch[:8]
-        return torch.cat([shown, modules["model"](shown).float()])
+        return [shown, modules["model"](shown).float()]
 
 
 class VAEFamily(Family):
@@ -153,7 +154,7 @@ class VAEFamily(Family):
         gen = torch.Generator(device=batch.device).manual_seed(args.seed)
         samples = model.sample(16, generator=gen).float()
         shown = batch[:8]
-        return torch.cat([shown, model(shown).recon.float(), samples])
+        return [shown, model(shown).recon.float(), samples]
 
 
 def args_warmup(args) -> int:
@@ -240,7 +241,7 @@ class ContextEncoderFamily(Family):
         image = _to_tanh_range(batch[:8])
         mask = center_mask(image.shape[-1], args.overlap, device=image.device)
         masked = apply_mask(image, mask, model.fill_value())
-        return torch.cat([_to_unit_range(masked), _to_unit_range(model.inpaint(image, mask)), batch[:8]])
+        return [_to_unit_range(masked), _to_unit_range(model.inpaint(image, mask)), batch[:8]]
 
 
 class GauGANFamily(Family):
@@ -346,7 +347,7 @@ class GauGANFamily(Family):
         gen = torch.Generator(device=image.device).manual_seed(args.seed)
         z = torch.randn(image.shape[0], generator.z_dim, generator=gen, device=image.device)
         fake = generator(seg, z if generator.use_vae else None)
-        return torch.cat([label_colours(labels, args.label_nc), _to_unit_range(fake), image])
+        return [label_colours(labels, args.label_nc), _to_unit_range(fake), image]
 
 
 def one_hot(labels: torch.Tensor, label_nc: int, dtype) -> torch.Tensor:

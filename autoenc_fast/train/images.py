@@ -8,17 +8,24 @@ import torch
 from .checkpoint import atomic_write
 
 
-def grid(images: torch.Tensor, per_row: int = 8, pad: int = 2) -> torch.Tensor:
-    """(N, C, H, W) in [0, 1] -> one (3, H', W') image, `per_row` images a row."""
+def _rgb(images: torch.Tensor) -> torch.Tensor:
     images = images.detach().float().cpu().clamp(0, 1)
-    if images.shape[1] == 1:
-        images = images.expand(-1, 3, -1, -1)
-    n, c, h, w = images.shape
-    rows = (n + per_row - 1) // per_row
-    canvas = torch.ones(c, rows * (h + pad) + pad, per_row * (w + pad) + pad)
-    for i in range(n):
-        top, left = pad + (i // per_row) * (h + pad), pad + (i % per_row) * (w + pad)
-        canvas[:, top:top + h, left:left + w] = images[i]
+    return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
+
+
+def grid(groups: list[torch.Tensor], per_row: int = 8, pad: int = 2) -> torch.Tensor:
+    """Groups of images (N, C, H, W) in [0, 1] -> one (3, H', W') image: each group starts a
+    row of its own (inputs, outputs and samples never share a row, whatever the batch),
+    `per_row` images a row at most."""
+    groups = [_rgb(g) for g in groups if len(g)]
+    h, w = groups[0].shape[-2:]
+    columns = min(per_row, max(g.shape[0] for g in groups))
+    rows = [g[i:i + per_row] for g in groups for i in range(0, g.shape[0], per_row)]
+    canvas = torch.ones(3, len(rows) * (h + pad) + pad, columns * (w + pad) + pad)
+    for r, row in enumerate(rows):
+        for c, image in enumerate(row):
+            top, left = pad + r * (h + pad), pad + c * (w + pad)
+            canvas[:, top:top + h, left:left + w] = image
     return canvas
 
 

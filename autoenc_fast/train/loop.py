@@ -203,7 +203,7 @@ def _picture(family, modules, batch, args, run: RunFolder, epoch: int) -> None:
     shown = family.picture(modules, batch, args)
     for k, m in modules.items():
         m.train(was_training[k])
-    scale = max(1, 256 // max(shown.shape[-1], 1) // 2)
+    scale = max(1, 256 // max(shown[0].shape[-1], 1) // 2)
     images.save_png(images.grid(shown), run.out / f"samples_epoch{epoch:03d}.png", scale=scale)
 
 
