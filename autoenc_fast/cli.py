@@ -106,7 +106,7 @@ def _summary_line(summary: dict) -> str:
 
 def _add_train_parser(sub) -> None:
     from .train.families import FAMILIES
-    from .train.options import COUNT, RATE, STEPS
+    from .train.options import COUNT, RATE, SEED, STEPS
 
     p_train = sub.add_parser("train", help="train a model family from the command line")
     families = p_train.add_subparsers(dest="family", required=True)
@@ -116,9 +116,11 @@ def _add_train_parser(sub) -> None:
                                                  "default: the embedded data set")
         p.add_argument("--epochs", type=COUNT, default=5, help="passes over the data (default 5)")
         p.add_argument("--max-steps", type=STEPS, default=0, help="stop after this many steps (0: no limit)")
-        p.add_argument("--batch-size", type=COUNT, default=family.batch_size)
-        p.add_argument("--image-size", type=COUNT, default=family.image_size)
-        p.add_argument("--lr", type=RATE, default=family.lr, help="learning rate")
+        p.add_argument("--batch-size", type=COUNT, default=family.batch_size,
+                       help="images a step in each process (default %(default)s)")
+        p.add_argument("--image-size", type=COUNT, default=family.image_size,
+                       help="side of the square images trained on (default %(default)s)")
+        p.add_argument("--lr", type=RATE, default=family.lr, help="learning rate (default %(default)g)")
         p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
         p.add_argument("--backend", default="fused", choices=["fused", "reference"])
         p.add_argument("--amp", nargs="?", const="bf16", choices=["bf16", "fp16"],
@@ -126,7 +128,7 @@ def _add_train_parser(sub) -> None:
         p.add_argument("--compile", action="store_true", help="torch.compile the model")
         p.add_argument("--out", help="the run folder (default runs/<family>)")
         p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--seed", type=SEED, default=0, help="seeds weights, data order and noise (default 0)")
         p.add_argument("--checkpoint-every", type=STEPS, default=100, metavar="STEPS",
                        help="also checkpoint every this many steps (default 100; 0: at epoch ends only)")
         p.add_argument("--no-speedup", dest="speedup", action="store_false",

@@ -563,6 +563,9 @@ def test_gaugan_torchrun_two_cpu_processes_synchronizes_spade_batch_norm(tmp_pat
     ("gaugan", "--label-nc", "0", "argument --label-nc: must be an int >= 1; got 0"),
     ("gaugan", "--lambda-feat", "inf", "argument --lambda-feat: must be a finite number >= 0; got inf"),
     ("ae", "--image-size", "x", "argument --image-size: must be an int >= 1; got 'x'"),
+    ("vae", "--seed", "99999999999999999999", "argument --seed: must be an int from -9223372036854775808 to "
+                                              "9223372036854775807 (a signed 64-bit seed); got 99999999999999999999"),
+    ("vae", "--seed", "1.5", "argument --seed: must be an int; got '1.5'"),
 ])
 def test_train_refuses_an_option_out_of_range_before_training(tmp_path, capsys, family, option, value, message):
     """These crashed inside training with a traceback (a ZeroDivisionError for --batch-size 0,
@@ -572,6 +575,18 @@ def test_train_refuses_an_option_out_of_range_before_training(tmp_path, capsys, 
     assert exc.value.code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_train_help_shows_the_defaults(capsys, family):
+    with pytest.raises(SystemExit):
+        main(["train", family, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    fam = FAMILIES[family]
+    for option, default in (("--batch-size BATCH_SIZE", fam.batch_size), ("--image-size IMAGE_SIZE", fam.image_size),
+                            ("--lr LR", f"{fam.lr:g}"), ("--seed SEED", 0)):
+        start = text.index(f" {option} ", text.index("options:"))
+        assert f"(default {default})" in text[start:text.index(" --", start + len(option) + 2)], option
 
 
 @pytest.mark.parametrize("family, extra, message", [

@@ -22,6 +22,21 @@ def int_at_least(minimum: int):
     return parse
 
 
+def int_between(minimum: int, maximum: int, what: str):
+    """An argparse type: an int in [minimum, maximum]; `what` says why those bounds."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an int; got {text!r}") from None
+        if not minimum <= value <= maximum:
+            raise argparse.ArgumentTypeError(f"must be an int from {minimum} to {maximum} ({what}); got {value}")
+        return value
+
+    parse.__name__ = f"int in [{minimum}, {maximum}]"
+    return parse
+
+
 def finite_float(minimum: float, *, inclusive: bool = True):
     """An argparse type: a finite float >= minimum (> minimum when not inclusive)."""
     relation = ">=" if inclusive else ">"
@@ -43,3 +58,6 @@ COUNT = int_at_least(1)  # sizes, widths, batch sizes, epochs
 STEPS = int_at_least(0)  # step counts where 0 means "none" or "no limit"
 WEIGHT = finite_float(0.0)  # loss weights
 RATE = finite_float(0.0, inclusive=False)  # learning rates
+# torch.manual_seed takes -2**63 .. 2**64-1; a run seeds with --seed + rank and its data
+# order with --seed + epoch, so --seed is a signed 64-bit int: room above it for both.
+SEED = int_between(-2**63, 2**63 - 1, "a signed 64-bit seed")
