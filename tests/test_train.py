@@ -111,6 +111,53 @@ def test_resume_across_an_epoch_boundary(tmp_path):
     assert losses(split) == losses(whole) and len(losses(whole)) == 6
 
 
+def _image_folder(folder: Path, count: int, colour: bool) -> Path:
+    from PIL import Image
+
+    folder.mkdir()
+    for i in range(count):
+        pixels = torch.rand(12, 12, 3) if colour else torch.rand(12, 12, 1).expand(-1, -1, 3)
+        Image.fromarray((pixels * 255).byte().numpy()).save(folder / f"{i}.png")  # RGB PNGs, grey or not
+    return folder
+
+
+@pytest.mark.parametrize("family", ["ae", "vae"])
+@pytest.mark.parametrize("colour, given, channels, line", [
+    (True, [], 3, "images: 3 channels (RGB): --data holds colour images; --channels 1 trains on them in greyscale"),
+    (True, ["--channels", "1"], 1, "images: 1 channel (greyscale): --channels 1"),
+    (False, [], 1, "images: 1 channel (greyscale): every --data image is grey; --channels 3 would repeat it in RGB"),
+    (None, [], 1, "images: 1 channel (greyscale): the embedded digits are greyscale; --channels 3 repeats them"),
+    (None, ["--channels", "3"], 3, "images: 3 channels (RGB): --channels 3; the greyscale digits repeated in each"),
+])
+def test_ae_vae_channels_follow_the_data_unless_given(tmp_path, capsys, family, colour, given, channels, line):
+    """ae/vae converted every --data image to greyscale, silently."""
+    data = [] if colour is None else ["--data", str(_image_folder(tmp_path / "data", 4, colour))]
+    run = tmp_path / "run"
+    assert main(["train", family, "--out", str(run), "--batch-size", "4", "--no-speedup", "--device", "cpu",
+                 *TINY[family], *data, *given, "--max-steps", "1"]) == 0
+    assert line in capsys.readouterr().out
+    assert json.loads((run / "args.json").read_text())["channels"] == channels
+
+
+def test_resume_keeps_the_runs_channels_and_resumes_checkpoints_from_before_the_option(tmp_path, capsys):
+    data = ["--data", str(_image_folder(tmp_path / "data", 8, colour=True))]
+    run = tmp_path / "run"
+    base = ["train", "vae", "--out", str(run), "--batch-size", "4", "--no-speedup", "--device", "cpu",
+            *TINY["vae"], *data, "--checkpoint-every", "1"]
+    assert main([*base, "--channels", "1", "--max-steps", "1"]) == 0
+    assert main([*base, "--max-steps", "2", "--resume"]) == 0  # not inferred anew (3) from the colour images
+    assert json.loads((run / "args.json").read_text())["channels"] == 1
+    # A checkpoint written before --channels existed: its options lack it, and its run had 1.
+    state_path = run / "checkpoints" / json.loads((run / "checkpoints" / "latest.json").read_text())["state"]
+    state = torch.load(state_path, weights_only=True)
+    del state["options"]["channels"]
+    torch.save(state, state_path)
+    assert main([*base, "--max-steps", "3", "--resume"]) == 0
+    assert json.loads((run / "args.json").read_text())["channels"] == 1 and max(losses(run)) == 3
+    assert main([*base, "--max-steps", "4", "--resume", "--channels", "3"]) == 2
+    assert "--channels 3 (the run's: 1)" in capsys.readouterr().err
+
+
 def test_killed_while_writing_a_checkpoint_resumes(tmp_path):
     run = tmp_path / "run"
     args = ["train", "vae", "--out", str(run), "--batch-size", "16", "--no-speedup", "--device", "cpu",
@@ -754,7 +801,8 @@ def test_every_family_trains_with_the_fused_adam_on_the_cpu(family):
     from autoenc_fast.cli import build_parser
 
     fam = FAMILIES[family]
-    labels = ["--label-nc", "6"] if family == "gaugan" else []  # else read from the data set
-    args = build_parser().parse_args(["train", family, *TINY[family], *labels])
+    # else read from the data set
+    from_data = {"gaugan": ["--label-nc", "6"], "ae": ["--channels", "1"], "vae": ["--channels", "1"]}
+    args = build_parser().parse_args(["train", family, *TINY[family], *from_data.get(family, [])])
     optimizers = fam.optimizers(fam.build(args), args)
     assert optimizers and all(o.defaults["fused"] is True for o in optimizers.values())

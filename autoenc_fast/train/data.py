@@ -176,8 +176,9 @@ def _pil_to_tensor(image) -> torch.Tensor:
     return torch.from_numpy(array.copy()).permute(2, 0, 1)
 
 
-def image_folder(folder: Path, size: int, channels: int, log=print) -> TensorImages:
-    """Every readable image of `folder`, converted to `channels` (1 or 3) and resized."""
+def image_folder(folder: Path, size: int, channels: int | None, log=print) -> TensorImages:
+    """Every readable image of `folder`, resized, with `channels` (1: greyscale, 3: RGB);
+    None: 3 if any image has colour (a pixel whose R, G and B differ), else 1."""
     mode = "L" if channels == 1 else "RGB"
     images, skipped = [], []
     for path in _image_files(folder):
@@ -192,7 +193,15 @@ def image_folder(folder: Path, size: int, channels: int, log=print) -> TensorIma
             f"{', '.join(skipped[:5])}{' ...' if len(skipped) > 5 else ''}")
     if not images:
         raise DataError(f"--data: none of the {len(skipped)} image file(s) in {folder} could be read")
-    return TensorImages(torch.cat(images), skipped=len(skipped))
+    cache = torch.cat(images)
+    if channels is None and not has_colour(cache):
+        cache = cache[:, :1].contiguous()  # grey R = G = B: PIL's "L" of them is that same value
+    return TensorImages(cache, skipped=len(skipped))
+
+
+def has_colour(images: torch.Tensor) -> bool:
+    """Whether any pixel of the RGB images (N, 3, H, W) has R, G and B not all equal."""
+    return bool((images[:, 0] != images[:, 1]).any() or (images[:, 1] != images[:, 2]).any())
 
 
 # Modes whose pixels are class ids as stored: 1-bit, 8-bit grey (L), palette indices (P;

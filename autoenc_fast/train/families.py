@@ -53,7 +53,6 @@ class Family:
     name = ""
     help = ""
     image_size = 32
-    channels = 1
     batch_size = 64
     lr = 1e-3
     default_data_packages: tuple[str, ...] = ()  # what the embedded data set (no --data) imports
@@ -66,9 +65,7 @@ class Family:
         """Family options beyond the common ones."""
 
     def dataset(self, args, log) -> data.TensorImages:
-        if args.data:
-            return data.image_folder(args.data, args.image_size, self.channels, log)
-        return data.digits(args.image_size)
+        raise NotImplementedError
 
     def build(self, args) -> dict:
         raise NotImplementedError
@@ -86,13 +83,52 @@ class Family:
         raise NotImplementedError
 
 
-class AutoencoderFamily(Family):
-    name = "ae"
-    help = "convolutional autoencoder (AlexNet encoder, mirrored decoder) on 8x8 digits upsampled"
-    image_size = 67  # the smallest size AlexNet's strides and pools keep >= 1x1
+class _DigitsFamily(Family):
+    """ae and vae: the embedded 8x8 digits, or a folder of images with --channels 1 or 3."""
+
     default_data_packages = ("scikit-learn",)
 
     def add_arguments(self, parser):
+        parser.add_argument("--channels", type=int, choices=(1, 3), default=None,
+                            help="image channels, 1 (greyscale) or 3 (RGB); default: 1 for the embedded digits, "
+                                 "and with --data 3 if any image has colour, else 1; --resume keeps the run's")
+
+    def dataset(self, args, log) -> data.TensorImages:
+        """The images, with args.channels resolved where it was not given."""
+        given = args.channels
+        if args.data:
+            images = data.image_folder(args.data, args.image_size, given, log)
+        else:
+            images = data.digits(args.image_size)
+            if given == 3:
+                images = data.TensorImages(images.images.expand(-1, 3, -1, -1).contiguous())
+        args.channels = images.images.shape[1]
+        log(_channels_line(args.channels, given, args.data))
+        return images
+
+
+def _channels_line(channels: int, given: int | None, folder) -> str:
+    """The line a run prints: how many channels its images have, and why."""
+    kind = "1 channel (greyscale)" if channels == 1 else "3 channels (RGB)"
+    if given is not None:
+        why = f"--channels {given}" + ("; the greyscale digits repeated in each" if given == 3 and not folder else "")
+    elif not folder:
+        why = "the embedded digits are greyscale; --channels 3 repeats them in RGB"
+    elif channels == 3:
+        why = "--data holds colour images; --channels 1 trains on them in greyscale"
+    else:
+        why = "every --data image is grey; --channels 3 would repeat it in RGB"
+    return f"images: {kind}: {why}"
+
+
+class AutoencoderFamily(_DigitsFamily):
+    name = "ae"
+    help = ("convolutional autoencoder (AlexNet encoder, mirrored decoder) on 8x8 digits upsampled, or --data DIR "
+            "(greyscale or RGB: --channels)")
+    image_size = 67  # the smallest size AlexNet's strides and pools keep >= 1x1
+
+    def add_arguments(self, parser):
+        super().add_arguments(parser)
         parser.add_argument("--latent-dim", type=COUNT, default=64, help="size of the code (default 64)")
         parser.add_argument("--widths", type=COUNT, nargs=5, default=[16, 32, 48, 48, 32], metavar="C",
                             help="channels of conv1..conv5 (AlexNet: 96 256 384 384 256)")
@@ -100,7 +136,7 @@ class AutoencoderFamily(Family):
     def build(self, args):
         from ..models import ConvAutoencoder
 
-        return {"model": ConvAutoencoder(self.channels, args.image_size, args.latent_dim, backend=args.backend,
+        return {"model": ConvAutoencoder(args.channels, args.image_size, args.latent_dim, backend=args.backend,
                                          widths=tuple(args.widths))}
 
     def step(self, ctx, batch):
@@ -118,12 +154,13 @@ class AutoencoderFamily(Family):
         return [shown, modules["model"](shown).float()]
 
 
-class VAEFamily(Family):
+class VAEFamily(_DigitsFamily):
     name = "vae"
-    help = "variational autoencoder with the fused reparametrize+KL kernel on 8x8 digits upsampled"
-    default_data_packages = ("scikit-learn",)
+    help = ("variational autoencoder with the fused reparametrize+KL kernel on 8x8 digits upsampled, or --data DIR "
+            "(greyscale or RGB: --channels)")
 
     def add_arguments(self, parser):
+        super().add_arguments(parser)
         parser.add_argument("--latent-dim", type=COUNT, default=16, help="size of z (default 16)")
         parser.add_argument("--widths", type=COUNT, nargs="+", default=[32, 64, 128], metavar="C",
                             help="channels of the encoder's stride-2 stages (default 32 64 128)")
@@ -134,7 +171,7 @@ class VAEFamily(Family):
     def build(self, args):
         from ..models import VAE
 
-        return {"model": VAE(self.channels, args.image_size, args.latent_dim, backend=args.backend,
+        return {"model": VAE(args.channels, args.image_size, args.latent_dim, backend=args.backend,
                              widths=tuple(args.widths))}
 
     def step(self, ctx, batch):

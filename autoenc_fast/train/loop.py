@@ -166,11 +166,31 @@ def _option_name(key: str) -> str:
     return "processes (torchrun --nproc-per-node)" if key == "processes" else f"--{key.replace('_', '-')}"
 
 
+# Options added after checkpoints began to keep the run's options, with the value every
+# run before them had: a checkpoint without one resumes as that value.
+EARLIER_VALUES = {"channels": 1}
+
+
+def _saved_options(state: dict, args) -> dict | None:
+    """The options the run started with; None for a checkpoint written before they were kept."""
+    saved = state.get("options")
+    if saved is None:
+        return None
+    return {**{k: v for k, v in EARLIER_VALUES.items() if k in vars(args)}, **saved}
+
+
+def _resume_inferred_options(state: dict, args) -> None:
+    """An option inferred from the data when not given (--channels) takes the run's value
+    on --resume, not a value inferred anew."""
+    if vars(args).get("channels", 0) is None:
+        args.channels = (_saved_options(state, args) or EARLIER_VALUES)["channels"]
+
+
 def _check_resume_options(state: dict, args, world: int) -> None:
     """--resume continues the run that was started: a different --lr would be silently
     overridden by the optimizer state it restores, a different --batch-size or --seed
     would skip or repeat data. Refuse such a change, naming each option."""
-    saved = state.get("options")
+    saved = _saved_options(state, args)
     if saved is None:  # a checkpoint written before the options were kept
         return
     now = _run_options(args, world)
@@ -228,6 +248,10 @@ def _train(args, rank: int, world: int) -> dict:
     device = _device(args, rank)
     run = RunFolder(Path(args.out), enabled=rank == 0)
     torch.manual_seed(args.seed)
+    state = None
+    if args.resume:
+        state, weights = checkpoint.read_state(run.checkpoints)
+        _resume_inferred_options(state, args)
     dataset = family.dataset(args, run.log)
     if len(dataset) < args.batch_size * world:
         raise DataError(f"--batch-size {args.batch_size}: the data has only {len(dataset)} image(s) "
@@ -239,8 +263,7 @@ def _train(args, rank: int, world: int) -> dict:
     torch.manual_seed(args.seed + rank)
 
     step, epoch, batch_in_epoch, history = 0, 0, 0, []
-    if args.resume:
-        state, weights = checkpoint.read_state(run.checkpoints)
+    if state is not None:
         _check_resume_options(state, args, world)  # before any weight is loaded: it may refuse
         checkpoint.load_weights(weights, modules)
         for name, optimizer in optimizers.items():
