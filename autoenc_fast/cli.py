@@ -95,11 +95,13 @@ def _cmd_train(args) -> int:
 def _summary_line(summary: dict) -> str:
     """This session's steps and time; images/s over the training steps alone."""
     session, total = summary["session_steps"], summary["steps"]
-    steps = f"{session} steps" if session == total else \
-        f"{session} steps this session (steps {total - session + 1}-{total} of the run)" if session else \
-        f"no step this session (the run had reached step {total})"
-    timing = (f" in {summary['step_seconds']:.2f} s of training steps ({summary['images_per_second']} images/s), "
-              f"{summary['session_seconds']:.2f} s with checkpoints and pictures") if session else ""
+    if session == 0:  # a resume of a run that had already reached its --max-steps/--epochs
+        steps, timing = f"no step this session (the run had reached step {total})", ""
+    else:
+        steps = f"{session} steps" if session == total else \
+            f"{session} steps this session (steps {total - session + 1}-{total} of the run)"
+        timing = (f" in {summary['step_seconds']:.2f} s of training steps ({summary['images_per_second']} "
+                  f"images/s), {summary['session_seconds']:.2f} s with checkpoints and pictures")
     loss = f"; final loss {summary['final_loss']:.4g}" if summary["final_loss"] is not None else ""
     return f"trained {summary['family']} ({summary['backend']}): {steps}{timing}{loss}; files in {summary['out']}"
 

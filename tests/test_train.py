@@ -145,7 +145,9 @@ def test_resume_keeps_the_runs_channels_and_resumes_checkpoints_from_before_the_
     base = ["train", "vae", "--out", str(run), "--batch-size", "4", "--no-speedup", "--device", "cpu",
             *TINY["vae"], *data, "--checkpoint-every", "1"]
     assert main([*base, "--channels", "1", "--max-steps", "1"]) == 0
+    capsys.readouterr()
     assert main([*base, "--max-steps", "2", "--resume"]) == 0  # not inferred anew (3) from the colour images
+    assert "images: 1 channel (greyscale): the run's, as it started (--resume)" in capsys.readouterr().out
     assert json.loads((run / "args.json").read_text())["channels"] == 1
     # A checkpoint written before --channels existed: its options lack it, and its run had 1.
     state_path = run / "checkpoints" / json.loads((run / "checkpoints" / "latest.json").read_text())["state"]

@@ -64,7 +64,8 @@ class Family:
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         """Family options beyond the common ones."""
 
-    def dataset(self, args, log) -> data.TensorImages:
+    def dataset(self, args, log, run_options: dict | None = None) -> data.TensorImages:
+        """The training data; `run_options`, on --resume, are the options the run started with."""
         raise NotImplementedError
 
     def build(self, args) -> dict:
@@ -93,24 +94,30 @@ class _DigitsFamily(Family):
                             help="image channels, 1 (greyscale) or 3 (RGB); default: 1 for the embedded digits, "
                                  "and with --data 3 if any image has colour, else 1; --resume keeps the run's")
 
-    def dataset(self, args, log) -> data.TensorImages:
-        """The images, with args.channels resolved where it was not given."""
+    def dataset(self, args, log, run_options=None) -> data.TensorImages:
+        """The images, with args.channels resolved where it was not given: the resumed run's,
+        else from the data."""
         given = args.channels
+        resumed = given is None and run_options is not None
+        channels = run_options["channels"] if resumed else given
         if args.data:
-            images = data.image_folder(args.data, args.image_size, given, log)
+            images = data.image_folder(args.data, args.image_size, channels, log)
         else:
             images = data.digits(args.image_size)
-            if given == 3:
+            if channels == 3:
                 images = data.TensorImages(images.images.expand(-1, 3, -1, -1).contiguous())
         args.channels = images.images.shape[1]
-        log(_channels_line(args.channels, given, args.data))
+        log(_channels_line(args.channels, "the run's" if resumed else given, args.data))
         return images
 
 
-def _channels_line(channels: int, given: int | None, folder) -> str:
-    """The line a run prints: how many channels its images have, and why."""
+def _channels_line(channels: int, given: int | str | None, folder) -> str:
+    """The line a run prints: how many channels its images have, and why (`given`: the
+    --channels value, "the run's" on a resume, None where taken from the data)."""
     kind = "1 channel (greyscale)" if channels == 1 else "3 channels (RGB)"
-    if given is not None:
+    if given == "the run's":
+        why = "the run's, as it started (--resume)"
+    elif given is not None:
         why = f"--channels {given}" + ("; the greyscale digits repeated in each" if given == 3 and not folder else "")
     elif not folder:
         why = "the embedded digits are greyscale; --channels 3 repeats them in RGB"
@@ -231,7 +238,7 @@ class ContextEncoderFamily(Family):
         parser.add_argument("--overlap", type=STEPS, default=2,
                             help="pixels of context the centre prediction overlaps, weighted 10x (paper: 4 at 128)")
 
-    def dataset(self, args, log):
+    def dataset(self, args, log, run_options=None):
         if args.data:
             return data.image_folder(args.data, args.image_size, self.channels, log)
         return data.photo_crops(args.image_size)
@@ -304,7 +311,7 @@ class GauGANFamily(Family):
         parser.add_argument("--no-vae", dest="use_vae", action="store_false",
                             help="no image encoder: the generator starts from the downsampled label map")
 
-    def dataset(self, args, log):
+    def dataset(self, args, log, run_options=None):
         if args.data:
             images = data.paired_folder(args.data, args.image_size, log)
         else:

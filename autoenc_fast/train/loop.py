@@ -179,13 +179,6 @@ def _saved_options(state: dict, args) -> dict | None:
     return {**{k: v for k, v in EARLIER_VALUES.items() if k in vars(args)}, **saved}
 
 
-def _resume_inferred_options(state: dict, args) -> None:
-    """An option inferred from the data when not given (--channels) takes the run's value
-    on --resume, not a value inferred anew."""
-    if vars(args).get("channels", 0) is None:
-        args.channels = (_saved_options(state, args) or EARLIER_VALUES)["channels"]
-
-
 def _check_resume_options(state: dict, args, world: int) -> None:
     """--resume continues the run that was started: a different --lr would be silently
     overridden by the optimizer state it restores, a different --batch-size or --seed
@@ -248,11 +241,12 @@ def _train(args, rank: int, world: int) -> dict:
     device = _device(args, rank)
     run = RunFolder(Path(args.out), enabled=rank == 0)
     torch.manual_seed(args.seed)
-    state = None
+    state = run_options = None
     if args.resume:
         state, weights = checkpoint.read_state(run.checkpoints)
-        _resume_inferred_options(state, args)
-    dataset = family.dataset(args, run.log)
+        # Options inferred from the data where not given (--channels) keep the run's values.
+        run_options = _saved_options(state, args) or {k: v for k, v in EARLIER_VALUES.items() if k in vars(args)}
+    dataset = family.dataset(args, run.log, run_options)
     if len(dataset) < args.batch_size * world:
         raise DataError(f"--batch-size {args.batch_size}: the data has only {len(dataset)} image(s) "
                         f"for {world} process(es)")
@@ -336,8 +330,8 @@ def _train(args, rank: int, world: int) -> dict:
     summary = {"family": family.name, "backend": args.backend, "device": str(device), "processes": world,
                "steps": step, "epochs_completed": epoch,  # the run's, resumed sessions included
                "session_steps": step - first_step,  # this session's
-               "step_seconds": round(step_seconds, 3),  # in those steps alone
-               "session_seconds": round(time.perf_counter() - started, 3),  # with checkpoints and pictures
+               "step_seconds": round(step_seconds, 6),  # in those steps alone
+               "session_seconds": round(time.perf_counter() - started, 6),  # with checkpoints and pictures
                "images_per_second": round(images_seen / step_seconds, 1) if step_seconds > 0 else None,
                "final_loss": history[-1]["loss"] if history else None, "out": str(run.out)}
     run.write_json("summary.json", summary)
