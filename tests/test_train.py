@@ -490,6 +490,12 @@ def test_bench_refuses_an_unknown_op_or_model(capsys):
         run_benchmarks(device="cpu", quick=True, ops=["spade"])
 
 
+def test_bench_refuses_no_models_with_a_model(capsys):
+    """--no-models --model vae used to time the vae step silently."""
+    assert main(["bench", "--quick", "--device", "cpu", "--no-models", "--model", "vae"]) == 2
+    assert "error: --no-models and --model contradict each other" in capsys.readouterr().err
+
+
 def test_bench_times_providers_side_by_side():
     """Providers are timed in alternating rounds (after one warm-up call each), not one
     after the other, so a drift in the machine's speed does not skew their ratios."""
