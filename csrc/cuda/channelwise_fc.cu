@@ -251,6 +251,17 @@ __device__ __forceinline__ void channel_gemm_columns(const Gemm& gemm, int64_t c
 
 __host__ __device__ constexpr int round_up4(int n) { return (n + 3) / 4 * 4; }
 
+// Row lengths of the micro-tiled variant's shared tiles. A (transposed, a_t[k][m]) is
+// staged with consecutive threads on k, and B (b_s[k][n]) too when its loader walks k
+// adjacently (W_c^T for grad_x): a row length that is a multiple of 32 words put a warp's
+// stores in one bank. Four words of padding (rows stay 16-byte aligned for the quad reads)
+// spread them over eight banks.
+__host__ __device__ constexpr int micro_a_ld(int tile_m) { return tile_m + 4; }
+template <typename BLoad>
+__host__ __device__ constexpr int micro_b_ld(int tile_n) {
+  return round_up4(tile_n) + (BLoad::kFirstAdjacent ? 4 : 0);
+}
+
 template <typename acc_t>
 struct alignas(16) Quad {
   acc_t v[4];
@@ -268,27 +279,27 @@ __device__ __forceinline__ void channel_gemm_micro(const Gemm& gemm, int64_t c, 
   using BLoad = typename Gemm::B;
   const int64_t M = gemm.M, N = gemm.N, K = gemm.K;
   const int tile_n = gemm.tile_n, tile_k = gemm.tile_k;
-  const int ldn = round_up4(tile_n), col_groups = ldn / 4;
+  const int ldn = micro_b_ld<BLoad>(tile_n), col_groups = round_up4(tile_n) / 4;
   const int row_groups = blockDim.x / col_groups;  // threads past row_groups * col_groups only load
-  const int tile_m = row_groups * 4;
-  acc_t* a_t = shared;                 // [tile_k][tile_m]
-  acc_t* b_s = a_t + tile_k * tile_m;  // [tile_k][ldn]
+  const int tile_m = row_groups * 4, ldm = micro_a_ld(tile_m);
+  acc_t* a_t = shared;              // [tile_k][ldm]
+  acc_t* b_s = a_t + tile_k * ldm;  // [tile_k][ldn]
   const int cg = threadIdx.x % col_groups, rg = threadIdx.x / col_groups;
   const bool computes = rg < row_groups;
   const int64_t n0 = static_cast<int64_t>(blockIdx.z) * tile_n;
   for (int64_t m0 = static_cast<int64_t>(blockIdx.y) * tile_m; m0 < M; m0 += static_cast<int64_t>(gridDim.y) * tile_m) {
     acc_t acc[4][4] = {};
     for (int64_t k0 = 0; k0 < K; k0 += tile_k) {
-      stage_tile<ALoad::kFirstAdjacent, true>(tile_m, tile_k, a_t, tile_m, [&](int r, int kk) {
+      stage_tile<ALoad::kFirstAdjacent, true>(tile_m, tile_k, a_t, ldm, [&](int r, int kk) {
         return m0 + r < M && k0 + kk < K ? gemm.a(c, m0 + r, k0 + kk) : acc_t(0);
       });
-      stage_tile<BLoad::kFirstAdjacent>(tile_k, ldn, b_s, ldn, [&](int kk, int col) {
+      stage_tile<BLoad::kFirstAdjacent>(tile_k, round_up4(tile_n), b_s, ldn, [&](int kk, int col) {
         return k0 + kk < K && col < tile_n && n0 + col < N ? gemm.b(c, k0 + kk, n0 + col) : acc_t(0);
       });
       __syncthreads();
       if (computes) {
         for (int kk = 0; kk < tile_k; ++kk) {
-          const Quad<acc_t> av = *reinterpret_cast<const Quad<acc_t>*>(a_t + kk * tile_m + rg * 4);
+          const Quad<acc_t> av = *reinterpret_cast<const Quad<acc_t>*>(a_t + kk * ldm + rg * 4);
           const Quad<acc_t> bv = *reinterpret_cast<const Quad<acc_t>*>(b_s + kk * ldn + cg * 4);
 #pragma unroll
           for (int i = 0; i < 4; ++i) {
@@ -376,13 +387,14 @@ GemmLaunch plan(Gemm& gemm, int threads) {
   const int col_threads = kMicroTiles ? round_up4(gemm.tile_n) / 4 : (gemm.tile_n + kCols - 1) / kCols;
   const int tile_m = (threads / col_threads) * (kMicroTiles ? 4 : kRowsPerThread);
   // Shared memory: A in tile_m rows of tile_k + 1 (the column variants) or, transposed, in
-  // tile_k rows of tile_m (the micro tiles); then B in tile_k rows of ldb.
-  const int a_padding = kMicroTiles ? 0 : tile_m;
-  const int ldb = kMicroTiles ? round_up4(gemm.tile_n) : b_tile_ld<typename Gemm::B>(gemm.tile_n);
+  // tile_k rows of micro_a_ld(tile_m) (the micro tiles); then B in tile_k rows of ldb.
+  // Per k: a_per_k words of A (plus a_fixed in all) and ldb of B.
+  const int a_per_k = kMicroTiles ? micro_a_ld(tile_m) : tile_m, a_fixed = kMicroTiles ? 0 : tile_m;
+  const int ldb = kMicroTiles ? micro_b_ld<typename Gemm::B>(gemm.tile_n) : b_tile_ld<typename Gemm::B>(gemm.tile_n);
   const int64_t budget = kSharedBytes / static_cast<int64_t>(sizeof(acc_t));
-  const int64_t fit = (budget - a_padding) / (tile_m + ldb);
+  const int64_t fit = (budget - a_fixed) / (a_per_k + ldb);
   gemm.tile_k = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({std::max<int64_t>(gemm.K, 1), kMaxTile, fit})));
-  const size_t shared = sizeof(acc_t) * (static_cast<size_t>(tile_m) * gemm.tile_k + a_padding +
+  const size_t shared = sizeof(acc_t) * (static_cast<size_t>(a_per_k) * gemm.tile_k + a_fixed +
                                          static_cast<size_t>(gemm.tile_k) * ldb);
   return {(gemm.M + tile_m - 1) / tile_m, (gemm.N + gemm.tile_n - 1) / gemm.tile_n, shared};
 }
