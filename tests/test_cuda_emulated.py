@@ -148,7 +148,9 @@ def test_channelwise_fc_empty_batch(emu):
 # (N, C, H, W): 4x4 maps (packs of two float64 / four float32), 3x5 (no pack: one element
 # at a time), 40x40 (a row split over two reduction blocks), C = 8 (channels_last packs)
 # and C = 3 (channels_last scalar).
-SPADE_SHAPES = [(3, 4, 4, 4), (2, 3, 3, 5), (2, 2, 40, 40), (2, 8, 6, 6)]
+# The last two: channels_last blocks of 10 channel lanes by 25 row lanes (C = 20 in packs of
+# two float64), and two channel tiles, the second partial (C = 72 > 32 lanes x 2).
+SPADE_SHAPES = [(3, 4, 4, 4), (2, 3, 3, 5), (2, 2, 40, 40), (2, 8, 6, 6), (3, 20, 5, 5), (2, 72, 3, 3)]
 
 
 def spade_inputs(shape, dtype=torch.float64, layout="contiguous"):

@@ -15,9 +15,10 @@
 // Reductions are two kernels: blocks reduce slices to partial sums (warp shuffles,
 // then shared memory across warps), and one warp per group adds its partials in a
 // fixed order, so results are deterministic. NCHW: a block reduces a slice of one
-// (n, c) row of H*W contiguous elements. channels_last: a block of 32 x 8 threads
-// reduces a tile of channels (each thread VEC adjacent channels) over a range of
-// pixels; the 8 row lanes are added in shared memory. Elementwise kernels are
+// (n, c) row of H*W contiguous elements. channels_last: a block of 256 threads, `lanes`
+// across channels (each VEC adjacent channels; 32, or fewer when C has fewer packs) by
+// 256 / lanes row lanes, reduces a tile of channels over a range of pixels; the row lanes
+// are added in shared memory. Elementwise kernels are
 // grid-stride loops over packs of VEC elements (16-byte loads and stores when the
 // inner extent is a multiple of VEC and the pointers are aligned).
 //
@@ -49,7 +50,6 @@ namespace autoenc_fast {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int kRowLanes = 8;          // channels_last reduction: blockDim = (32, kRowLanes)
 constexpr int64_t kTargetBlocks = 2048;  // reduction blocks to aim for (fills an H100 several times)
 constexpr int64_t kFusedGroupElems = 4096;  // largest group the one-kernel path takes by default
 
@@ -205,12 +205,13 @@ __global__ void reduce_nchw_kernel(Inputs<scalar_t, acc_t> in, Shape s, int64_t 
 
 // channels_last: block (channel tile blockIdx.x, pixel range blockIdx.y, sample
 // blockIdx.z for instance norm) -> partial[((z * splits + split) * C + c)] = (S1, S2).
+// blockDim = (lanes, row lanes), lanes * row lanes <= kThreads.
 template <bool kBackward, int VEC, typename scalar_t, typename acc_t>
 __global__ void reduce_nhwc_kernel(Inputs<scalar_t, acc_t> in, Shape s, int64_t rows_per_block,
                                    acc_t* __restrict__ partial) {
-  __shared__ acc_t shared[2][kRowLanes][32 * VEC];
-  const int tx = threadIdx.x, ty = threadIdx.y;
-  const int64_t c0 = (static_cast<int64_t>(blockIdx.x) * 32 + tx) * VEC;
+  __shared__ acc_t shared[2][kThreads * VEC];  // [row lane][lane * VEC + j]
+  const int tx = threadIdx.x, ty = threadIdx.y, lanes = blockDim.x, row_lanes = blockDim.y;
+  const int64_t c0 = (static_cast<int64_t>(blockIdx.x) * lanes + tx) * VEC;
   const int64_t z = blockIdx.z;
   const int64_t rows = s.instance ? s.HW : s.N * s.HW;  // pixels per group
   const int64_t row0 = z * (s.instance ? s.HW : 0);     // first pixel of this group range
@@ -227,19 +228,25 @@ __global__ void reduce_nhwc_kernel(Inputs<scalar_t, acc_t> in, Shape s, int64_t 
     s2[j] = 0;
   }
   if (active) {
-    for (int64_t r = r_begin + ty; r < r_end; r += kRowLanes) {
+    for (int64_t r = r_begin + ty; r < r_end; r += row_lanes) {
       accumulate<kBackward, VEC>(in, (row0 + r) * s.C + c0, (row0 + r) * in.param_pixel_stride + c0, p0, p1, s1,
                                  s2);
     }
   }
 #pragma unroll
-  for (int j = 0; j < VEC; ++j) shared[0][ty][tx * VEC + j] = s1[j], shared[1][ty][tx * VEC + j] = s2[j];
+  for (int j = 0; j < VEC; ++j) {
+    shared[0][(ty * lanes + tx) * VEC + j] = s1[j];
+    shared[1][(ty * lanes + tx) * VEC + j] = s2[j];
+  }
   __syncthreads();
   if (ty == 0 && active) {
 #pragma unroll
     for (int j = 0; j < VEC; ++j) {
       acc_t a = 0, b = 0;
-      for (int y = 0; y < kRowLanes; ++y) a += shared[0][y][tx * VEC + j], b += shared[1][y][tx * VEC + j];
+      for (int y = 0; y < row_lanes; ++y) {
+        a += shared[0][(y * lanes + tx) * VEC + j];
+        b += shared[1][(y * lanes + tx) * VEC + j];
+      }
       const int64_t idx = (z * gridDim.y + blockIdx.y) * s.C + c0 + j;
       partial[2 * idx] = a;
       partial[2 * idx + 1] = b;
@@ -563,17 +570,21 @@ void launch_reduce(const Inputs<scalar_t, acc_t>& in, const Shape& s, const at::
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     parts = s.rows_per_group() * used;
   } else {
-    const int64_t tiles = (s.C + 32 * VEC - 1) / (32 * VEC);
+    // Lanes across the channels' packs: 32, or as many as C has (GauGAN's 64 channels are 8
+    // packs of bf16), with the rest of the block's threads on more pixel rows, not idle.
+    const int lanes = static_cast<int>(std::min<int64_t>(32, (s.C + VEC - 1) / VEC));
+    const int row_lanes = kThreads / lanes;
+    const int64_t tiles = (s.C + int64_t{lanes} * VEC - 1) / (int64_t{lanes} * VEC);
     const int64_t z = s.instance ? s.N : 1, rows = s.instance ? s.HW : s.N * s.HW;
     const int64_t splits = std::clamp<int64_t>(kTargetBlocks / (tiles * z), 1,
-                                               std::min<int64_t>(65535, (rows + kRowLanes - 1) / kRowLanes));
+                                               std::min<int64_t>(65535, (rows + row_lanes - 1) / row_lanes));
     const int64_t rows_per_block = (rows + splits - 1) / splits;
     const int64_t used = (rows + rows_per_block - 1) / rows_per_block;
     TORCH_CHECK(z <= 65535, "spade_norm: the CUDA kernel takes at most 65535 samples for instance norm "
                 "in channels_last; got N = ", s.N);
     partial = at::empty({z * used * s.C * 2}, x.options().dtype(out1.scalar_type()));
     const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(used), static_cast<unsigned>(z));
-    reduce_nhwc_kernel<kBackward, VEC><<<grid, dim3(32, kRowLanes), 0, stream>>>(
+    reduce_nhwc_kernel<kBackward, VEC><<<grid, dim3(lanes, row_lanes), 0, stream>>>(
         in, s, rows_per_block, partial.mutable_data_ptr<acc_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     parts = used;
