@@ -65,6 +65,12 @@ __device__ __forceinline__ T clamp_variance(T v) {
   return v < T(0) ? T(0) : v;
 }
 
+// invstd = 1 / sqrt(var + eps), one formula for the per-group and the split paths.
+template <typename T>
+__device__ __forceinline__ T inverse_std(T var, T eps) {
+  return T(1) / sqrt(var + eps);
+}
+
 template <int N, typename T>
 __device__ __forceinline__ Pack<T, N> load_pack(const T* p) {
   return *reinterpret_cast<const Pack<T, N>*>(p);
@@ -119,6 +125,8 @@ struct Shape {
   __host__ __device__ int64_t groups() const { return instance ? N * C : C; }
   // The (n, c) rows of H*W elements in one group: 1 for instance norm, N for batch norm.
   __host__ __device__ int64_t rows_per_group() const { return instance ? 1 : N; }
+  // Elements in one group (M): H*W for instance norm, N*H*W for batch norm.
+  __host__ __device__ int64_t group_elems() const { return rows_per_group() * HW; }
 };
 
 // One element's xhat = (x - mean) * invstd, 1 + gamma and z = xhat * (1 + gamma) + beta.
@@ -213,7 +221,7 @@ __global__ void reduce_nhwc_kernel(Inputs<scalar_t, acc_t> in, Shape s, int64_t 
   const int tx = threadIdx.x, ty = threadIdx.y, lanes = blockDim.x, row_lanes = blockDim.y;
   const int64_t c0 = (static_cast<int64_t>(blockIdx.x) * lanes + tx) * VEC;
   const int64_t z = blockIdx.z;
-  const int64_t rows = s.instance ? s.HW : s.N * s.HW;  // pixels per group
+  const int64_t rows = s.group_elems();  // pixels per group
   const int64_t row0 = z * (s.instance ? s.HW : 0);     // first pixel of this group range
   const int64_t r_begin = blockIdx.y * rows_per_block;
   const int64_t r_end = min(rows, r_begin + rows_per_block);
@@ -284,7 +292,7 @@ __global__ void finalize_kernel(const acc_t* __restrict__ partial, const scalar_
   a = warp_sum(a);
   b = warp_sum(b);
   if (lane != 0) return;
-  const acc_t m = static_cast<acc_t>(s.instance ? s.HW : s.N * s.HW);
+  const acc_t m = static_cast<acc_t>(s.group_elems());
   if constexpr (kBackward) {
     out1[g] = finish.means ? a / m : a;
     out2[g] = finish.means ? b / m : b;
@@ -294,7 +302,7 @@ __global__ void finalize_kernel(const acc_t* __restrict__ partial, const scalar_
     const acc_t d = a / m, var = clamp_variance(b / m - d * d);
     out1[g] = shift + d;
     out2[g] = var;
-    if (finish.invstd != nullptr) finish.invstd[g] = acc_t(1) / sqrt(var + finish.eps);  // as the fused kernel
+    if (finish.invstd != nullptr) finish.invstd[g] = inverse_std(var, finish.eps);
   }
 }
 
@@ -468,7 +476,7 @@ __global__ void __launch_bounds__(kThreads)
   const acc_t var = clamp_variance(b / m - d * d);
   acc_t mean[VEC], invstd[VEC];
 #pragma unroll
-  for (int j = 0; j < VEC; ++j) mean[j] = k + d, invstd[j] = acc_t(1) / sqrt(var + eps);
+  for (int j = 0; j < VEC; ++j) mean[j] = k + d, invstd[j] = inverse_std(var, eps);
   if (threadIdx.x == 0) mean_out[g] = mean[0], var_out[g] = var;
   for (int pack = threadIdx.x; pack < packs; pack += blockDim.x) {
     const PackOffsets at = group_pack_offsets<VEC>(in, s, g, pack, row_packs);
@@ -575,7 +583,7 @@ void launch_reduce(const Inputs<scalar_t, acc_t>& in, const Shape& s, const at::
     const int lanes = static_cast<int>(std::min<int64_t>(32, (s.C + VEC - 1) / VEC));
     const int row_lanes = kThreads / lanes;
     const int64_t tiles = (s.C + int64_t{lanes} * VEC - 1) / (int64_t{lanes} * VEC);
-    const int64_t z = s.instance ? s.N : 1, rows = s.instance ? s.HW : s.N * s.HW;
+    const int64_t z = s.instance ? s.N : 1, rows = s.group_elems();
     const int64_t splits = std::clamp<int64_t>(kTargetBlocks / (tiles * z), 1,
                                                std::min<int64_t>(65535, (rows + row_lanes - 1) / row_lanes));
     const int64_t rows_per_block = (rows + splits - 1) / splits;
@@ -695,7 +703,7 @@ at::Tensor apply_impl(const SpadeLaidOut& t, const at::Tensor& mean_in, const at
 // says 0 (never) or 1 (every NCHW input). Read per call, so a benchmark can switch it.
 bool use_fused_groups(const at::Tensor& x, bool instance) {
   const Shape s = shape_of(x, instance);
-  const int64_t elems = s.rows_per_group() * s.HW;
+  const int64_t elems = s.group_elems();
   // One block per group, and int pack indices stepping by blockDim inside it: both stay far
   // from overflowing (only AUTOENC_FAST_SPADE_NORM_FUSED=1 sends large groups here).
   if (s.channels_last || x.numel() == 0 || elems > (int64_t{1} << 30) ||
