@@ -171,12 +171,17 @@ def _option_name(key: str) -> str:
 EARLIER_VALUES = {"channels": 1}
 
 
+def _earlier_values(args) -> dict:
+    """EARLIER_VALUES of the options this family has."""
+    return {k: v for k, v in EARLIER_VALUES.items() if k in vars(args)}
+
+
 def _saved_options(state: dict, args) -> dict | None:
     """The options the run started with; None for a checkpoint written before they were kept."""
     saved = state.get("options")
     if saved is None:
         return None
-    return {**{k: v for k, v in EARLIER_VALUES.items() if k in vars(args)}, **saved}
+    return {**_earlier_values(args), **saved}
 
 
 def _check_resume_options(state: dict, args, world: int) -> None:
@@ -245,7 +250,7 @@ def _train(args, rank: int, world: int) -> dict:
     if args.resume:
         state, weights = checkpoint.read_state(run.checkpoints)
         # Options inferred from the data where not given (--channels) keep the run's values.
-        run_options = _saved_options(state, args) or {k: v for k, v in EARLIER_VALUES.items() if k in vars(args)}
+        run_options = _saved_options(state, args) or _earlier_values(args)
     dataset = family.dataset(args, run.log, run_options)
     if len(dataset) < args.batch_size * world:
         raise DataError(f"--batch-size {args.batch_size}: the data has only {len(dataset)} image(s) "

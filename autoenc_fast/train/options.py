@@ -7,13 +7,18 @@ import argparse
 import math
 
 
+def _int(text: str, expected: str) -> int:
+    """int(text), or the parser's error saying what was `expected`."""
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be {expected}; got {text!r}") from None
+
+
 def int_at_least(minimum: int):
     """An argparse type: an int >= minimum."""
     def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be an int >= {minimum}; got {text!r}") from None
+        value = _int(text, f"an int >= {minimum}")
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be an int >= {minimum}; got {value}")
         return value
@@ -25,10 +30,7 @@ def int_at_least(minimum: int):
 def int_between(minimum: int, maximum: int, what: str):
     """An argparse type: an int in [minimum, maximum]; `what` says why those bounds."""
     def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be an int; got {text!r}") from None
+        value = _int(text, "an int")
         if not minimum <= value <= maximum:
             raise argparse.ArgumentTypeError(f"must be an int from {minimum} to {maximum} ({what}); got {value}")
         return value
