@@ -87,6 +87,7 @@ class ChannelwiseFCBottleneck(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # nn.Dropout draws its mask in memory order: the einsum's output (batch inside
         # channel in memory) is laid out as the fused op's, so that both backends drop the
-        # same elements for the same seed. The 1x1 convolution would copy it anyway.
+        # same elements for the same seed. The copy costs the reference Context Encoder's
+        # CPU step ~0.5 ms of ~39 (benchmarks/RESULTS.md, 2026-11-28 eleventh session).
         y = self.fc(x).contiguous(memory_format=output_memory_format(x))
         return self.conv(self.dropout(y))
