@@ -15,7 +15,6 @@ from .reference.reparametrize_kl import draw_seed, reparametrize_kl_math, seed_t
 from .reference import spade_norm as _spade_norm_reference
 from .ops.spade_norm_checks import check_inputs as _spade_check_inputs
 from .ops.spade_norm_checks import group_count as _group_count
-from .ops.spade_norm_checks import update_running_stats as _update_running_stats
 
 __all__ = ["channelwise_fc", "reparametrize_kl", "spade_norm", "spade_norm_merged"]
 
@@ -254,15 +253,10 @@ def spade_norm_merged(x: torch.Tensor, gamma_beta: torch.Tensor, *, norm: str = 
 
 def _spade_norm_single_process(op, x, params, instance, running_mean, running_var, training, momentum, eps,
                                negative_slope):
-    """op(x, *params, ...): spade_norm or spade_norm_merged without a process group, then
-    the running-statistics update."""
+    """op(x, *params, ...): spade_norm or spade_norm_merged without a process group. The op
+    updates the running statistics itself in training, as F.batch_norm does."""
     use_input_stats = training or instance
-    count = _group_count(x, instance)
-    if use_input_stats and x.numel() > 0 and count <= 1:
+    if use_input_stats and x.numel() > 0 and _group_count(x, instance) <= 1:
         raise ValueError(f"spade_norm: expected more than 1 value per {'instance' if instance else 'channel'}"
                          f" when using batch statistics; `x` has shape {tuple(x.shape)}")
-    y, mean, var = op(x, *params, None if use_input_stats else running_mean,
-                      None if use_input_stats else running_var, use_input_stats, instance, eps, negative_slope)
-    if use_input_stats and running_mean is not None and x.numel() > 0:
-        _update_running_stats(running_mean, running_var, mean.detach(), var.detach(), count, momentum)
-    return y
+    return op(x, *params, running_mean, running_var, use_input_stats, instance, momentum, eps, negative_slope)[0]

@@ -36,20 +36,23 @@ TORCH_LIBRARY(autoenc_fast, m) {
   // (N, H, W) (instance=False) or per (n, c) over (H, W) (instance=True); mean/var are
   // float32 (float64 for float64 x), var is biased. Outputs follow x's memory format
   // (channels_last when x is channels_last, else contiguous).
-  // Fused single-process forward: batch statistics when use_input_stats, else the given
-  // running statistics; returns the mean and biased var it normalized with.
+  // Fused single-process forward, as aten::native_batch_norm: with use_input_stats the
+  // batch statistics, and running_mean/running_var (when given, batch norm only) updated
+  // in place with them, running += momentum * (batch - running), the variance unbiased;
+  // without, the running statistics are used. Returns the mean and invstd =
+  // 1 / sqrt(var + eps) it normalized with, which its backward takes.
   m.def(
-      "spade_norm(Tensor x, Tensor gamma, Tensor beta, Tensor? running_mean, Tensor? running_var,"
-      " bool use_input_stats, bool instance, float eps, float? negative_slope)"
-      " -> (Tensor y, Tensor mean, Tensor var)");
+      "spade_norm(Tensor x, Tensor gamma, Tensor beta, Tensor(a!)? running_mean, Tensor(b!)? running_var,"
+      " bool use_input_stats, bool instance, float momentum, float eps, float? negative_slope)"
+      " -> (Tensor y, Tensor mean, Tensor invstd)");
   // The same with gamma and beta given as one tensor, gamma_beta = cat([gamma, beta], 1) of
   // shape (N, 2C, H, W), as nn.SPADE's merged modulation convolution makes them: its
   // backward returns the gradient of gamma_beta as one tensor, so autograd does not
   // concatenate grad_gamma and grad_beta (a copy of both) for that convolution.
   m.def(
-      "spade_norm_merged(Tensor x, Tensor gamma_beta, Tensor? running_mean, Tensor? running_var,"
-      " bool use_input_stats, bool instance, float eps, float? negative_slope)"
-      " -> (Tensor y, Tensor mean, Tensor var)");
+      "spade_norm_merged(Tensor x, Tensor gamma_beta, Tensor(a!)? running_mean, Tensor(b!)? running_var,"
+      " bool use_input_stats, bool instance, float momentum, float eps, float? negative_slope)"
+      " -> (Tensor y, Tensor mean, Tensor invstd)");
   // The pieces, for synchronized statistics (all_reduce between them, in Python):
   m.def("spade_norm_stats(Tensor x, bool instance) -> (Tensor mean, Tensor var)");
   m.def(

@@ -104,21 +104,41 @@ inline std::pair<at::Tensor, at::Tensor> spade_halves(const at::Tensor& merged) 
   return {merged.narrow(1, 0, C), merged.narrow(1, C, C)};
 }
 
-// mean and var a single-process forward normalizes with: the batch statistics that
-// `stats()` (the backend's statistics pass) computes when use_input_stats, else copies of
-// the running statistics in the statistics dtype (outputs of a custom op may not alias
-// its inputs).
-template <typename StatsFn>
-std::pair<at::Tensor, at::Tensor> spade_forward_stats(const at::Tensor& x,
-                                                      const std::optional<at::Tensor>& running_mean,
-                                                      const std::optional<at::Tensor>& running_var,
-                                                      bool use_input_stats, const StatsFn& stats) {
-  if (use_input_stats) {
-    auto [mean, var] = stats();
-    return {mean, var};
+// mean and invstd = 1 / sqrt(var + eps) of the running statistics (eval-mode batch
+// norm), in the statistics dtype: copies (outputs of a custom op may not alias its inputs).
+inline std::pair<at::Tensor, at::Tensor> spade_running_stats(const at::Tensor& x, const at::Tensor& running_mean,
+                                                             const at::Tensor& running_var, double eps) {
+  const auto dtype = spade_stats_dtype(x);
+  return {running_mean.to(dtype, false, true).contiguous(), running_var.to(dtype).add(eps).rsqrt_()};
+}
+
+// Whether a single-process forward updates running_mean and running_var: batch
+// statistics (use_input_stats, batch norm: the checks refuse them with instance norm)
+// with the buffers given, and a non-empty batch to take them from (F.batch_norm leaves
+// them alone for an empty one).
+inline bool spade_updates_running(const at::Tensor& x, const std::optional<at::Tensor>& running_mean,
+                                  bool use_input_stats) {
+  return use_input_stats && running_mean.has_value() && x.numel() > 0;
+}
+
+// The update F.batch_norm makes, running = (1 - momentum) * running + momentum * scale * stat
+// (scale = M / (M - 1) makes the biased batch variance unbiased, 1 for the mean), by
+// `update(target)` on a contiguous target: the buffer itself, or a copy written back.
+template <typename Update>
+void spade_update_running(at::Tensor running, const Update& update) {
+  if (running.is_contiguous()) {
+    update(running);
+    return;
   }
-  return {running_mean->to(spade_stats_dtype(x), false, true).contiguous(),
-          running_var->to(spade_stats_dtype(x), false, true).contiguous()};
+  at::Tensor target = running.contiguous();
+  update(target);
+  running.copy_(target);
+}
+
+// M / (M - 1) for a batch-norm channel of M = N * H * W elements (M > 1: the checks).
+inline double spade_unbiased_factor(const at::Tensor& x) {
+  const double m = static_cast<double>(x.size(0) * x.size(2) * x.size(3));
+  return m / (m - 1);
 }
 
 // The tensors of one op call as the kernels read them: dy (backward only) and x
@@ -212,9 +232,10 @@ inline void check_spade_group_stat(const at::Tensor& t, const char* name, const 
 }
 
 inline void check_spade_running(const std::optional<at::Tensor>& t, const char* name,
-                                const at::Tensor& x, const char* op) {
-  TORCH_CHECK(t.has_value(), op, ": `", name,
-              "` is required when batch statistics are not used (eval-mode batch norm)");
+                                const at::Tensor& x, bool use_input_stats, const char* op) {
+  TORCH_CHECK(t.has_value(), op, ": `", name, "` is required ",
+              use_input_stats ? "with the other running statistic (give both or neither)"
+                              : "when batch statistics are not used (eval-mode batch norm)");
   TORCH_CHECK(t->dim() == 1 && t->size(0) == x.size(1), op, ": `", name,
               "` must have shape (C,) = (", x.size(1), ",); got ", t->sizes());
   TORCH_CHECK(at::isFloatingType(t->scalar_type()), op, ": `", name,
@@ -243,12 +264,20 @@ inline void check_spade_forward_inputs(const at::Tensor& x, const at::Tensor& ga
                                        const std::optional<at::Tensor>& running_var,
                                        bool use_input_stats, bool instance, const char* op = "spade_norm") {
   check_spade_x_and_params(x, gamma, beta, op);
-  TORCH_CHECK(use_input_stats || !instance, op,
-              ": instance norm always uses input statistics (`use_input_stats` must be True)");
-  if (!use_input_stats) {
-    check_spade_running(running_mean, "running_mean", x, op);
-    check_spade_running(running_var, "running_var", x, op);
+  if (instance) {
+    TORCH_CHECK(use_input_stats, op,
+                ": instance norm always uses input statistics (`use_input_stats` must be True)");
+    TORCH_CHECK(!running_mean.has_value() && !running_var.has_value(), op,
+                ": `running_mean`/`running_var` are not used by instance norm; pass None");
   }
+  if (!use_input_stats || running_mean.has_value() || running_var.has_value()) {
+    check_spade_running(running_mean, "running_mean", x, use_input_stats, op);
+    check_spade_running(running_var, "running_var", x, use_input_stats, op);
+  }
+  // As F.batch_norm and F.instance_norm: one value has no variance to normalize by.
+  const int64_t group_elems = x.size(2) * x.size(3) * (instance ? 1 : x.size(0));
+  TORCH_CHECK(!use_input_stats || x.numel() == 0 || group_elems > 1, op, ": expected more than 1 value per ",
+              instance ? "instance" : "channel", " when using batch statistics; `x` has shape ", x.sizes());
 }
 
 inline void check_spade_apply_inputs(const at::Tensor& x, const at::Tensor& gamma,

@@ -117,11 +117,10 @@ def assert_gamma_beta_readers_agree(ops, ref_ops, x, grad_y, halves, dense, inst
     through `ref_ops` with `dense` copies of them: close(actual, expected) holds for each
     output. Slope 0.2; the backward with batch and with fixed statistics."""
     N, _, H, W = x.shape
-    args = (None, None, True, instance, 1e-5, 0.2)
-    y, mean, var = ops.spade_norm(x, *halves, *args)
-    for actual, expected in zip((y, mean, var), ref_ops.spade_norm(x, *dense, *args), strict=True):
+    args = (None, None, True, instance, 0.1, 1e-5, 0.2)
+    y, mean, invstd = ops.spade_norm(x, *halves, *args)
+    for actual, expected in zip((y, mean, invstd), ref_ops.spade_norm(x, *dense, *args), strict=True):
         close(actual, expected)
-    invstd = (var + 1e-5).rsqrt()
     for use_input_stats in (True, False):
         for actual, expected in zip(
                 ops.spade_norm_backward(grad_y, x, *halves, mean, invstd, use_input_stats, 0.2),
@@ -143,22 +142,24 @@ def assert_merged_ops_agree_with_separate(ops, ref_ops, x, grad_y, gamma_beta, i
     """ops.spade_norm_merged(x, gamma_beta), its backward and its synchronized-path
     elementwise backward against ref_ops' separate ops on dense copies of gamma_beta's
     halves, train (batch statistics) and eval (fixed), slope 0.2: close(actual, expected)
-    for y, mean, var, grad_x, and grad_gamma_beta against cat([grad_gamma, grad_beta]),
-    which comes out in x's layout."""
+    for y, mean, invstd, the running statistics the forward updates in training (batch
+    norm), grad_x, and grad_gamma_beta against cat([grad_gamma, grad_beta]), which comes
+    out in x's layout."""
     layout = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() \
         else torch.contiguous_format
     dense = [t.contiguous(memory_format=layout) for t in gamma_beta.chunk(2, dim=1)]
     C = x.shape[1]
     rm, rv = torch.randn(C, dtype=x.dtype), torch.rand(C, dtype=x.dtype) + 0.5
     for use_input_stats in ([True] if instance else [True, False]):
-        run = (None, None) if use_input_stats else (rm, rv)
-        args = (*run, use_input_stats, instance, 1e-5, 0.2)
-        outputs = ops.spade_norm_merged(x, gamma_beta, *args)
-        expected = ref_ops.spade_norm(x, *dense, *args)
-        for actual, want in zip(outputs, expected, strict=True):
-            close(actual, want)
-        mean, var = expected[1], expected[2]
-        invstd = (var + 1e-5).rsqrt()
+        running = (None, None) if instance else (rm.clone(), rv.clone())
+        running_ref = (None, None) if instance else (rm.clone(), rv.clone())
+        rest = (use_input_stats, instance, 0.1, 1e-5, 0.2)
+        outputs = ops.spade_norm_merged(x, gamma_beta, *running, *rest)
+        expected = ref_ops.spade_norm(x, *dense, *running_ref, *rest)
+        for actual, want in zip((*outputs, *running), (*expected, *running_ref), strict=True):
+            if want is not None:  # instance norm: no running statistics
+                close(actual, want)
+        mean, invstd = expected[1], expected[2]
         grad_x, grad_gamma_beta = ops.spade_norm_merged_backward(grad_y, x, gamma_beta, mean, invstd,
                                                                  use_input_stats, 0.2)
         want_x, want_gamma, want_beta = ref_ops.spade_norm_backward(grad_y, x, *dense, mean, invstd,

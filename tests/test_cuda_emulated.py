@@ -171,12 +171,11 @@ def test_spade_norm_forward_and_backward_match_the_cpu_kernel(emu, shape, layout
     monkeypatch.setenv("AUTOENC_FAST_SPADE_NORM_FUSED", fused)
     x, gamma, beta, grad_y = spade_inputs(shape, layout=layout)
     ops = torch.ops.autoenc_fast
-    args = (x, gamma, beta, None, None, True, instance, 1e-5, slope)
-    y, mean, var = emu.spade_norm(*args)
-    for actual, expected in zip((y, mean, var), ops.spade_norm(*args)):
+    args = (x, gamma, beta, None, None, True, instance, 0.1, 1e-5, slope)
+    y, mean, invstd = emu.spade_norm(*args)
+    for actual, expected in zip((y, mean, invstd), ops.spade_norm(*args)):
         assert relative_error(actual, expected) < 1e-12
     assert y.is_contiguous(memory_format=torch.channels_last) == (layout == "channels_last")
-    invstd = (var + 1e-5).rsqrt()
     for use_input_stats in (True, False):
         backward = (grad_y, x, gamma, beta, mean, invstd, use_input_stats, slope)
         for actual, expected in zip(emu.spade_norm_backward(*backward), ops.spade_norm_backward(*backward)):
@@ -191,11 +190,11 @@ def test_spade_norm_nan_stays_in_its_channel_statistics(emu, layout, fused, monk
     x, gamma, beta, _ = spade_inputs((2, 4, 4, 4), torch.float32, layout)
     x[1, 2, 3, 0] = float("nan")
     for instance, poisoned in ((False, [2]), (True, [4 + 2])):
-        y, mean, var = emu.spade_norm(x, gamma, beta, None, None, True, instance, 1e-5, None)
-        for stat in (mean, var):
+        y, mean, invstd = emu.spade_norm(x, gamma, beta, None, None, True, instance, 0.1, 1e-5, None)
+        for stat in (mean, invstd, emu.spade_norm_stats(x, instance)[1]):
             assert stat.flatten().isnan().nonzero().flatten().tolist() == poisoned
-        expected = torch.ops.autoenc_fast.spade_norm(x, gamma, beta, None, None, True, instance, 1e-5, None)
-        for actual, want in zip((y, mean, var), expected):
+        expected = torch.ops.autoenc_fast.spade_norm(x, gamma, beta, None, None, True, instance, 0.1, 1e-5, None)
+        for actual, want in zip((y, mean, invstd), expected):
             torch.testing.assert_close(actual, want, equal_nan=True)
 
 
@@ -205,7 +204,7 @@ def test_spade_norm_running_statistics_and_pieces_match_the_cpu_kernel(emu, layo
     x, gamma, beta, grad_y = spade_inputs((3, 8, 4, 4), layout=layout)
     running_mean, running_var = torch.randn(8, dtype=torch.float64), torch.rand(8, dtype=torch.float64) + 0.5
     ops = torch.ops.autoenc_fast
-    args = (x, gamma, beta, running_mean, running_var, False, False, 1e-5, 0.2)
+    args = (x, gamma, beta, running_mean, running_var, False, False, 0.1, 1e-5, 0.2)
     for actual, expected in zip(emu.spade_norm(*args), ops.spade_norm(*args)):
         assert relative_error(actual, expected) < 1e-12
     mean, var = emu.spade_norm_stats(x, False)
@@ -224,6 +223,34 @@ def test_spade_norm_running_statistics_and_pieces_match_the_cpu_kernel(emu, layo
         assert relative_error(actual, expected) < 1e-12
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("fused", ["0", "1"], ids=["split", "per-group"])
+@pytest.mark.parametrize("buffers", ["float32", "float64", "float16", "bfloat16", "mixed", "strided"])
+def test_spade_norm_updates_the_running_statistics_as_the_cpu_kernel(emu, layout, fused, buffers, monkeypatch):
+    # Training with running buffers: the forward updates them in place (update_running_kernel
+    # after either statistics path), each in its own dtype, a strided buffer through a
+    # contiguous copy written back; the same values as the CPU kernel's update.
+    monkeypatch.setenv("AUTOENC_FAST_SPADE_NORM_FUSED", fused)
+    x, gamma, beta, _ = spade_inputs((3, 8, 4, 4), torch.float32, layout)
+    special = {"mixed": (torch.float32, torch.float64), "strided": (torch.float32, torch.float32)}
+    dtypes = special[buffers] if buffers in special else (getattr(torch, buffers),) * 2
+    running = [torch.randn(16 if buffers == "strided" else 8, dtype=dtypes[0]),
+               torch.rand(16 if buffers == "strided" else 8, dtype=dtypes[1]) + 0.5]
+    if buffers == "strided":
+        running = [t[::2] for t in running]
+    expected, initial = [t.clone() for t in running], [t.clone() for t in running]
+    outputs = emu.spade_norm(x, gamma, beta, *running, True, False, 0.3, 1e-5, 0.2)
+    for actual, want in zip(outputs, torch.ops.autoenc_fast.spade_norm(x, gamma, beta, *expected, True, False, 0.3,
+                                                                      1e-5, 0.2)):
+        assert relative_error(actual, want) < 1e-6
+    for actual, want, dtype in zip(running, expected, dtypes):
+        # float32 batch statistics summed in another order: their rounding, or the buffer's
+        assert actual.dtype == dtype and relative_error(actual, want) < max(TOLERANCE[dtype], 1e-6)
+    for actual, before in zip(running, initial):  # every channel of both buffers was updated (a
+        changed = actual != before                   # 16-bit buffer may round back to its old value)
+        assert changed.all() if actual.element_size() >= 4 else changed.any()
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("fused", ["0", "1"], ids=["split", "per-group"])
@@ -232,13 +259,13 @@ def test_spade_norm_reduced_precision_against_float64(emu, dtype, layout, fused,
     x, gamma, beta, grad_y = (t.to(dtype) for t in spade_inputs((2, 8, 4, 4), torch.float32, layout))
     exact = [t.double() for t in (x, gamma, beta, grad_y)]
     ops = torch.ops.autoenc_fast
-    y, mean, var = emu.spade_norm(x, gamma, beta, None, None, True, False, 1e-5, 0.2)
-    y_ref, mean_ref, var_ref = ops.spade_norm(*exact[:3], None, None, True, False, 1e-5, 0.2)
-    assert y.dtype == dtype and mean.dtype == torch.float32  # statistics in float32
+    y, mean, invstd = emu.spade_norm(x, gamma, beta, None, None, True, False, 0.1, 1e-5, 0.2)
+    y_ref, mean_ref, invstd_ref = ops.spade_norm(*exact[:3], None, None, True, False, 0.1, 1e-5, 0.2)
+    assert y.dtype == dtype and mean.dtype == invstd.dtype == torch.float32  # statistics in float32
     assert relative_error(y, y_ref) < TOLERANCE[dtype]
-    assert relative_error(mean, mean_ref) < TOLERANCE[dtype] and relative_error(var, var_ref) < TOLERANCE[dtype]
-    grads = emu.spade_norm_backward(grad_y, x, gamma, beta, mean, (var + 1e-5).rsqrt(), True, 0.2)
-    grads_ref = ops.spade_norm_backward(exact[3], *exact[:3], mean_ref, (var_ref + 1e-5).rsqrt(), True, 0.2)
+    assert relative_error(mean, mean_ref) < TOLERANCE[dtype] and relative_error(invstd, invstd_ref) < TOLERANCE[dtype]
+    grads = emu.spade_norm_backward(grad_y, x, gamma, beta, mean, invstd, True, 0.2)
+    grads_ref = ops.spade_norm_backward(exact[3], *exact[:3], mean_ref, invstd_ref, True, 0.2)
     for actual, expected in zip(grads, grads_ref):
         assert relative_error(actual, expected) < 2 * TOLERANCE[dtype]
 
@@ -295,8 +322,7 @@ def test_spade_norm_channels_last_halves_of_an_odd_pixel_stride_take_the_scalar_
     assert gamma.stride() == beta.stride() == (135, 1, 45, 9)
     dense = (gamma.contiguous(memory_format=torch.channels_last), beta.contiguous(memory_format=torch.channels_last))
     with torch.profiler.profile(record_shapes=True) as prof:
-        emu.spade_norm(x, gamma, beta, None, None, True, False, 1e-5, 0.2)
-    # (var + eps wraps eps in a 0-d tensor: that copy is no tensor's)
+        emu.spade_norm(x, gamma, beta, None, None, True, False, 0.1, 1e-5, 0.2)
     assert not [event.input_shapes for event in prof.events()
                 if event.name == "aten::copy_" and any(shape for shape in event.input_shapes)]
 
@@ -319,11 +345,10 @@ def test_spade_norm_misaligned_tensors_take_the_scalar_path(emu, fused, monkeypa
 
     x, gamma, beta, grad_y = misaligned(), misaligned(), misaligned(), misaligned()
     ops = torch.ops.autoenc_fast
-    args = (None, None, True, False, 1e-5, 0.2)
-    y, mean, var = emu.spade_norm(x, gamma, beta, *args)
-    for actual, expected in zip((y, mean, var), ops.spade_norm(x, gamma, beta, *args)):
+    args = (None, None, True, False, 0.1, 1e-5, 0.2)
+    y, mean, invstd = emu.spade_norm(x, gamma, beta, *args)
+    for actual, expected in zip((y, mean, invstd), ops.spade_norm(x, gamma, beta, *args)):
         assert relative_error(actual, expected) < 1e-5
-    invstd = (var + 1e-5).rsqrt()
     for actual, expected in zip(emu.spade_norm_backward(grad_y, x, gamma, beta, mean, invstd, True, 0.2),
                                 ops.spade_norm_backward(grad_y, x, gamma, beta, mean, invstd, True, 0.2)):
         assert relative_error(actual, expected) < 1e-5
@@ -333,16 +358,19 @@ def test_spade_norm_fused_switch_rejects_unknown_values(emu, monkeypatch):
     monkeypatch.setenv("AUTOENC_FAST_SPADE_NORM_FUSED", "yes")
     x = torch.randn(2, 4, 4, 4)
     with pytest.raises(RuntimeError, match="AUTOENC_FAST_SPADE_NORM_FUSED must be 0, 1 or auto; got 'yes'"):
-        emu.spade_norm(x, x, x, None, None, True, False, 1e-5, None)
+        emu.spade_norm(x, x, x, None, None, True, False, 0.1, 1e-5, None)
 
 
 def test_spade_norm_empty_batch(emu):
     x = torch.randn(0, 4, 4, 4)
-    y, mean, var = emu.spade_norm(x, x, x, None, None, True, False, 1e-5, None)
-    assert y.shape == x.shape and mean.shape == (4,)
+    running = (torch.randn(4), torch.rand(4) + 0.5)
+    saved = tuple(t.clone() for t in running)
+    y, mean, invstd = emu.spade_norm(x, x, x, *running, True, False, 0.1, 1e-5, None)
+    assert y.shape == x.shape and mean.shape == invstd.shape == (4,)
+    assert all(torch.equal(a, b) for a, b in zip(running, saved))  # nothing to average: untouched
     gamma_beta = torch.randn(0, 8, 4, 4)
-    y, mean, var = emu.spade_norm_merged(x, gamma_beta, None, None, True, False, 1e-5, None)
-    grad_x, grad_gamma_beta = emu.spade_norm_merged_backward(y, x, gamma_beta, mean, var, True, None)
+    y, mean, invstd = emu.spade_norm_merged(x, gamma_beta, None, None, True, False, 0.1, 1e-5, None)
+    grad_x, grad_gamma_beta = emu.spade_norm_merged_backward(y, x, gamma_beta, mean, invstd, True, None)
     assert y.shape == grad_x.shape == x.shape and grad_gamma_beta.shape == gamma_beta.shape
 
 
@@ -359,9 +387,9 @@ def run_every_kernel(emu):
     for layout in ("contiguous", "channels_last"):
         x, gamma, beta, grad_y = spade_inputs((2, 8, 12, 12), torch.float32, layout)
         for instance in (False, True):
-            y, mean, var = emu.spade_norm(x, gamma, beta, None, None, True, instance, 1e-5, 0.2)
-            grads = emu.spade_norm_backward(grad_y, x, gamma, beta, mean, (var + 1e-5).rsqrt(), True, 0.2)
-            outputs += [y, mean, var, *grads]
+            y, mean, invstd = emu.spade_norm(x, gamma, beta, None, None, True, instance, 0.1, 1e-5, 0.2)
+            grads = emu.spade_norm_backward(grad_y, x, gamma, beta, mean, invstd, True, 0.2)
+            outputs += [y, mean, invstd, *grads]
     return outputs
 
 

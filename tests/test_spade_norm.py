@@ -160,8 +160,7 @@ def test_cpu_two_sweep_backward_matches_reference_in_float64(norm, slope):
     for name, g, g_ref in zip(("x", "gamma", "beta"), grads, grads_ref):
         torch.testing.assert_close(g, g_ref, msg=name, **TOLERANCES[torch.float64])
     ops = torch.ops.autoenc_fast
-    _, mean, var = ops.spade_norm(x, gamma, beta, None, None, True, norm == "instance", 1e-5, slope)
-    invstd = torch.rsqrt(var + 1e-5)
+    _, mean, invstd = ops.spade_norm(x, gamma, beta, None, None, True, norm == "instance", 0.1, 1e-5, slope)
     fused = ops.spade_norm_backward(grad, x, gamma, beta, mean, invstd, True, slope)
     sum1, sum2 = ops.spade_norm_backward_reduce(grad, x, gamma, beta, mean, invstd, slope)
     count = x.shape[2] * x.shape[3] * (1 if norm == "instance" else x.shape[0])
@@ -257,9 +256,9 @@ def test_cpu_cache_blocked_path_matches_the_separate_passes(norm):
     torch.testing.assert_close(y, y_ref, **TOLERANCES[torch.float64])
     for name, g, g_ref in zip(("x", "gamma", "beta"), grads, grads_ref):
         torch.testing.assert_close(g, g_ref, msg=name, **TOLERANCES[torch.float64])
-    _, mean, var = torch.ops.autoenc_fast.spade_norm(x, gamma, beta, None, None, True, instance, 1e-5, 0.2)
+    _, mean, invstd = torch.ops.autoenc_fast.spade_norm(x, gamma, beta, None, None, True, instance, 0.1, 1e-5, 0.2)
     mean_sep, var_sep = torch.ops.autoenc_fast.spade_norm_stats(x, instance)
-    assert torch.equal(mean, mean_sep) and torch.equal(var, var_sep)
+    assert torch.equal(mean, mean_sep) and torch.equal(invstd, 1 / torch.sqrt(var_sep + 1e-5))
 
 
 @needs_ext
@@ -272,11 +271,11 @@ def test_fused_ops_equal_their_pieces(device, instance, channels_last):
     ops = torch.ops.autoenc_fast
     x, gamma, beta = make_inputs((3, 8, 5, 6), torch.float32, device, channels_last)
     grad = torch.randn_like(x)
-    y, mean, var = ops.spade_norm(x, gamma, beta, None, None, True, instance, 1e-5, 0.2)
+    y, mean, invstd_fused = ops.spade_norm(x, gamma, beta, None, None, True, instance, 0.1, 1e-5, 0.2)
     mean_p, var_p = ops.spade_norm_stats(x, instance)
     invstd = torch.rsqrt(var_p + 1e-5)
     torch.testing.assert_close(mean, mean_p)
-    torch.testing.assert_close(var, var_p)
+    torch.testing.assert_close(invstd_fused, invstd)
     torch.testing.assert_close(y, ops.spade_norm_apply(x, gamma, beta, mean_p, invstd, 0.2))
     for use_input_stats in (True, False):
         fused = ops.spade_norm_backward(grad, x, gamma, beta, mean_p, invstd, use_input_stats, 0.2)
@@ -368,13 +367,13 @@ def test_double_backward_raises_naming_the_op(device):
 
 @needs_ext
 def test_op_statistics_carry_no_gradient_and_no_grad_records_no_graph():
-    # mean and var are returned for the running-statistics update; the backward takes
-    # no gradient for them, so they must not claim one.
+    # mean and invstd are what the backward takes; it gives no gradient for them, so they
+    # must not claim one.
     x, gamma, beta = (t.requires_grad_() for t in make_inputs((2, 3, 3, 4), torch.float32, "cpu"))
-    y, mean, var = torch.ops.autoenc_fast.spade_norm(x, gamma, beta, None, None, True, False, 1e-5, 0.2)
-    assert y.grad_fn is not None and not mean.requires_grad and not var.requires_grad
+    y, mean, invstd = torch.ops.autoenc_fast.spade_norm(x, gamma, beta, None, None, True, False, 0.1, 1e-5, 0.2)
+    assert y.grad_fn is not None and not mean.requires_grad and not invstd.requires_grad
     with torch.no_grad():
-        assert torch.ops.autoenc_fast.spade_norm(x, gamma, beta, None, None, True, False, 1e-5, 0.2)[0].grad_fn is None
+        assert torch.ops.autoenc_fast.spade_norm(x, gamma, beta, None, None, True, False, 0.1, 1e-5, 0.2)[0].grad_fn is None
 
 
 def _opcheck_samples(channels_last):
@@ -382,9 +381,10 @@ def _opcheck_samples(channels_last):
     rm, rv = running(4, "cpu")
     stats = {inst: torch.ops.autoenc_fast.spade_norm_stats(x, inst) for inst in (False, True)}
     samples = {
-        "spade_norm": [(x, gamma, beta, None, None, True, False, 1e-5, 0.2),
-                       (x, gamma, beta, rm, rv, False, False, 1e-5, None),
-                       (x, gamma, beta, None, None, True, True, 1e-3, None)],
+        "spade_norm": [(x, gamma, beta, None, None, True, False, 0.1, 1e-5, 0.2),
+                       (x, gamma, beta, rm, rv, False, False, 0.1, 1e-5, None),
+                       (x, gamma, beta, rm.clone(), rv.clone(), True, False, 0.3, 1e-5, 0.2),  # updates them
+                       (x, gamma, beta, None, None, True, True, 0.1, 1e-3, None)],
         "spade_norm_stats": [(x, False), (x, True)],
     }
     apply, red, elemt, backward = [], [], [], []
@@ -586,7 +586,7 @@ def test_cpu_kernels_read_gamma_and_beta_as_halves_of_one_tensor(shape_id, insta
     dense = (gamma.contiguous(memory_format=layout), beta.contiguous(memory_format=layout))
     ops = torch.ops.autoenc_fast
     with torch.profiler.profile() as prof:
-        y, _, _ = ops.spade_norm(x, gamma, beta, None, None, True, instance, 1e-5, 0.2)
+        y, _, _ = ops.spade_norm(x, gamma, beta, None, None, True, instance, 0.1, 1e-5, 0.2)
     assert "aten::copy_" not in {event.name for event in prof.events()}
     assert_gamma_beta_readers_agree(ops, ops, x, grad_y, (gamma, beta), dense, instance,
                                     lambda actual, expected: torch.testing.assert_close(actual, expected, rtol=0,
@@ -620,7 +620,7 @@ def test_cpu_merged_ops_equal_the_separate_ops(shape_id, instance, gamma_beta_la
     if gamma_beta_layout == "x":
         mean, var = ops.spade_norm_stats(x, instance)
         with torch.profiler.profile() as prof:
-            ops.spade_norm_merged(x, gamma_beta, None, None, True, instance, 1e-5, 0.2)
+            ops.spade_norm_merged(x, gamma_beta, None, None, True, instance, 0.1, 1e-5, 0.2)
             ops.spade_norm_merged_backward(grad_y, x, gamma_beta, mean, (var + 1e-5).rsqrt(), True, 0.2)
         names = {event.name for event in prof.events()}
         assert not names & {"aten::copy_", "aten::cat", "aten::clone"}, names
@@ -672,7 +672,7 @@ def test_merged_bad_input_names_the_argument(bad, match):
         AF.spade_norm_merged(*bad(x, gb))
     if _ext.LOADED:  # the op's own (C++) check says the same
         with pytest.raises(RuntimeError, match=match):
-            torch.ops.autoenc_fast.spade_norm_merged(*bad(x, gb), None, None, True, False, 1e-5, None)
+            torch.ops.autoenc_fast.spade_norm_merged(*bad(x, gb), None, None, True, False, 0.1, 1e-5, None)
 
 
 @pytest.mark.parametrize("device", devices())
@@ -720,6 +720,40 @@ def test_module_refuses_an_unknown_conv_layout():
     module.conv_layout = "nhwc"
     with pytest.raises(ValueError, match="conv_layout"):
         module(torch.randn(2, 6, 4, 4), torch.randn(2, 4, 4, 4))
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("buffers", ["float32", "float64", "float16", "bfloat16", "strided"])
+@pytest.mark.parametrize("merged", [False, True])
+def test_ops_update_running_statistics_in_place_as_batch_norm(device, buffers, merged):
+    """The fused ops update the running buffers themselves (their schemas declare the
+    mutation): F.batch_norm's values with momentum 0.3, each buffer in its own dtype, a
+    strided buffer in place, and the buffers' version counters bumped, so a graph that
+    saved their old values refuses to run backward, as it would after F.batch_norm."""
+    x, gamma, beta = make_inputs((4, 3, 5, 5), torch.float32, device)
+    dtype = torch.float32 if buffers == "strided" else getattr(torch, buffers)
+    n = 6 if buffers == "strided" else 3
+    rm = torch.randn(n, dtype=dtype, device=device)
+    rv = torch.rand(n, dtype=dtype, device=device) + 0.5
+    if buffers == "strided":
+        rm, rv = rm[::2], rv[::2]
+    ref_rm, ref_rv = rm.double(), rv.double()
+    F.batch_norm(x.double(), ref_rm, ref_rv, training=True, momentum=0.3)
+    weight = torch.ones(3, device=device, requires_grad=True)
+    saved_old = (weight * rm.float()).sum() if buffers == "float32" else None  # rm saved for backward
+    versions = (rm._version, rv._version)
+    if merged:
+        AF.spade_norm_merged(x, torch.cat([gamma, beta], 1), running_mean=rm, running_var=rv, momentum=0.3)
+    else:
+        AF.spade_norm(x, gamma, beta, running_mean=rm, running_var=rv, momentum=0.3)
+    assert rm._version > versions[0] and rv._version > versions[1]
+    tol = {torch.float16: 1e-3, torch.bfloat16: 8e-3}.get(dtype, 1e-6)
+    for ours, ref in ((rm, ref_rm), (rv, ref_rv)):
+        assert ours.dtype == dtype
+        torch.testing.assert_close(ours.double(), ref, atol=tol, rtol=tol)
+    if saved_old is not None:
+        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+            saved_old.backward()
 
 
 def test_running_statistics_update_as_batch_norm_for_buffers_of_any_float_dtype():
@@ -865,13 +899,13 @@ def test_cpp_checks_name_the_argument():
     x, gamma, beta = make_inputs((2, 3, 4, 4), torch.float32, "cpu")
     ops = torch.ops.autoenc_fast
     with pytest.raises(RuntimeError, match="`gamma` must have x's shape"):
-        ops.spade_norm(x, gamma[:, :2], beta, None, None, True, False, 1e-5, None)
+        ops.spade_norm(x, gamma[:, :2], beta, None, None, True, False, 0.1, 1e-5, None)
     with pytest.raises(RuntimeError, match="`beta` must have x's dtype"):
-        ops.spade_norm(x, gamma, beta.double(), None, None, True, False, 1e-5, None)
+        ops.spade_norm(x, gamma, beta.double(), None, None, True, False, 0.1, 1e-5, None)
     with pytest.raises(RuntimeError, match="`running_mean` is required"):
-        ops.spade_norm(x, gamma, beta, None, None, False, False, 1e-5, None)
+        ops.spade_norm(x, gamma, beta, None, None, False, False, 0.1, 1e-5, None)
     with pytest.raises(RuntimeError, match="`running_var` must have shape"):
-        ops.spade_norm(x, gamma, beta, torch.zeros(3), torch.ones(4), False, False, 1e-5, None)
+        ops.spade_norm(x, gamma, beta, torch.zeros(3), torch.ones(4), False, False, 0.1, 1e-5, None)
     with pytest.raises(RuntimeError, match="`x` must be 4-D"):
         ops.spade_norm_stats(x[0], False)
     with pytest.raises(RuntimeError, match="`invstd` must have shape"):

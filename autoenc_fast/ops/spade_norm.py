@@ -32,27 +32,30 @@ def _empty_stats(x, instance: bool):
     return torch.empty(shape, dtype=stats_dtype(x.dtype), device=x.device)
 
 
+def _forward_fake(x, running_mean, running_var, use_input_stats, instance):
+    """(y, mean, invstd) of the fused forwards; the running statistics they update in
+    place (declared in their schemas) need nothing here."""
+    if not use_input_stats or running_mean is not None or running_var is not None:
+        check_running(running_mean, "running_mean", x)
+        check_running(running_var, "running_var", x)
+    return _empty_like_x(x), _empty_stats(x, instance), _empty_stats(x, instance)
+
+
 @torch.library.register_fake(OP)
-def _spade_norm_fake(x, gamma, beta, running_mean, running_var, use_input_stats, instance, eps,
+def _spade_norm_fake(x, gamma, beta, running_mean, running_var, use_input_stats, instance, momentum, eps,
                      negative_slope):
     check_x(x)
     check_like_x(gamma, "gamma", x)
     check_like_x(beta, "beta", x)
-    if not use_input_stats:
-        check_running(running_mean, "running_mean", x)
-        check_running(running_var, "running_var", x)
-    return _empty_like_x(x), _empty_stats(x, instance), _empty_stats(x, instance)
+    return _forward_fake(x, running_mean, running_var, use_input_stats, instance)
 
 
 @torch.library.register_fake("autoenc_fast::spade_norm_merged")
-def _spade_norm_merged_fake(x, gamma_beta, running_mean, running_var, use_input_stats, instance, eps,
+def _spade_norm_merged_fake(x, gamma_beta, running_mean, running_var, use_input_stats, instance, momentum, eps,
                             negative_slope):
     check_x(x, "spade_norm_merged")
     check_merged(gamma_beta, x)
-    if not use_input_stats:
-        check_running(running_mean, "running_mean", x)
-        check_running(running_var, "running_var", x)
-    return _empty_like_x(x), _empty_stats(x, instance), _empty_stats(x, instance)
+    return _forward_fake(x, running_mean, running_var, use_input_stats, instance)
 
 
 @torch.library.register_fake("autoenc_fast::spade_norm_stats")

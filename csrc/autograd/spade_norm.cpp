@@ -1,11 +1,13 @@
 // Autograd of autoenc_fast::spade_norm and spade_norm_merged (single process; the
 // synchronized-statistics path is a Python autograd.Function in autoenc_fast/ops/spade_norm.py):
-//   forward   y, mean, var = spade_norm(x, gamma, beta, ...)      saves x, gamma, beta, mean, var
-//   backward  dx, dgamma, dbeta = spade_norm_backward(dy, x, gamma, beta, mean, rsqrt(var + eps), ...)
-//   merged    y, mean, var = spade_norm_merged(x, gamma_beta, ...)   saves x, gamma_beta, mean, var
-//             dx, dgamma_beta = spade_norm_merged_backward(dy, x, gamma_beta, mean, rsqrt(var + eps), ...)
-// xhat is recomputed in the backward, not saved. mean and var are returned for the
-// running-statistics update and are not differentiable.
+//   forward   y, mean, invstd = spade_norm(x, gamma, beta, ...)     saves x, gamma, beta, mean, invstd
+//   backward  dx, dgamma, dbeta = spade_norm_backward(dy, x, gamma, beta, mean, invstd, ...)
+//   merged    y, mean, invstd = spade_norm_merged(x, gamma_beta, ...)  saves x, gamma_beta, mean, invstd
+//             dx, dgamma_beta = spade_norm_merged_backward(dy, x, gamma_beta, mean, invstd, ...)
+// xhat is recomputed in the backward, not saved. mean and invstd are not differentiable.
+// The forward ops update the running statistics in place (their schemas say so): as the
+// ADInplaceOrView kernel of an aten op would, the version counters of the buffers are
+// bumped, so that autograd refuses a graph that saved their old values.
 #include "dispatch.h"
 
 #include <torch/library.h>
@@ -18,23 +20,36 @@ using torch::autograd::variable_list;
 using Outputs = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
 using ForwardSignature = Outputs(const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                  const std::optional<at::Tensor>&, const std::optional<at::Tensor>&, bool, bool,
-                                 double, std::optional<double>);
+                                 double, double, std::optional<double>);
 using BackwardSignature = Outputs(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                   const at::Tensor&, const at::Tensor&, bool, std::optional<double>);
 using MergedSignature = Outputs(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
-                                const std::optional<at::Tensor>&, bool, bool, double, std::optional<double>);
+                                const std::optional<at::Tensor>&, bool, bool, double, double,
+                                std::optional<double>);
 using MergedBackwardOutputs = std::tuple<at::Tensor, at::Tensor>;
 using MergedBackwardSignature = MergedBackwardOutputs(const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                                       const at::Tensor&, const at::Tensor&, bool,
                                                       std::optional<double>);
 
+// After a forward that may have updated them in place (not for an empty batch; bumped
+// then too: x's size may be symbolic here, under torch.compile): the buffers' version
+// counters.
+void bump_running_versions(const std::optional<at::Tensor>& running_mean,
+                           const std::optional<at::Tensor>& running_var, bool use_input_stats) {
+  if (!use_input_stats || !running_mean.has_value() || !running_var.has_value()) return;
+  torch::autograd::impl::bump_version(*running_mean);
+  torch::autograd::impl::bump_version(*running_var);
+}
+
 Outputs spade_norm_below_autograd(const at::Tensor& x, const at::Tensor& gamma, const at::Tensor& beta,
                                   const std::optional<at::Tensor>& running_mean,
                                   const std::optional<at::Tensor>& running_var, bool use_input_stats,
-                                  bool instance, double eps, std::optional<double> negative_slope) {
+                                  bool instance, double momentum, double eps, std::optional<double> negative_slope) {
   static const auto op = find_op<ForwardSignature>("autoenc_fast::spade_norm");
-  return call_below_autograd(op, x, gamma, beta, running_mean, running_var, use_input_stats, instance, eps,
-                             negative_slope);
+  Outputs out = call_below_autograd(op, x, gamma, beta, running_mean, running_var, use_input_stats, instance,
+                                    momentum, eps, negative_slope);
+  bump_running_versions(running_mean, running_var, use_input_stats);
+  return out;
 }
 
 Outputs spade_norm_backward_autograd(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& gamma,
@@ -49,10 +64,13 @@ Outputs spade_norm_backward_autograd(const at::Tensor& grad_y, const at::Tensor&
 Outputs spade_norm_merged_below_autograd(const at::Tensor& x, const at::Tensor& gamma_beta,
                                          const std::optional<at::Tensor>& running_mean,
                                          const std::optional<at::Tensor>& running_var, bool use_input_stats,
-                                         bool instance, double eps, std::optional<double> negative_slope) {
+                                         bool instance, double momentum, double eps,
+                                         std::optional<double> negative_slope) {
   static const auto op = find_op<MergedSignature>("autoenc_fast::spade_norm_merged");
-  return call_below_autograd(op, x, gamma_beta, running_mean, running_var, use_input_stats, instance, eps,
-                             negative_slope);
+  Outputs out = call_below_autograd(op, x, gamma_beta, running_mean, running_var, use_input_stats, instance,
+                                    momentum, eps, negative_slope);
+  bump_running_versions(running_mean, running_var, use_input_stats);
+  return out;
 }
 
 MergedBackwardOutputs spade_norm_merged_backward_autograd(const at::Tensor& grad_y, const at::Tensor& x,
@@ -66,18 +84,13 @@ MergedBackwardOutputs spade_norm_merged_backward_autograd(const at::Tensor& grad
 }
 
 // What both forwards keep for their backward besides the tensors: only y carries a
-// gradient; mean's and var's arrive undefined, not zero-filled.
-void save_settings(AutogradContext* ctx, const at::Tensor& mean, const at::Tensor& var, bool use_input_stats,
-                   double eps, std::optional<double> negative_slope) {
+// gradient; mean's and invstd's arrive undefined, not zero-filled.
+void save_settings(AutogradContext* ctx, const at::Tensor& mean, const at::Tensor& invstd, bool use_input_stats,
+                   std::optional<double> negative_slope) {
   ctx->saved_data["use_input_stats"] = use_input_stats;
-  ctx->saved_data["eps"] = eps;
   ctx->saved_data["negative_slope"] = negative_slope;
-  ctx->mark_non_differentiable({mean, var});
+  ctx->mark_non_differentiable({mean, invstd});
   ctx->set_materialize_grads(false);
-}
-
-at::Tensor saved_invstd(AutogradContext* ctx, const at::Tensor& var) {
-  return var.add(ctx->saved_data["eps"].toDouble()).rsqrt_();
 }
 
 class SpadeNormFunction : public torch::autograd::Function<SpadeNormFunction> {
@@ -85,21 +98,21 @@ class SpadeNormFunction : public torch::autograd::Function<SpadeNormFunction> {
   static variable_list forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& gamma,
                                const at::Tensor& beta, const std::optional<at::Tensor>& running_mean,
                                const std::optional<at::Tensor>& running_var, bool use_input_stats, bool instance,
-                               double eps, std::optional<double> negative_slope) {
-    auto [y, mean, var] = spade_norm_below_autograd(x, gamma, beta, running_mean, running_var, use_input_stats,
-                                                    instance, eps, negative_slope);
-    ctx->save_for_backward({x, gamma, beta, mean, var});
-    save_settings(ctx, mean, var, use_input_stats, eps, negative_slope);
-    return {y, mean, var};
+                               double momentum, double eps, std::optional<double> negative_slope) {
+    auto [y, mean, invstd] = spade_norm_below_autograd(x, gamma, beta, running_mean, running_var, use_input_stats,
+                                                       instance, momentum, eps, negative_slope);
+    ctx->save_for_backward({x, gamma, beta, mean, invstd});
+    save_settings(ctx, mean, invstd, use_input_stats, negative_slope);
+    return {y, mean, invstd};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    variable_list result(9);  // one per forward argument; only x, gamma, beta get one
+    variable_list result(10);  // one per forward argument; only x, gamma, beta get one
     const at::Tensor& grad_y = grads[0];
     if (!grad_y.defined()) return result;
     const variable_list saved = ctx->get_saved_variables();
     std::tie(result[0], result[1], result[2]) = spade_norm_backward_autograd(
-        grad_y, saved[0], saved[1], saved[2], saved[3], saved_invstd(ctx, saved[4]),
+        grad_y, saved[0], saved[1], saved[2], saved[3], saved[4],
         ctx->saved_data["use_input_stats"].toBool(), ctx->saved_data["negative_slope"].toOptional<double>());
     return result;
   }
@@ -110,21 +123,22 @@ class SpadeNormMergedFunction : public torch::autograd::Function<SpadeNormMerged
   static variable_list forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& gamma_beta,
                                const std::optional<at::Tensor>& running_mean,
                                const std::optional<at::Tensor>& running_var, bool use_input_stats, bool instance,
-                               double eps, std::optional<double> negative_slope) {
-    auto [y, mean, var] = spade_norm_merged_below_autograd(x, gamma_beta, running_mean, running_var,
-                                                           use_input_stats, instance, eps, negative_slope);
-    ctx->save_for_backward({x, gamma_beta, mean, var});
-    save_settings(ctx, mean, var, use_input_stats, eps, negative_slope);
-    return {y, mean, var};
+                               double momentum, double eps, std::optional<double> negative_slope) {
+    auto [y, mean, invstd] = spade_norm_merged_below_autograd(x, gamma_beta, running_mean, running_var,
+                                                              use_input_stats, instance, momentum, eps,
+                                                              negative_slope);
+    ctx->save_for_backward({x, gamma_beta, mean, invstd});
+    save_settings(ctx, mean, invstd, use_input_stats, negative_slope);
+    return {y, mean, invstd};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    variable_list result(8);  // one per forward argument; only x and gamma_beta get one
+    variable_list result(9);  // one per forward argument; only x and gamma_beta get one
     const at::Tensor& grad_y = grads[0];
     if (!grad_y.defined()) return result;
     const variable_list saved = ctx->get_saved_variables();
     std::tie(result[0], result[1]) = spade_norm_merged_backward_autograd(
-        grad_y, saved[0], saved[1], saved[2], saved_invstd(ctx, saved[3]),
+        grad_y, saved[0], saved[1], saved[2], saved[3],
         ctx->saved_data["use_input_stats"].toBool(), ctx->saved_data["negative_slope"].toOptional<double>());
     return result;
   }
@@ -132,24 +146,26 @@ class SpadeNormMergedFunction : public torch::autograd::Function<SpadeNormMerged
 
 Outputs spade_norm_autograd(const at::Tensor& x, const at::Tensor& gamma, const at::Tensor& beta,
                             const std::optional<at::Tensor>& running_mean, const std::optional<at::Tensor>& running_var,
-                            bool use_input_stats, bool instance, double eps, std::optional<double> negative_slope) {
+                            bool use_input_stats, bool instance, double momentum, double eps,
+                            std::optional<double> negative_slope) {
   if (!needs_graph(x, gamma, beta))
-    return spade_norm_below_autograd(x, gamma, beta, running_mean, running_var, use_input_stats, instance, eps,
-                                     negative_slope);
+    return spade_norm_below_autograd(x, gamma, beta, running_mean, running_var, use_input_stats, instance, momentum,
+                                     eps, negative_slope);
   const variable_list out = SpadeNormFunction::apply(x, gamma, beta, running_mean, running_var, use_input_stats,
-                                                     instance, eps, negative_slope);
+                                                     instance, momentum, eps, negative_slope);
   return {out[0], out[1], out[2]};
 }
 
 Outputs spade_norm_merged_autograd(const at::Tensor& x, const at::Tensor& gamma_beta,
                                    const std::optional<at::Tensor>& running_mean,
                                    const std::optional<at::Tensor>& running_var, bool use_input_stats, bool instance,
-                                   double eps, std::optional<double> negative_slope) {
+                                   double momentum, double eps, std::optional<double> negative_slope) {
   if (!needs_graph(x, gamma_beta))
     return spade_norm_merged_below_autograd(x, gamma_beta, running_mean, running_var, use_input_stats, instance,
-                                            eps, negative_slope);
+                                            momentum, eps, negative_slope);
   const variable_list out = SpadeNormMergedFunction::apply(x, gamma_beta, running_mean, running_var,
-                                                           use_input_stats, instance, eps, negative_slope);
+                                                           use_input_stats, instance, momentum, eps,
+                                                           negative_slope);
   return {out[0], out[1], out[2]};
 }
 

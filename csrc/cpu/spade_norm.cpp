@@ -59,6 +59,13 @@ constexpr int64_t kSmallTensorBytes = 512 * 1024;
 // but keep NaN as F.batch_norm does (std::max(0.0, NaN) is 0).
 inline double clamp_variance(double v) { return v < 0.0 ? 0.0 : v; }
 
+// invstd = 1 / sqrt(var + eps) in T, the one formula of every forward path: the
+// backward takes the invstd the forward normalized with.
+template <typename T>
+T inverse_std(T var, double eps) {
+  return T(1) / std::sqrt(var + static_cast<T>(eps));
+}
+
 template <typename T>
 using Vec = at::vec::Vectorized<T>;
 // Up to four per-group parameters (mean, invstd, ...) as vectors for one step.
@@ -375,8 +382,10 @@ auto backward_step(const Pointers<T>& p) {
   };
 }
 
+// mean and var per group; with `invstd` defined, also invstd = 1 / sqrt(var + eps).
 template <typename T>
-void stats_kernel(const at::Tensor& x, const Geometry& geo, at::Tensor& mean, at::Tensor& var) {
+void stats_kernel(const at::Tensor& x, const Geometry& geo, at::Tensor& mean, at::Tensor& var,
+                  at::Tensor* invstd = nullptr, double eps = 0) {
   const T* xp = x.const_data_ptr<T>();
   std::vector<T> shift(geo.groups());
   for (int64_t g = 0; g < geo.groups(); ++g) {  // the group's first element
@@ -391,11 +400,13 @@ void stats_kernel(const at::Tensor& x, const Geometry& geo, at::Tensor& mean, at
   reduce_groups<T>(geo, {shift.data(), nullptr, nullptr, nullptr}, stats_term(xp), s1, s2);
   T* mp = mean.mutable_data_ptr<T>();
   T* vp = var.mutable_data_ptr<T>();
+  T* ip = invstd != nullptr ? invstd->mutable_data_ptr<T>() : nullptr;
   const double m = static_cast<double>(geo.group_elems());
   for (int64_t g = 0; g < geo.groups(); ++g) {
     const double d = s1[g] / m;
     mp[g] = static_cast<T>(shift[g] + d);
     vp[g] = static_cast<T>(clamp_variance(s2[g] / m - d * d));
+    if (ip != nullptr) ip[g] = inverse_std(vp[g], eps);
   }
 }
 
@@ -476,9 +487,9 @@ Params<T> group_params(T a, T b, T c = T(0), T d = T(0)) {
 
 template <typename T>
 void fused_forward_nchw(Pointers<T> p, const Geometry& geo, double eps, at::Tensor& y,
-                        at::Tensor& mean, at::Tensor& var) {
+                        at::Tensor& mean, at::Tensor& var, at::Tensor& invstd) {
   p.out0 = y.mutable_data_ptr<T>();
-  T *mp = mean.mutable_data_ptr<T>(), *vp = var.mutable_data_ptr<T>();
+  T *mp = mean.mutable_data_ptr<T>(), *vp = var.mutable_data_ptr<T>(), *ip = invstd.mutable_data_ptr<T>();
   const double m = static_cast<double>(geo.group_elems());
   for_each_group_nchw(geo, [&](int64_t g) {
     const T shift = p.x[g * geo.HW];
@@ -486,9 +497,8 @@ void fused_forward_nchw(Pointers<T> p, const Geometry& geo, double eps, at::Tens
     const double d = sums.first / m;
     mp[g] = static_cast<T>(shift + d);
     vp[g] = static_cast<T>(clamp_variance(sums.second / m - d * d));
-    // invstd as the backward recomputes it from var: rsqrt(var + eps) in T.
-    const T invstd = T(1) / std::sqrt(vp[g] + static_cast<T>(eps));
-    group_steps<T>(geo, g, group_params<T>(mp[g], invstd), apply_step(p));
+    ip[g] = inverse_std(vp[g], eps);
+    group_steps<T>(geo, g, group_params<T>(mp[g], ip[g]), apply_step(p));
   });
 }
 
@@ -568,45 +578,87 @@ at::Tensor backward_elemt_impl(const SpadeLaidOut& t, const at::Tensor& mean, co
   return dx;
 }
 
-// The single-process forward (spade_norm and spade_norm_merged): cache-blocked statistics
-// and apply per group where use_blocked_passes says so, else the two passes.
+// running = (1 - momentum) * running + momentum * scale * stat, in float64 (as F.batch_norm
+// updates its buffers; they may have any floating dtype).
+void update_running_cpu(const at::Tensor& running, const at::Tensor& stat, double momentum, double scale) {
+  spade_update_running(running, [&](at::Tensor& target) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, target.scalar_type(), "spade_norm_running_cpu", [&] {
+      using running_t = scalar_t;
+      running_t* r = target.mutable_data_ptr<running_t>();
+      AT_DISPATCH_FLOATING_TYPES(stat.scalar_type(), "spade_norm_running_stat_cpu", [&] {
+        const scalar_t* v = stat.const_data_ptr<scalar_t>();
+        for (int64_t c = 0; c < target.numel(); ++c) {
+          r[c] = static_cast<running_t>((1 - momentum) * static_cast<double>(r[c]) +
+                                        momentum * scale * static_cast<double>(v[c]));
+        }
+      });
+    });
+  });
+}
+
+// y, mean and invstd with batch statistics: cache-blocked statistics and apply per group
+// where use_blocked_passes says so, else the two passes; var into `var`.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_stats_forward(const SpadeLaidOut& t, bool instance, double eps,
+                                                                   std::optional<double> slope, at::Tensor& var) {
+  const Geometry geo = geometry_of(t, instance);
+  at::Tensor mean = spade_empty_stats(t.x, instance), invstd = spade_empty_stats(t.x, instance);
+  var = spade_empty_stats(t.x, instance);
+  if (t.x.numel() == 0) {  // nothing to average: zeros (F.batch_norm's empty-batch statistics)
+    mean.zero_();
+    var.zero_();
+    invstd.fill_(1.0 / std::sqrt(eps));
+    return {spade_empty_like_x(t.x), mean, invstd};
+  }
+  if (use_blocked_passes(geo, t.x)) {
+    at::Tensor y = spade_empty_like_x(t.x);
+    AT_DISPATCH_FLOATING_TYPES(t.x.scalar_type(), "spade_norm_cpu", [&] {
+      fused_forward_nchw<scalar_t>(pointers<scalar_t>(t, slope), geo, eps, y, mean, var, invstd);
+    });
+    return {y, mean, invstd};
+  }
+  AT_DISPATCH_FLOATING_TYPES(t.x.scalar_type(), "spade_norm_stats_cpu", [&] {
+    stats_kernel<scalar_t>(t.x, geo, mean, var, &invstd, eps);
+  });
+  return {apply_impl(t, mean, invstd, slope), mean, invstd};
+}
+
+// The single-process forward (spade_norm and spade_norm_merged).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_impl(
     const SpadeLaidOut& t, const std::optional<at::Tensor>& running_mean,
-    const std::optional<at::Tensor>& running_var, bool use_input_stats, bool instance, double eps,
-    std::optional<double> slope) {
-  const Geometry geo = geometry_of(t, instance);
-  if (use_input_stats && use_blocked_passes(geo, t.x)) {
-    at::Tensor y = spade_empty_like_x(t.x), mean = spade_empty_stats(t.x, instance);
-    at::Tensor var = spade_empty_stats(t.x, instance);
-    AT_DISPATCH_FLOATING_TYPES(t.x.scalar_type(), "spade_norm_cpu", [&] {
-      fused_forward_nchw<scalar_t>(pointers<scalar_t>(t, slope), geo, eps, y, mean, var);
-    });
-    return {y, mean, var};
+    const std::optional<at::Tensor>& running_var, bool use_input_stats, bool instance, double momentum,
+    double eps, std::optional<double> slope) {
+  if (!use_input_stats) {
+    auto [mean, invstd] = spade_running_stats(t.x, *running_mean, *running_var, eps);
+    return {apply_impl(t, mean, invstd, slope), mean, invstd};
   }
-  auto [mean, var] = spade_forward_stats(t.x, running_mean, running_var, use_input_stats,
-                                         [&] { return stats_impl(t.x, instance); });
-  return {apply_impl(t, mean, (var + eps).rsqrt(), slope), mean, var};
+  at::Tensor var;
+  auto out = batch_stats_forward(t, instance, eps, slope, var);
+  if (spade_updates_running(t.x, running_mean, use_input_stats)) {
+    update_running_cpu(*running_mean, std::get<1>(out), momentum, 1.0);
+    update_running_cpu(*running_var, var, momentum, spade_unbiased_factor(t.x));
+  }
+  return out;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> spade_norm_cpu(
     const at::Tensor& x, const at::Tensor& gamma, const at::Tensor& beta,
     const std::optional<at::Tensor>& running_mean, const std::optional<at::Tensor>& running_var,
-    bool use_input_stats, bool instance, double eps, std::optional<double> slope) {
+    bool use_input_stats, bool instance, double momentum, double eps, std::optional<double> slope) {
   check_spade_forward_inputs(x, gamma, beta, running_mean, running_var, use_input_stats, instance);
   check_cpu_dtype(x, "spade_norm");
-  return forward_impl(spade_lay_out({}, x, gamma, beta), running_mean, running_var, use_input_stats, instance, eps,
-                      slope);
+  return forward_impl(spade_lay_out({}, x, gamma, beta), running_mean, running_var, use_input_stats, instance,
+                      momentum, eps, slope);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> spade_norm_merged_cpu(
     const at::Tensor& x, const at::Tensor& gamma_beta, const std::optional<at::Tensor>& running_mean,
-    const std::optional<at::Tensor>& running_var, bool use_input_stats, bool instance, double eps,
-    std::optional<double> slope) {
+    const std::optional<at::Tensor>& running_var, bool use_input_stats, bool instance, double momentum,
+    double eps, std::optional<double> slope) {
   check_spade_forward_inputs(x, gamma_beta, {}, running_mean, running_var, use_input_stats, instance,
                              "spade_norm_merged");
   check_cpu_dtype(x, "spade_norm_merged");
   return forward_impl(spade_lay_out_merged({}, x, gamma_beta), running_mean, running_var, use_input_stats,
-                      instance, eps, slope);
+                      instance, momentum, eps, slope);
 }
 
 std::tuple<at::Tensor, at::Tensor> spade_norm_stats_cpu(const at::Tensor& x, bool instance) {

@@ -460,11 +460,13 @@ __device__ __forceinline__ void group_sums(const Inputs<scalar_t, acc_t>& in, co
   block_sum_pair(a, b);
 }
 
-// Forward of group g = blockIdx.x: the shifted sums, mean and var (written out), then y.
+// Forward of group g = blockIdx.x: the shifted sums, mean, var and invstd (written out),
+// then y.
 template <int VEC, typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads)
     fused_forward_kernel(Inputs<scalar_t, acc_t> in, Shape s, acc_t eps, scalar_t* __restrict__ y,
-                         acc_t* __restrict__ mean_out, acc_t* __restrict__ var_out) {
+                         acc_t* __restrict__ mean_out, acc_t* __restrict__ var_out,
+                         acc_t* __restrict__ invstd_out) {
   const int64_t g = blockIdx.x;
   const int row_packs = static_cast<int>(s.HW / VEC), packs = group_packs<VEC>(s);
   const acc_t k = static_cast<acc_t>(in.x[g * s.HW]);  // the group's first element, as the split path
@@ -477,7 +479,7 @@ __global__ void __launch_bounds__(kThreads)
   acc_t mean[VEC], invstd[VEC];
 #pragma unroll
   for (int j = 0; j < VEC; ++j) mean[j] = k + d, invstd[j] = inverse_std(var, eps);
-  if (threadIdx.x == 0) mean_out[g] = mean[0], var_out[g] = var;
+  if (threadIdx.x == 0) mean_out[g] = mean[0], var_out[g] = var, invstd_out[g] = invstd[0];
   for (int pack = threadIdx.x; pack < packs; pack += blockDim.x) {
     const PackOffsets at = group_pack_offsets<VEC>(in, s, g, pack, row_packs);
     apply_pack(in, at.x, at.param, mean, invstd, y);
@@ -504,6 +506,18 @@ __global__ void __launch_bounds__(kThreads)
     const PackOffsets at = group_pack_offsets<VEC>(in, s, g, pack, row_packs);
     backward_pack(in, at.x, at.param, mean, invstd, true, m1, m2, dx, dgamma, dbeta);
   }
+}
+
+// running = (1 - momentum) * running + momentum * scale * stat for each of the n
+// channels, in float64 (a few thousand values at most; the buffers may have any
+// floating dtype), as F.batch_norm updates its buffers.
+template <typename running_t, typename acc_t>
+__global__ void update_running_kernel(running_t* __restrict__ running, const acc_t* __restrict__ stat, int64_t n,
+                                      double momentum, double scale) {
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (c >= n) return;
+  running[c] = static_cast<running_t>((1 - momentum) * static_cast<double>(running[c]) +
+                                      momentum * scale * static_cast<double>(stat[c]));
 }
 
 // ---------------------------------------------------------------- host side
@@ -714,10 +728,12 @@ bool use_fused_groups(const at::Tensor& x, bool instance) {
   return elems <= kFusedGroupElems;
 }
 
+// y, mean and invstd of the per-group kernel; var into `var`.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_forward(const SpadeLaidOut& t, bool instance, double eps,
-                                                             std::optional<double> slope) {
+                                                             std::optional<double> slope, at::Tensor& var) {
   const at::Tensor& x = t.x;
-  at::Tensor y = spade_empty_like_x(x), mean = spade_empty_stats(x, instance), var = spade_empty_stats(x, instance);
+  at::Tensor y = spade_empty_like_x(x), mean = spade_empty_stats(x, instance), invstd = spade_empty_stats(x, instance);
+  var = spade_empty_stats(x, instance);
   const Shape s = shape_of(x, instance);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "spade_norm_fused_forward_cuda", [&] {
     using acc_t = at::acc_type<scalar_t, true>;
@@ -727,27 +743,53 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_forward(const SpadeLaidOut&
       constexpr int VEC = decltype(vec)::value;
       fused_forward_kernel<VEC><<<static_cast<unsigned>(s.groups()), threads_for(group_packs<VEC>(s)), 0,
                                   c10::cuda::getCurrentCUDAStream()>>>(
-          in, s, static_cast<acc_t>(eps), yp, mean.mutable_data_ptr<acc_t>(), var.mutable_data_ptr<acc_t>());
+          in, s, static_cast<acc_t>(eps), yp, mean.mutable_data_ptr<acc_t>(), var.mutable_data_ptr<acc_t>(),
+          invstd.mutable_data_ptr<acc_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
-  return {y, mean, var};
+  return {y, mean, invstd};
 }
 
-// The single-process forward (spade_norm and spade_norm_merged).
+// One running buffer updated with its batch statistic (update_running_kernel).
+void update_running(const at::Tensor& running, const at::Tensor& stat, double momentum, double scale) {
+  spade_update_running(running, [&](at::Tensor& target) {
+    const int64_t n = target.numel();
+    const unsigned blocks = static_cast<unsigned>((n + kThreads - 1) / kThreads);
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, target.scalar_type(), "spade_norm_running_cuda", [&] {
+      using running_t = scalar_t;
+      running_t* r = target.mutable_data_ptr<running_t>();
+      AT_DISPATCH_FLOATING_TYPES(stat.scalar_type(), "spade_norm_running_stat_cuda", [&] {
+        update_running_kernel<running_t, scalar_t><<<blocks, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+            r, stat.const_data_ptr<scalar_t>(), n, momentum, scale);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
+    });
+  });
+}
+
+// The single-process forward (spade_norm and spade_norm_merged): y, mean, invstd, and
+// the running statistics updated in place when spade_updates_running says so.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_impl(
     const SpadeLaidOut& t, const std::optional<at::Tensor>& running_mean,
-    const std::optional<at::Tensor>& running_var, bool use_input_stats, bool instance, double eps,
-    std::optional<double> slope) {
-  if (use_input_stats && use_fused_groups(t.x, instance)) return fused_forward(t, instance, eps, slope);
-  if (use_input_stats) {
-    auto [mean, var, invstd] = stats_impl(t.x, instance, eps);
-    return {apply_impl(t, mean, invstd, slope), mean, var};
+    const std::optional<at::Tensor>& running_var, bool use_input_stats, bool instance, double momentum,
+    double eps, std::optional<double> slope) {
+  if (!use_input_stats) {
+    auto [mean, invstd] = spade_running_stats(t.x, *running_mean, *running_var, eps);
+    return {apply_impl(t, mean, invstd, slope), mean, invstd};
   }
-  auto [mean, var] = spade_forward_stats(t.x, running_mean, running_var, false, [] {
-    return std::pair<at::Tensor, at::Tensor>();  // not called: fixed statistics
-  });
-  return {apply_impl(t, mean, (var + eps).rsqrt(), slope), mean, var};
+  at::Tensor y, mean, var, invstd;
+  if (use_fused_groups(t.x, instance)) {
+    std::tie(y, mean, invstd) = fused_forward(t, instance, eps, slope, var);
+  } else {
+    std::tie(mean, var, invstd) = stats_impl(t.x, instance, eps);
+    y = apply_impl(t, mean, invstd, slope);
+  }
+  if (spade_updates_running(t.x, running_mean, use_input_stats)) {
+    update_running(*running_mean, mean, momentum, 1.0);
+    update_running(*running_var, var, momentum, spade_unbiased_factor(t.x));
+  }
+  return {y, mean, invstd};
 }
 
 // dx of the per-group kernels; dgamma and dbeta into `grads`.
@@ -837,24 +879,24 @@ at::Tensor backward_impl(const SpadeLaidOut& t, const at::Tensor& mean, const at
 std::tuple<at::Tensor, at::Tensor, at::Tensor> spade_norm_cuda(
     const at::Tensor& x, const at::Tensor& gamma, const at::Tensor& beta,
     const std::optional<at::Tensor>& running_mean, const std::optional<at::Tensor>& running_var,
-    bool use_input_stats, bool instance, double eps, std::optional<double> slope) {
+    bool use_input_stats, bool instance, double momentum, double eps, std::optional<double> slope) {
   check_spade_forward_inputs(x, gamma, beta, running_mean, running_var, use_input_stats, instance);
   check_cuda_inputs(x, "spade_norm");
   const c10::cuda::CUDAGuard guard(x.device());
-  return forward_impl(spade_lay_out({}, x, gamma, beta), running_mean, running_var, use_input_stats, instance, eps,
-                      slope);
+  return forward_impl(spade_lay_out({}, x, gamma, beta), running_mean, running_var, use_input_stats, instance,
+                      momentum, eps, slope);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> spade_norm_merged_cuda(
     const at::Tensor& x, const at::Tensor& gamma_beta, const std::optional<at::Tensor>& running_mean,
-    const std::optional<at::Tensor>& running_var, bool use_input_stats, bool instance, double eps,
-    std::optional<double> slope) {
+    const std::optional<at::Tensor>& running_var, bool use_input_stats, bool instance, double momentum,
+    double eps, std::optional<double> slope) {
   check_spade_forward_inputs(x, gamma_beta, {}, running_mean, running_var, use_input_stats, instance,
                              "spade_norm_merged");
   check_cuda_inputs(x, "spade_norm_merged");
   const c10::cuda::CUDAGuard guard(x.device());
   return forward_impl(spade_lay_out_merged({}, x, gamma_beta), running_mean, running_var, use_input_stats,
-                      instance, eps, slope);
+                      instance, momentum, eps, slope);
 }
 
 std::tuple<at::Tensor, at::Tensor> spade_norm_stats_cuda(const at::Tensor& x, bool instance) {
