@@ -8,7 +8,7 @@ bfloat16, odd sizes (scalar path) and sizes that take the 16-byte packed path, t
 single-process op (in NCHW both its paths, the split kernels and one block per group,
 AUTOENC_FAST_SPADE_NORM_FUSED), spade_norm_merged in float32 (gamma_beta's halves read in
 place and its gradient written by halves, channels_last included) and the stats/apply pieces
-of the synchronized path;
+of the synchronized path, and the running statistics the forward updates;
 checks each result against the float64 reference and exits non-zero on a mismatch.
 """
 from __future__ import annotations
@@ -41,16 +41,19 @@ def run_case(shape, dtype, channels_last, norm, training):
     rm = torch.randn(shape[1], device="cuda") if norm == "batch" else None
     rv = torch.rand(shape[1], device="cuda") + 0.5 if norm == "batch" else None
     kw = dict(norm=norm, training=training, negative_slope=0.2)
-    outs = []
+    outs, running = [], []
     for fn, cast in ((AF.spade_norm, lambda t: t), (R.spade_norm, lambda t: t.double())):
         leaves = [cast(t).detach().clone().requires_grad_() for t in (x, gamma, beta)]
         stats = {} if rm is None else dict(running_mean=cast(rm).clone(), running_var=cast(rv).clone())
         y = fn(*leaves, **stats, **kw)
         y.backward(cast(grad))
         outs.append([y] + [t.grad for t in leaves])
+        running.append(list(stats.values()))
     name = f"{norm}-{'train' if training else 'eval'} {tuple(shape)} {dtype} {'NHWC' if channels_last else 'NCHW'}"
     tol = TOL[dtype]
     ok = all(check(f"{name} {part}", a, b, tol) for part, a, b in zip(("y", "dx", "dgamma", "dbeta"), *outs))
+    # the running statistics the op updates in place (update_running_kernel) in training
+    ok &= all(check(f"{name} {part}", a, b, tol) for part, a, b in zip(("running_mean", "running_var"), *running))
     if dtype == torch.float32:  # nn.SPADE's path: gamma and beta as one tensor, read and written by halves
         leaves = [x.detach().clone().requires_grad_(),
                   torch.cat([gamma, beta], dim=1).contiguous(memory_format=fmt).requires_grad_()]
