@@ -141,6 +141,29 @@ inline double spade_unbiased_factor(const at::Tensor& x) {
   return m / (m - 1);
 }
 
+// The single-process forward of every backend, (y, mean, invstd): eval-mode batch norm
+// normalizes with the running statistics, `apply(mean, invstd)` -> y; otherwise
+// `batch_forward(var)` -> (y, mean, invstd) takes the batch statistics (writing their
+// biased variance into var), and `update(running, stat, scale)` then updates each
+// running buffer given, as spade_update_running describes.
+template <typename Apply, typename BatchForward, typename Update>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> spade_single_process_forward(
+    const at::Tensor& x, const std::optional<at::Tensor>& running_mean, const std::optional<at::Tensor>& running_var,
+    bool use_input_stats, double momentum, double eps, const Apply& apply, const BatchForward& batch_forward,
+    const Update& update) {
+  if (!use_input_stats) {
+    auto [mean, invstd] = spade_running_stats(x, *running_mean, *running_var, eps);
+    return {apply(mean, invstd), mean, invstd};
+  }
+  at::Tensor var;
+  auto out = batch_forward(var);
+  if (spade_updates_running(x, running_mean, use_input_stats)) {
+    update(*running_mean, std::get<1>(out), momentum, 1.0);
+    update(*running_var, var, momentum, spade_unbiased_factor(x));
+  }
+  return out;
+}
+
 // The tensors of one op call as the kernels read them: dy (backward only) and x
 // contiguous in x's kernel layout, gamma and beta as spade_params_of gives them.
 struct SpadeLaidOut {

@@ -627,17 +627,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_impl(
     const SpadeLaidOut& t, const std::optional<at::Tensor>& running_mean,
     const std::optional<at::Tensor>& running_var, bool use_input_stats, bool instance, double momentum,
     double eps, std::optional<double> slope) {
-  if (!use_input_stats) {
-    auto [mean, invstd] = spade_running_stats(t.x, *running_mean, *running_var, eps);
-    return {apply_impl(t, mean, invstd, slope), mean, invstd};
-  }
-  at::Tensor var;
-  auto out = batch_stats_forward(t, instance, eps, slope, var);
-  if (spade_updates_running(t.x, running_mean, use_input_stats)) {
-    update_running_cpu(*running_mean, std::get<1>(out), momentum, 1.0);
-    update_running_cpu(*running_var, var, momentum, spade_unbiased_factor(t.x));
-  }
-  return out;
+  return spade_single_process_forward(
+      t.x, running_mean, running_var, use_input_stats, momentum, eps,
+      [&](const at::Tensor& mean, const at::Tensor& invstd) { return apply_impl(t, mean, invstd, slope); },
+      [&](at::Tensor& var) { return batch_stats_forward(t, instance, eps, slope, var); }, update_running_cpu);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> spade_norm_cpu(

@@ -768,28 +768,25 @@ void update_running(const at::Tensor& running, const at::Tensor& stat, double mo
   });
 }
 
-// The single-process forward (spade_norm and spade_norm_merged): y, mean, invstd, and
-// the running statistics updated in place when spade_updates_running says so.
+// y, mean and invstd with batch statistics: the per-group kernel where use_fused_groups
+// says so, else the statistics and the elementwise pass; var into `var`.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_stats_forward(const SpadeLaidOut& t, bool instance, double eps,
+                                                                   std::optional<double> slope, at::Tensor& var) {
+  if (use_fused_groups(t.x, instance)) return fused_forward(t, instance, eps, slope, var);
+  at::Tensor mean, invstd;
+  std::tie(mean, var, invstd) = stats_impl(t.x, instance, eps);
+  return {apply_impl(t, mean, invstd, slope), mean, invstd};
+}
+
+// The single-process forward (spade_norm and spade_norm_merged).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_impl(
     const SpadeLaidOut& t, const std::optional<at::Tensor>& running_mean,
     const std::optional<at::Tensor>& running_var, bool use_input_stats, bool instance, double momentum,
     double eps, std::optional<double> slope) {
-  if (!use_input_stats) {
-    auto [mean, invstd] = spade_running_stats(t.x, *running_mean, *running_var, eps);
-    return {apply_impl(t, mean, invstd, slope), mean, invstd};
-  }
-  at::Tensor y, mean, var, invstd;
-  if (use_fused_groups(t.x, instance)) {
-    std::tie(y, mean, invstd) = fused_forward(t, instance, eps, slope, var);
-  } else {
-    std::tie(mean, var, invstd) = stats_impl(t.x, instance, eps);
-    y = apply_impl(t, mean, invstd, slope);
-  }
-  if (spade_updates_running(t.x, running_mean, use_input_stats)) {
-    update_running(*running_mean, mean, momentum, 1.0);
-    update_running(*running_var, var, momentum, spade_unbiased_factor(t.x));
-  }
-  return {y, mean, invstd};
+  return spade_single_process_forward(
+      t.x, running_mean, running_var, use_input_stats, momentum, eps,
+      [&](const at::Tensor& mean, const at::Tensor& invstd) { return apply_impl(t, mean, invstd, slope); },
+      [&](at::Tensor& var) { return batch_stats_forward(t, instance, eps, slope, var); }, update_running);
 }
 
 // dx of the per-group kernels; dgamma and dbeta into `grads`.
