@@ -138,7 +138,7 @@ def _add_train_parser(sub) -> None:
                        help="skip timing the fused against the reference step at the end (a single "
                             "process only: skipped under torchrun)")
         family.add_arguments(p)
-        p.set_defaults(func=_cmd_train)
+        p.set_defaults(func=_cmd_train, _parser=p)
 
 
 class UsageError(ValueError):
@@ -150,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p_info = sub.add_parser("info", help="versions and which kernels run on which device")
     p_info.add_argument("--json", action="store_true", help="print JSON")
-    p_info.set_defaults(func=_cmd_info)
+    p_info.set_defaults(func=_cmd_info, _parser=p_info)
     from .bench import MODEL_CONFIGS, OPS as bench_ops
 
     bench_families = list(MODEL_CONFIGS)
@@ -174,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_bench.add_argument("--system-malloc", action="store_true",
                          help="leave glibc's malloc as it is (by default the bench keeps freed memory, so CPU "
                               "steps are not timed re-faulting their outputs' pages)")
-    p_bench.set_defaults(func=_cmd_bench)
+    p_bench.set_defaults(func=_cmd_bench, _parser=p_bench)
     _add_train_parser(sub)
     return parser
 
@@ -183,7 +183,10 @@ def main(argv: list[str] | None = None) -> int:
     from .train.errors import CheckpointError, DataError, OptionError, TrainingError
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    command_parser = vars(args).pop("_parser")
+    if unknown:  # named by the command's own usage line (`train vae`), not the top level's
+        command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         return args.func(args)
     except (UsageError, OptionError, DataError, CheckpointError) as error:

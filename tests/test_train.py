@@ -632,6 +632,19 @@ def test_train_refuses_an_option_out_of_range_before_training(tmp_path, capsys, 
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("argv,usage", [(["train", "vae", "--bogus", "1"], "usage: autoenc-fast train vae "),
+                                        (["bench", "--bogus"], "usage: autoenc-fast bench "),
+                                        (["info", "--bogus"], "usage: autoenc-fast info ")])
+def test_unknown_option_is_reported_with_its_commands_usage(tmp_path, capsys, argv, usage):
+    """`train vae --bogus` printed the top level's usage (`autoenc-fast [-h] {info,bench,train}`),
+    which does not show the options the user was looking for."""
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.startswith(usage)
+    assert f"error: unrecognized arguments: {' '.join(argv[argv.index('--bogus'):])}" in err
+
+
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_train_help_shows_the_defaults(capsys, family):
     with pytest.raises(SystemExit):
