@@ -525,18 +525,23 @@ void check_cpu_dtype(const at::Tensor& x, const char* op) {
               ": the CPU kernel takes float32 or float64 `x`; got ", x.scalar_type());
 }
 
-std::tuple<at::Tensor, at::Tensor> stats_impl(const at::Tensor& x_in, bool instance) {
+// mean and var per group; with `eps`, also invstd = 1 / sqrt(var + eps) (same pass).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> stats_impl(const at::Tensor& x_in, bool instance,
+                                                          std::optional<double> eps = std::nullopt) {
   const at::Tensor x = x_in.contiguous(spade_memory_format(x_in));
-  at::Tensor mean = spade_empty_stats(x, instance), var = spade_empty_stats(x, instance);
+  at::Tensor mean = spade_empty_stats(x, instance), var = spade_empty_stats(x, instance), invstd;
   if (x.numel() == 0) {  // nothing to average: zeros, and the caller skips running updates
     mean.zero_();
     var.zero_();
-    return {mean, var};
+    if (eps.has_value()) invstd = (var + *eps).rsqrt();
+    return {mean, var, invstd};
   }
+  if (eps.has_value()) invstd = spade_empty_stats(x, instance);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "spade_norm_stats_cpu", [&] {
-    stats_kernel<scalar_t>(x, geometry_of(x, instance), mean, var);
+    stats_kernel<scalar_t>(x, geometry_of(x, instance), mean, var, invstd.defined() ? &invstd : nullptr,
+                           eps.value_or(0.0));
   });
-  return {mean, var};
+  return {mean, var, invstd};
 }
 
 at::Tensor apply_impl(const SpadeLaidOut& t, const at::Tensor& mean, const at::Tensor& invstd,
@@ -601,24 +606,17 @@ void update_running_cpu(const at::Tensor& running, const at::Tensor& stat, doubl
 std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_stats_forward(const SpadeLaidOut& t, bool instance, double eps,
                                                                    std::optional<double> slope, at::Tensor& var) {
   const Geometry geo = geometry_of(t, instance);
-  at::Tensor mean = spade_empty_stats(t.x, instance), invstd = spade_empty_stats(t.x, instance);
-  var = spade_empty_stats(t.x, instance);
-  if (t.x.numel() == 0) {  // nothing to average: zeros (F.batch_norm's empty-batch statistics)
-    mean.zero_();
-    var.zero_();
-    invstd.fill_(1.0 / std::sqrt(eps));
-    return {spade_empty_like_x(t.x), mean, invstd};
-  }
+  at::Tensor mean, invstd;
   if (use_blocked_passes(geo, t.x)) {
     at::Tensor y = spade_empty_like_x(t.x);
+    mean = spade_empty_stats(t.x, instance), var = spade_empty_stats(t.x, instance);
+    invstd = spade_empty_stats(t.x, instance);
     AT_DISPATCH_FLOATING_TYPES(t.x.scalar_type(), "spade_norm_cpu", [&] {
       fused_forward_nchw<scalar_t>(pointers<scalar_t>(t, slope), geo, eps, y, mean, var, invstd);
     });
     return {y, mean, invstd};
   }
-  AT_DISPATCH_FLOATING_TYPES(t.x.scalar_type(), "spade_norm_stats_cpu", [&] {
-    stats_kernel<scalar_t>(t.x, geo, mean, var, &invstd, eps);
-  });
+  std::tie(mean, var, invstd) = stats_impl(t.x, instance, eps);
   return {apply_impl(t, mean, invstd, slope), mean, invstd};
 }
 
@@ -657,7 +655,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> spade_norm_merged_cpu(
 std::tuple<at::Tensor, at::Tensor> spade_norm_stats_cpu(const at::Tensor& x, bool instance) {
   check_spade_x(x, "spade_norm_stats");
   check_cpu_dtype(x, "spade_norm_stats");
-  return stats_impl(x, instance);
+  auto [mean, var, unused] = stats_impl(x, instance);
+  return {mean, var};
 }
 
 at::Tensor spade_norm_apply_cpu(const at::Tensor& x, const at::Tensor& gamma, const at::Tensor& beta,
