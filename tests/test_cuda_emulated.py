@@ -374,6 +374,21 @@ def test_spade_norm_empty_batch(emu):
     assert y.shape == grad_x.shape == x.shape and grad_gamma_beta.shape == gamma_beta.shape
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_spade_norm_statistics_past_the_grid_limit(emu, layout):
+    # More samples (channels_last grid.z) and (n, c) rows (NCHW grid.y) than the grid's cap
+    # (shrunk to EMULATED_MAX_GRID_YZ here, 65535 on the GPU): blocks loop on to further
+    # samples and rows, which differ from the first ones.
+    from cuda_emulation import EMULATED_MAX_GRID_YZ
+
+    x = make_x((3 * EMULATED_MAX_GRID_YZ + 1, 2, 1, 2), layout, torch.float64)
+    x[EMULATED_MAX_GRID_YZ:] = x[EMULATED_MAX_GRID_YZ:] * 3 + 1
+    for instance in (False, True):
+        for actual, expected in zip(emu.spade_norm_stats(x, instance),
+                                    torch.ops.autoenc_fast.spade_norm_stats(x, instance)):
+            assert relative_error(actual, expected) < 1e-12
+
+
 # -------------------------------------------------------------------- races
 
 def run_every_kernel(emu):

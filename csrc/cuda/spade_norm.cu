@@ -50,6 +50,7 @@ namespace autoenc_fast {
 namespace {
 
 constexpr int kThreads = 256;
+constexpr int64_t kMaxGridYZ = 65535;  // CUDA's limit on grid.y and grid.z
 constexpr int64_t kTargetBlocks = 2048;  // reduction blocks to aim for (fills an H100 several times)
 constexpr int64_t kFusedGroupElems = 4096;  // largest group the one-kernel path takes by default
 
@@ -211,54 +212,57 @@ __global__ void reduce_nchw_kernel(Inputs<scalar_t, acc_t> in, Shape s, int64_t 
   }
 }
 
-// channels_last: block (channel tile blockIdx.x, pixel range blockIdx.y, sample
-// blockIdx.z for instance norm) -> partial[((z * splits + split) * C + c)] = (S1, S2).
-// blockDim = (lanes, row lanes), lanes * row lanes <= kThreads.
+// channels_last: block (channel tile blockIdx.x, pixel range blockIdx.y, samples
+// blockIdx.z, blockIdx.z + gridDim.z, ... for instance norm) -> partial[((z * splits +
+// split) * C + c)] = (S1, S2). blockDim = (lanes, row lanes), lanes * row lanes <= kThreads.
 template <bool kBackward, int VEC, typename scalar_t, typename acc_t>
 __global__ void reduce_nhwc_kernel(Inputs<scalar_t, acc_t> in, Shape s, int64_t rows_per_block,
                                    acc_t* __restrict__ partial) {
   __shared__ acc_t shared[2][kThreads * VEC];  // [row lane][lane * VEC + j]
   const int tx = threadIdx.x, ty = threadIdx.y, lanes = blockDim.x, row_lanes = blockDim.y;
   const int64_t c0 = (static_cast<int64_t>(blockIdx.x) * lanes + tx) * VEC;
-  const int64_t z = blockIdx.z;
-  const int64_t rows = s.group_elems();  // pixels per group
-  const int64_t row0 = z * (s.instance ? s.HW : 0);     // first pixel of this group range
+  const int64_t samples = s.instance ? s.N : 1;  // grid.z stops at kMaxGridYZ: a block may take several
+  const int64_t rows = s.group_elems();           // pixels per group
   const int64_t r_begin = blockIdx.y * rows_per_block;
   const int64_t r_end = min(rows, r_begin + rows_per_block);
-  acc_t p0[VEC], p1[VEC], s1[VEC], s2[VEC];
   const bool active = c0 < s.C;
-#pragma unroll
-  for (int j = 0; j < VEC; ++j) {
-    const int64_t g = z * (s.instance ? s.C : 0) + c0 + j;
-    p0[j] = !active ? acc_t(0) : kBackward ? in.mean[g] : static_cast<acc_t>(in.x[row0 * s.C + c0 + j]);
-    p1[j] = active && kBackward ? in.invstd[g] : acc_t(0);
-    s1[j] = 0;
-    s2[j] = 0;
-  }
-  if (active) {
-    for (int64_t r = r_begin + ty; r < r_end; r += row_lanes) {
-      accumulate<kBackward, VEC>(in, (row0 + r) * s.C + c0, (row0 + r) * in.param_pixel_stride + c0, p0, p1, s1,
-                                 s2);
-    }
-  }
-#pragma unroll
-  for (int j = 0; j < VEC; ++j) {
-    shared[0][(ty * lanes + tx) * VEC + j] = s1[j];
-    shared[1][(ty * lanes + tx) * VEC + j] = s2[j];
-  }
-  __syncthreads();
-  if (ty == 0 && active) {
+  for (int64_t z = blockIdx.z; z < samples; z += gridDim.z) {
+    const int64_t row0 = z * (s.instance ? s.HW : 0);  // first pixel of this group range
+    acc_t p0[VEC], p1[VEC], s1[VEC], s2[VEC];
 #pragma unroll
     for (int j = 0; j < VEC; ++j) {
-      acc_t a = 0, b = 0;
-      for (int y = 0; y < row_lanes; ++y) {
-        a += shared[0][(y * lanes + tx) * VEC + j];
-        b += shared[1][(y * lanes + tx) * VEC + j];
-      }
-      const int64_t idx = (z * gridDim.y + blockIdx.y) * s.C + c0 + j;
-      partial[2 * idx] = a;
-      partial[2 * idx + 1] = b;
+      const int64_t g = z * (s.instance ? s.C : 0) + c0 + j;
+      p0[j] = !active ? acc_t(0) : kBackward ? in.mean[g] : static_cast<acc_t>(in.x[row0 * s.C + c0 + j]);
+      p1[j] = active && kBackward ? in.invstd[g] : acc_t(0);
+      s1[j] = 0;
+      s2[j] = 0;
     }
+    if (active) {
+      for (int64_t r = r_begin + ty; r < r_end; r += row_lanes) {
+        accumulate<kBackward, VEC>(in, (row0 + r) * s.C + c0, (row0 + r) * in.param_pixel_stride + c0, p0, p1,
+                                   s1, s2);
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) {
+      shared[0][(ty * lanes + tx) * VEC + j] = s1[j];
+      shared[1][(ty * lanes + tx) * VEC + j] = s2[j];
+    }
+    __syncthreads();
+    if (ty == 0 && active) {
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) {
+        acc_t a = 0, b = 0;
+        for (int y = 0; y < row_lanes; ++y) {
+          a += shared[0][(y * lanes + tx) * VEC + j];
+          b += shared[1][(y * lanes + tx) * VEC + j];
+        }
+        const int64_t idx = (z * gridDim.y + blockIdx.y) * s.C + c0 + j;
+        partial[2 * idx] = a;
+        partial[2 * idx + 1] = b;
+      }
+    }
+    __syncthreads();  // the next sample overwrites `shared`
   }
 }
 
@@ -585,7 +589,7 @@ void launch_reduce(const Inputs<scalar_t, acc_t>& in, const Shape& s, const at::
     const int64_t slice = ((s.HW + splits - 1) / splits + VEC - 1) / VEC * VEC;
     const int64_t used = (s.HW + slice - 1) / slice;
     partial = at::empty({rows * used * 2}, x.options().dtype(out1.scalar_type()));
-    const dim3 grid(static_cast<unsigned>(used), static_cast<unsigned>(std::min<int64_t>(rows, 65535)));
+    const dim3 grid(static_cast<unsigned>(used), static_cast<unsigned>(std::min<int64_t>(rows, kMaxGridYZ)));
     const int threads = threads_for((slice + VEC - 1) / VEC);
     reduce_nchw_kernel<kBackward, VEC><<<grid, threads, 0, stream>>>(in, s, slice,
                                                                      partial.mutable_data_ptr<acc_t>());
@@ -599,13 +603,12 @@ void launch_reduce(const Inputs<scalar_t, acc_t>& in, const Shape& s, const at::
     const int64_t tiles = (s.C + int64_t{lanes} * VEC - 1) / (int64_t{lanes} * VEC);
     const int64_t z = s.instance ? s.N : 1, rows = s.group_elems();
     const int64_t splits = std::clamp<int64_t>(kTargetBlocks / (tiles * z), 1,
-                                               std::min<int64_t>(65535, (rows + row_lanes - 1) / row_lanes));
+                                               std::min<int64_t>(kMaxGridYZ, (rows + row_lanes - 1) / row_lanes));
     const int64_t rows_per_block = (rows + splits - 1) / splits;
     const int64_t used = (rows + rows_per_block - 1) / rows_per_block;
-    TORCH_CHECK(z <= 65535, "spade_norm: the CUDA kernel takes at most 65535 samples for instance norm "
-                "in channels_last; got N = ", s.N);
     partial = at::empty({z * used * s.C * 2}, x.options().dtype(out1.scalar_type()));
-    const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(used), static_cast<unsigned>(z));
+    const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(used),
+                    static_cast<unsigned>(std::min<int64_t>(z, kMaxGridYZ)));
     reduce_nhwc_kernel<kBackward, VEC><<<grid, dim3(lanes, row_lanes), 0, stream>>>(
         in, s, rows_per_block, partial.mutable_data_ptr<acc_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();

@@ -20,6 +20,10 @@ ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 BUILD = ROOT / "build" / "cuda_emulation"
 KERNEL_FILES = ("channelwise_fc.cu", "spade_norm.cu")
+# The kernels' cap on grid.y and grid.z (CUDA's 65535), shrunk so that the grid-stride
+# loops behind it (more rows or samples than blocks) run at the tests' small shapes.
+EMULATED_MAX_GRID_YZ = 3
+_MAX_GRID_YZ = re.compile(r"constexpr int64_t kMaxGridYZ = 65535;")
 
 
 def split_top_level(text: str) -> list[str]:
@@ -59,6 +63,7 @@ def rewrite(source: str) -> str:
     memory a pointer into the block's buffer, outputs are allocated poisoned, the
     c10/cuda headers give way to emu.h's stand-ins, and the kernels accept CPU tensors."""
     out = re.sub(r"#include <c10/cuda/[\w.]+>\n", "", source)
+    out = _MAX_GRID_YZ.sub(f"constexpr int64_t kMaxGridYZ = {EMULATED_MAX_GRID_YZ};", out)
     # The op's shared headers (argument checks, output allocation) inline, so that their
     # allocations are poisoned too.
     out = re.sub(r'#include "\.\./(\w+_checks\.h)"\n',
@@ -91,7 +96,10 @@ def load():
     sources = []
     for name in KERNEL_FILES:
         target = build / (Path(name).stem + "_emulated.cpp")
-        text = rewrite((ROOT / "csrc" / "cuda" / name).read_text())
+        source = (ROOT / "csrc" / "cuda" / name).read_text()
+        if len(_MAX_GRID_YZ.findall(source)) != 1:
+            raise ValueError(f"{name} must declare `constexpr int64_t kMaxGridYZ = 65535;` once")
+        text = rewrite(source)
         if not target.exists() or target.read_text() != text:  # ninja rebuilds what changed
             target.write_text(text)
         sources.append(str(target))
