@@ -726,6 +726,47 @@ def test_module_refuses_an_unknown_conv_layout():
         module(torch.randn(2, 6, 4, 4), torch.randn(2, 4, 4, 4))
 
 
+def spectral_norm_hooks(module):
+    module.mlp_gamma = torch.nn.utils.spectral_norm(module.mlp_gamma)
+
+
+def spectral_norm_parametrization(module):
+    module.mlp_gamma = torch.nn.utils.parametrizations.spectral_norm(module.mlp_gamma)
+
+
+def reflect_padding(module):
+    module.mlp_beta.padding_mode = "reflect"
+
+
+def dilated_convolutions(module):
+    for conv in (module.mlp_gamma, module.mlp_beta):
+        conv.dilation, conv.padding = (2, 2), (2, 2)
+
+
+def scaling_forward_hook(module):
+    module.mlp_beta.register_forward_hook(lambda conv, args, out: out * 3)
+
+
+@pytest.mark.parametrize("change, merges", [
+    (spectral_norm_hooks, False), (scaling_forward_hook, False), (reflect_padding, False),
+    (spectral_norm_parametrization, True), (dilated_convolutions, True)])
+def test_module_honours_what_users_do_to_the_modulation_convolutions(change, merges):
+    # The fused module merges mlp_gamma and mlp_beta into one convolution only when that
+    # gives what their own forwards give: hooks (the hook-based spectral_norm among them)
+    # and other padding modes run each convolution's forward, as the reference does.
+    plain = R.SPADE(6, 4, hidden=8, negative_slope=0.2).double()
+    ours = SPADE(6, 4, hidden=8, negative_slope=0.2).double()
+    ours.load_state_dict(plain.state_dict(), strict=True)
+    for module in (plain, ours):
+        change(module)
+    ours.load_state_dict(plain.state_dict(), strict=True)
+    assert ours.convolutions_merge() == merges
+    x = torch.randn(2, 6, 10, 14, dtype=torch.float64) + 1
+    seg = torch.rand(2, 4, 5, 7, dtype=torch.float64)
+    ours.eval(), plain.eval()  # spectral norm: no power iteration, the loaded u and v in both
+    assert_modules_agree(plain, ours, x, seg, torch.randn_like(x))
+
+
 @pytest.mark.parametrize("device", devices())
 @pytest.mark.parametrize("buffers", ["float32", "float64", "float16", "bfloat16", "strided"])
 @pytest.mark.parametrize("merged", [False, True])

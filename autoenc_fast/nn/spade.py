@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ..functional import spade_norm_merged
 from ..ops.spade_norm_checks import memory_format_of
@@ -47,12 +48,34 @@ class SPADE(ReferenceSPADE):
         if self.conv_layout == "x":
             seg = seg.contiguous(memory_format=layout)
         actv = self.mlp_shared(seg)
-        weight = torch.cat([self.mlp_gamma.weight, self.mlp_beta.weight])
-        bias = torch.cat([self.mlp_gamma.bias, self.mlp_beta.bias])
-        both = F.conv2d(actv, weight, bias, padding=self.mlp_gamma.padding)
+        if self.convolutions_merge():
+            weight = torch.cat([self.mlp_gamma.weight, self.mlp_beta.weight])
+            bias = torch.cat([self.mlp_gamma.bias, self.mlp_beta.bias])
+            conv = self.mlp_gamma
+            both = F.conv2d(actv, weight, bias, conv.stride, conv.padding, conv.dilation)
+        else:
+            both = torch.cat([self.mlp_gamma(actv), self.mlp_beta(actv)], dim=1)
         # Once here, so that the tensor saved for backward is already in x's layout and
         # the backward does not transpose it again (a no-op when it already is).
         return both.contiguous(memory_format=layout)
+
+    def convolutions_merge(self) -> bool:
+        """Whether mlp_gamma and mlp_beta can run as one convolution of their concatenated
+        weights: both nn.Conv2d with biases, zero padding, one group and the same geometry,
+        and nothing acting through their forward (hooks, as the hook-based
+        nn.utils.spectral_norm and weight_norm install, or a subclass's own forward).
+        Otherwise each runs its own forward, as in the reference. nn.utils.parametrize
+        (e.g. parametrizations.spectral_norm) recomputes .weight where it is read, so
+        parametrized convolutions merge."""
+        convs = (self.mlp_gamma, self.mlp_beta)
+        plain = (nn.Conv2d.forward, nn.Conv2d._conv_forward)
+        if any((type(m).forward, getattr(type(m), "_conv_forward", None)) != plain or m.bias is None
+               or m.padding_mode != "zeros" or m._forward_hooks or m._forward_pre_hooks for m in convs):
+            return False
+        if nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks:
+            return False
+        gamma_geometry, beta_geometry = ((m.kernel_size, m.stride, m.padding, m.dilation, m.groups) for m in convs)
+        return gamma_geometry == beta_geometry and self.mlp_gamma.groups == 1
 
     def modulation(self, segmap: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """gamma, beta: the two channel halves of merged_modulation (views, not copies)."""
