@@ -30,6 +30,9 @@ inline void check_reparametrize_kl_inputs(const at::Tensor& mu, const at::Tensor
     TORCH_CHECK(seed->scalar_type() == at::kLong && seed->numel() == 2,
                 "reparametrize_kl: `seed` must be an int64 tensor of two elements (key, offset); got ",
                 seed->scalar_type(), " of shape ", seed->sizes());
+    TORCH_CHECK(seed->is_cpu() || seed->device() == mu.device(),
+                "reparametrize_kl: `seed` must be on the CPU or on mu's device ", mu.device(), "; got ",
+                seed->device());
   }
 }
 

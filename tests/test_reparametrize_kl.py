@@ -555,3 +555,7 @@ def test_bad_seed_names_the_argument():
         OP(mu, mu, None, torch.tensor([1.0, 2.0]))
     with pytest.raises(RuntimeError, match="seed.*int64 tensor of two"):
         OP(mu, mu, None, torch.tensor([1, 2, 3]))
+    # A seed on another device would pick that device's kernel (a meta seed: the fake one,
+    # which returned uninitialised CPU tensors).
+    with pytest.raises((RuntimeError, ValueError), match="`seed` must be on the CPU or on mu's device cpu; got meta"):
+        OP(mu, mu, None, torch.tensor([1, 2], device="meta"))

@@ -31,3 +31,6 @@ def check_inputs(mu, logvar, eps=None, seed=None) -> None:
     if seed is not None and (seed.dtype != torch.int64 or seed.numel() != 2):
         raise TypeError("reparametrize_kl: `seed` must be an int64 tensor of two elements "
                         f"(key, offset); got {seed.dtype} of shape {tuple(seed.shape)}")
+    if seed is not None and seed.device.type != "cpu" and seed.device != mu.device:
+        raise ValueError(f"reparametrize_kl: `seed` must be on the CPU or on mu's device {mu.device}; "
+                         f"got {seed.device}")
