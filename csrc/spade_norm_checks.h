@@ -265,6 +265,9 @@ inline void check_spade_running(const std::optional<at::Tensor>& t, const char* 
               "` must be a floating-point tensor; got ", t->scalar_type());
   TORCH_CHECK(t->device() == x.device(), op, ": `", name, "` must be on x's device ", x.device(),
               "; got ", t->device());
+  TORCH_CHECK(!use_input_stats || t->size(0) <= 1 || t->stride(0) != 0, op, ": `", name,
+              "` is updated in place in training, so its elements must not share memory; got an expanded "
+              "tensor (stride 0)");
 }
 
 // x, then gamma and beta of x's shape; or, for the merged ops (beta undefined), gamma

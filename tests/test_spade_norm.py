@@ -939,6 +939,63 @@ def test_bad_inputs_name_the_argument(bad, error, match):
             fn(x, gamma, beta, **kw)
 
 
+def test_one_running_statistic_in_training_says_give_both():
+    x, gamma, beta = make_inputs((2, 3, 4, 4), torch.float32, "cpu")
+    for fn in (AF.spade_norm, lambda *a, **k: AF.spade_norm_merged(x, torch.cat([gamma, beta], 1), **k)):
+        with pytest.raises(ValueError, match=r"`running_var` is required with the other running statistic "
+                                             r"\(give both or neither\)"):
+            fn(x, gamma, beta, running_mean=torch.zeros(3), training=True)
+
+
+def test_expanded_running_statistics_are_refused_in_training_only():
+    # Updated in place, an expanded buffer would have every channel write one element.
+    x, gamma, beta = make_inputs((2, 3, 4, 4), torch.float32, "cpu")
+    expanded, var = torch.zeros(1).expand(3), torch.ones(3)
+    with pytest.raises(ValueError, match="`running_mean` is updated in place in training, so its elements must "
+                                         r"not share memory; got an expanded tensor \(stride 0\)"):
+        AF.spade_norm(x, gamma, beta, running_mean=expanded, running_var=var, training=True)
+    if _ext.LOADED:
+        with pytest.raises(RuntimeError, match="`running_mean` is updated in place in training"):
+            torch.ops.autoenc_fast.spade_norm(x, gamma, beta, expanded, var, True, False, 0.1, 1e-5, None)
+    y = AF.spade_norm(x, gamma, beta, running_mean=expanded, running_var=var, training=False)  # read only
+    torch.testing.assert_close(y, R.spade_norm(x, gamma, beta, running_mean=expanded, running_var=var,
+                                               training=False))
+
+
+def test_inference_tensor_running_statistics_update_outside_inference_mode():
+    # As F.batch_norm: buffers created under inference_mode (no version counter) still update.
+    x, gamma, beta = make_inputs((2, 3, 4, 4), torch.float32, "cpu")
+    with torch.inference_mode():
+        rm, rv = torch.zeros(3), torch.ones(3)
+    expected_rm, expected_rv = torch.zeros(3), torch.ones(3)
+    y = AF.spade_norm(x, gamma.requires_grad_(), beta, running_mean=rm, running_var=rv)
+    R.spade_norm(x, gamma, beta, running_mean=expected_rm, running_var=expected_rv)
+    assert y.requires_grad
+    torch.testing.assert_close(rm, expected_rm)
+    torch.testing.assert_close(rv, expected_rv)
+
+
+def test_synchronized_empty_batch_on_every_rank(tmp_path):
+    # A global count of 0 gives an empty output and leaves the running statistics alone,
+    # as the single-process op does; a global count of 1 is refused as F.batch_norm does.
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'init'}", rank=0, world_size=1)
+    try:
+        rm, rv = torch.randn(3), torch.rand(3) + 0.5
+        saved = rm.clone(), rv.clone()
+        x, gamma, beta = (t.requires_grad_() for t in make_inputs((0, 3, 4, 4), torch.float32, "cpu"))
+        y = AF.spade_norm(x, gamma, beta, running_mean=rm, running_var=rv, process_group=dist.group.WORLD)
+        y.sum().backward()
+        assert y.shape == x.shape == x.grad.shape and gamma.grad.shape == gamma.shape
+        assert torch.equal(rm, saved[0]) and torch.equal(rv, saved[1])
+        one = make_inputs((1, 3, 1, 1), torch.float32, "cpu")
+        with pytest.raises(ValueError, match="expected more than 1 value per channel"):
+            AF.spade_norm(*one, running_mean=rm, running_var=rv, process_group=dist.group.WORLD)
+    finally:
+        dist.destroy_process_group()
+
+
 @needs_ext
 def test_cpp_checks_name_the_argument():
     x, gamma, beta = make_inputs((2, 3, 4, 4), torch.float32, "cpu")

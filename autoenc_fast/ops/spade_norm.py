@@ -36,8 +36,8 @@ def _forward_fake(x, running_mean, running_var, use_input_stats, instance):
     """(y, mean, invstd) of the fused forwards; the running statistics they update in
     place (declared in their schemas) need nothing here."""
     if not use_input_stats or running_mean is not None or running_var is not None:
-        check_running(running_mean, "running_mean", x)
-        check_running(running_var, "running_var", x)
+        check_running(running_mean, "running_mean", x, use_input_stats)
+        check_running(running_var, "running_var", x, use_input_stats)
     return _empty_like_x(x), _empty_stats(x, instance), _empty_stats(x, instance)
 
 
@@ -112,13 +112,15 @@ def _global_statistics(x, running_mean, running_var, eps, momentum, group):
     dist.all_reduce(packed, group=group)
     c = x.shape[1]
     total = packed[2 * c].item()
-    if total <= 1:
+    if total == 1:
         raise ValueError("spade_norm: expected more than 1 value per channel when training "
                          f"(global count {total:g})")
+    # An empty batch on every rank (total 0): NaN statistics that normalize nothing, and
+    # the running statistics left alone, as F.batch_norm does with an empty batch.
     g_mean = packed[:c] / total
     g_var = (packed[c:2 * c] / total - g_mean * g_mean).clamp_min(0)
     mean, var = g_mean.to(mean.dtype), g_var.to(var.dtype)
-    if running_mean is not None:
+    if running_mean is not None and total > 0:
         update_running_stats(running_mean, running_var, mean, var, int(total), momentum)
     return mean, torch.rsqrt(var + eps), total
 

@@ -45,10 +45,11 @@ def check_x(x, op: str = "spade_norm") -> None:
         raise TypeError(f"{op}: `x` must be a floating-point tensor; got {x.dtype}")
 
 
-def check_running(t, name: str, x: torch.Tensor) -> None:
+def check_running(t, name: str, x: torch.Tensor, training: bool) -> None:
     if t is None:
-        raise ValueError(f"spade_norm: `{name}` is required for eval-mode batch norm "
-                         "(training=False uses the running statistics)")
+        raise ValueError(f"spade_norm: `{name}` is required "
+                         + ("with the other running statistic (give both or neither)" if training else
+                            "for eval-mode batch norm (training=False uses the running statistics)"))
     if not isinstance(t, torch.Tensor) or t.dim() != 1 or t.shape[0] != x.shape[1]:
         shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
         raise ValueError(f"spade_norm: `{name}` must have shape (C,) = ({x.shape[1]},); got {shape}")
@@ -56,6 +57,9 @@ def check_running(t, name: str, x: torch.Tensor) -> None:
         raise TypeError(f"spade_norm: `{name}` must be a floating-point tensor; got {t.dtype}")
     if t.device != x.device:
         raise ValueError(f"spade_norm: `{name}` must be on x's device {x.device}; got {t.device}")
+    if training and t.shape[0] > 1 and t.stride(0) == 0:
+        raise ValueError(f"spade_norm: `{name}` is updated in place in training, so its elements must not "
+                         "share memory; got an expanded tensor (stride 0)")
 
 
 def check_merged(gamma_beta, x: torch.Tensor, op: str = "spade_norm_merged") -> None:
@@ -83,8 +87,8 @@ def check_inputs(x, gamma, beta, norm="batch", running_mean=None, running_var=No
                              "norm='instance'; pass None")
         return
     if not training or running_mean is not None or running_var is not None:
-        check_running(running_mean, "running_mean", x)
-        check_running(running_var, "running_var", x)
+        check_running(running_mean, "running_mean", x, training)
+        check_running(running_var, "running_var", x, training)
 
 
 def group_count(x: torch.Tensor, instance: bool):

@@ -37,8 +37,10 @@ using MergedBackwardSignature = MergedBackwardOutputs(const at::Tensor&, const a
 void bump_running_versions(const std::optional<at::Tensor>& running_mean,
                            const std::optional<at::Tensor>& running_var, bool use_input_stats) {
   if (!use_input_stats || !running_mean.has_value() || !running_var.has_value()) return;
-  torch::autograd::impl::bump_version(*running_mean);
-  torch::autograd::impl::bump_version(*running_var);
+  // Inference tensors have no version counter (F.batch_norm updates them outside
+  // inference mode too).
+  if (!running_mean->is_inference()) torch::autograd::impl::bump_version(*running_mean);
+  if (!running_var->is_inference()) torch::autograd::impl::bump_version(*running_var);
 }
 
 Outputs spade_norm_below_autograd(const at::Tensor& x, const at::Tensor& gamma, const at::Tensor& beta,
