@@ -18,9 +18,12 @@ TORCH_LIBRARY(autoenc_fast, m) {
   // eps given: used as is. eps None, seed given: eps drawn by Philox from seed = (key, offset).
   // Both None: no noise, z = mu.
   m.def("reparametrize_kl(Tensor mu, Tensor logvar, Tensor? eps, Tensor? seed) -> (Tensor z, Tensor kl)");
+  // dmu = dz + dkl[b] * mu, dlogvar = 1/2 dz * sigma * eps + 1/2 dkl[b] * (exp(logvar) - 1), with
+  // sigma * eps = exp(logvar / 2) * eps from eps when given, else with eps re-drawn from seed
+  // when given (the forward's noise), else z - mu from z when given; none of them: no noise.
   m.def(
-      "reparametrize_kl_backward(Tensor? grad_z, Tensor? grad_kl, Tensor mu, Tensor logvar, Tensor z)"
-      " -> (Tensor grad_mu, Tensor grad_logvar)");
+      "reparametrize_kl_backward(Tensor? grad_z, Tensor? grad_kl, Tensor mu, Tensor logvar, Tensor? z, "
+      "Tensor? eps=None, Tensor? seed=None) -> (Tensor grad_mu, Tensor grad_logvar)");
   // Channel-wise fully connected layer (Context Encoders' bottleneck), P = H * W:
   //   y[b, c, j] = sum_i x[b, c, i] * weight[c, i, j] + bias[c, j]
   // x: (B, C, H, W) of any layout, weight: (C, P, P), bias: (C, P) or None.

@@ -17,6 +17,15 @@ inline void check_same_as_mu(const at::Tensor& t, const char* name, const at::Te
               mu.device(), "; got ", t.device());
 }
 
+inline void check_reparametrize_kl_seed(const at::Tensor& seed, const at::Tensor& mu) {
+  TORCH_CHECK(seed.scalar_type() == at::kLong && seed.numel() == 2,
+              "reparametrize_kl: `seed` must be an int64 tensor of two elements (key, offset); got ",
+              seed.scalar_type(), " of shape ", seed.sizes());
+  TORCH_CHECK(seed.is_cpu() || seed.device() == mu.device(),
+              "reparametrize_kl: `seed` must be on the CPU or on mu's device ", mu.device(), "; got ",
+              seed.device());
+}
+
 inline void check_reparametrize_kl_inputs(const at::Tensor& mu, const at::Tensor& logvar,
                                           const std::optional<at::Tensor>& eps,
                                           const std::optional<at::Tensor>& seed) {
@@ -26,23 +35,20 @@ inline void check_reparametrize_kl_inputs(const at::Tensor& mu, const at::Tensor
               "reparametrize_kl: `mu` must be a floating-point tensor; got ", mu.scalar_type());
   check_same_as_mu(logvar, "logvar", mu);
   if (eps.has_value()) check_same_as_mu(*eps, "eps", mu);
-  if (seed.has_value()) {
-    TORCH_CHECK(seed->scalar_type() == at::kLong && seed->numel() == 2,
-                "reparametrize_kl: `seed` must be an int64 tensor of two elements (key, offset); got ",
-                seed->scalar_type(), " of shape ", seed->sizes());
-    TORCH_CHECK(seed->is_cpu() || seed->device() == mu.device(),
-                "reparametrize_kl: `seed` must be on the CPU or on mu's device ", mu.device(), "; got ",
-                seed->device());
-  }
+  if (seed.has_value()) check_reparametrize_kl_seed(*seed, mu);
 }
 
 inline void check_reparametrize_kl_backward_inputs(const std::optional<at::Tensor>& grad_z,
                                                    const std::optional<at::Tensor>& grad_kl,
                                                    const at::Tensor& mu, const at::Tensor& logvar,
-                                                   const at::Tensor& z) {
+                                                   const std::optional<at::Tensor>& z,
+                                                   const std::optional<at::Tensor>& eps,
+                                                   const std::optional<at::Tensor>& seed) {
   TORCH_CHECK(mu.dim() >= 1, "reparametrize_kl_backward: `mu` must have at least one dimension");
   check_same_as_mu(logvar, "logvar", mu);
-  check_same_as_mu(z, "z", mu);
+  if (z.has_value()) check_same_as_mu(*z, "z", mu);
+  if (eps.has_value()) check_same_as_mu(*eps, "eps", mu);
+  if (seed.has_value()) check_reparametrize_kl_seed(*seed, mu);
   if (grad_z.has_value()) check_same_as_mu(*grad_z, "grad_z", mu);
   if (grad_kl.has_value()) {
     TORCH_CHECK(grad_kl->dim() == 1 && grad_kl->size(0) == mu.size(0),

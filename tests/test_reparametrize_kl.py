@@ -282,7 +282,10 @@ def test_triton_kernels_under_the_interpreter_match_cpu(tmp_path):
         seed = torch.tensor([int(torch.randint(0, 2**62, ())), 2**32 - 3])
         cases[name + "_eps"] = dict(mu=mu, logvar=logvar, eps=eps, grad_z=torch.randn_like(mu),
                                     grad_kl=torch.randn(shape[0], dtype=dtype))
-        cases[name + "_drawn"] = dict(mu=mu, logvar=logvar, seed=seed, grad_kl=torch.randn(shape[0], dtype=dtype))
+        cases[name + "_drawn"] = dict(mu=mu, logvar=logvar, seed=seed, grad_z=torch.randn_like(mu),
+                                      grad_kl=torch.randn(shape[0], dtype=dtype))
+        cases[name + "_drawn_kl_only"] = dict(mu=mu, logvar=logvar, seed=seed,
+                                              grad_kl=torch.randn(shape[0], dtype=dtype))
         cases[name + "_mean"] = dict(mu=mu, logvar=logvar, grad_z=torch.randn_like(mu))
     mu, logvar, _ = make_inputs((2, 5000), torch.float32, "cpu")  # rows split over 3 programs
     cases["split_drawn"] = dict(mu=mu, logvar=logvar, seed=torch.tensor([77, 5]), slices=3,
@@ -293,13 +296,20 @@ def test_triton_kernels_under_the_interpreter_match_cpu(tmp_path):
     for name, case in cases.items():
         got = results[name]
         z_cpu, kl_cpu = OP(case["mu"], case["logvar"], case.get("eps"), case.get("seed"))
-        grads_cpu = BACKWARD_OP(case.get("grad_z"), case.get("grad_kl"), case["mu"], case["logvar"], z_cpu)
         dtype = case["mu"].dtype
         tol = dict(atol=3e-5, rtol=3e-5) if dtype == torch.float32 else dict(atol=1e-6, rtol=1e-6)
         torch.testing.assert_close(got["z"], z_cpu, **tol, msg=f"{name}: z")
         torch.testing.assert_close(got["kl"], kl_cpu, **tol, msg=f"{name}: kl")
-        torch.testing.assert_close(got["grad_mu"], grads_cpu[0], **tol, msg=f"{name}: grad_mu")
-        torch.testing.assert_close(got["grad_logvar"], grads_cpu[1], **tol, msg=f"{name}: grad_logvar")
+        sources = dict(z=dict(z=z_cpu), eps=dict(eps=case.get("eps")), seed=dict(seed=case.get("seed")))
+        compared = 0
+        for source, given in sources.items():
+            if all(value is not None for value in given.values()):
+                grads_cpu = BACKWARD_OP(case.get("grad_z"), case.get("grad_kl"), case["mu"], case["logvar"],
+                                        **{"z": None} | given)
+                for what, actual, expected in zip(("grad_mu", "grad_logvar"), got["grads_" + source], grads_cpu):
+                    torch.testing.assert_close(actual, expected, **tol, msg=f"{name}, from {source}: {what}")
+                compared += 1
+        assert compared == 1 + ("eps" in case) + ("seed" in case)
     # Our scheme is Triton's randn4x: same normals for the same key and counters.
     ours = philox_normal((1, 256), 1234, 0).flatten()
     torch.testing.assert_close(results["triton_randn4x"], ours, atol=2e-5, rtol=2e-5)
@@ -323,11 +333,13 @@ def test_triton_kernels_compile_for_sm90_without_a_gpu(dtype):
                           "slice_len": "i32", "n_slices": "i32"},
                          {"NOISE": noise, "ACC": acc, "BLOCK": kernels.BLOCK, "PRECISE": True})
     for has_grad_z, has_grad_kl in ((True, True), (True, False), (False, True)):
-        compile_for_sm90(kernels._reparametrize_kl_bwd,
-                         {"grad_z_ptr": data, "grad_kl_ptr": acc_ptr, "mu_ptr": data, "logvar_ptr": data,
-                          "z_ptr": data, "grad_mu_ptr": data, "grad_logvar_ptr": data, "numel": "i64",
-                          "row_len": "i32"},
-                         {"HAS_GRAD_Z": has_grad_z, "HAS_GRAD_KL": has_grad_kl, "ACC": acc, "BLOCK": kernels.BLOCK})
+        for noise in (0, 1, 2, 3):
+            compile_for_sm90(kernels._reparametrize_kl_bwd,
+                             {"grad_z_ptr": data, "grad_kl_ptr": acc_ptr, "mu_ptr": data, "logvar_ptr": data,
+                              "noise_ptr": data, "seed_ptr": "*i64", "grad_mu_ptr": data, "grad_logvar_ptr": data,
+                              "row_len": "i32", "groups_per_row": "i32", "slice_len": "i32"},
+                             {"HAS_GRAD_Z": has_grad_z, "HAS_GRAD_KL": has_grad_kl, "NOISE": noise, "ACC": acc,
+                              "BLOCK": kernels.BLOCK, "PRECISE": True})
 
 
 @requires_cuda
@@ -407,6 +419,55 @@ def test_gradients_match_reference(device):
 
 
 @pytest.mark.parametrize("device", devices())
+def test_backward_noise_sources_agree(device):
+    # sigma * eps from z - mu, from eps, or re-drawn from the seed: the same gradients as the
+    # float64 reference's autograd with the drawn eps, which reaches every element.
+    mu, logvar, _ = make_inputs((5, 4099), torch.float64, device)
+    key, offset = int(torch.randint(0, 2**62, ())), 2**32 - 3  # counters cross 2**32
+    seed = torch.tensor([key, offset], device=device)
+    z, _ = OP(mu, logvar, None, seed)
+    eps = philox_normal(mu.shape, key, offset).double().to(device)
+    grad_z, grad_kl = torch.randn_like(mu), torch.randn(5, dtype=torch.float64, device=device)
+    mu_r, lv_r = mu.clone().requires_grad_(), logvar.clone().requires_grad_()
+    z_r, kl_r = R.reparametrize_kl(mu_r, lv_r, eps)
+    expected = torch.autograd.grad((z_r, kl_r), (mu_r, lv_r), (grad_z, grad_kl))
+    for given in (dict(z=z), dict(z=None, eps=eps), dict(z=None, seed=seed), dict(z=z, seed=seed)):
+        for actual, want in zip(BACKWARD_OP(grad_z, grad_kl, mu, logvar, **given), expected):
+            torch.testing.assert_close(actual, want, atol=1e-5, rtol=1e-5)  # noise to float32's rounding
+    no_noise = BACKWARD_OP(grad_z, None, mu, logvar, None)  # the forward drew none: z = mu
+    assert torch.equal(no_noise[0], grad_z) and not no_noise[1].any()
+
+
+def test_backward_through_eps_keeps_logvar_gradient_where_z_rounds_away_the_noise():
+    # |mu| / sigma = 2e7: in float32 z = mu + sigma * eps keeps almost none of the noise, and
+    # z - mu with it; the autograd gives the backward eps itself and matches float64.
+    mu = torch.full((4, 64), 1000.0).requires_grad_()
+    logvar = torch.full((4, 64), -20.0).requires_grad_()
+    eps, grad_z = torch.randn(4, 64), torch.randn(4, 64)
+    z, _ = F.reparametrize_kl(mu, logvar, eps)
+    (grad_logvar,) = torch.autograd.grad(z, logvar, grad_z)
+    expected = 0.5 * grad_z.double() * (0.5 * logvar.detach().double()).exp() * eps.double()
+    torch.testing.assert_close(grad_logvar.double(), expected, atol=0, rtol=1e-5)
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_cuda_half_types_redraw_the_noise_for_logvar_gradient(dtype):
+    # z in bfloat16 keeps 8 bits: z - mu would lose |mu| / sigma times more of sigma * eps
+    # (2.5 % of the gradient here); the autograd re-draws eps from the seed instead.
+    shape, key, offset = (512, 2304), 1234, 77
+    mu = (torch.randn(shape, device="cuda") * 2).to(dtype).requires_grad_()
+    logvar = torch.full(shape, -4.0, device="cuda", dtype=dtype).requires_grad_()
+    z, _ = F.reparametrize_kl(mu, logvar, seed=(key, offset))
+    grad_z = torch.randn_like(z)
+    (grad_logvar,) = torch.autograd.grad(z, logvar, grad_z)
+    eps = philox_normal(shape, key, offset).double().cuda()
+    expected = 0.5 * grad_z.double() * (0.5 * logvar.detach().double()).exp() * eps
+    error = ((grad_logvar.double() - expected).norm() / expected.norm()).item()
+    assert error < {torch.bfloat16: 6e-3, torch.float16: 1e-3}[dtype], error
+
+
+@pytest.mark.parametrize("device", devices())
 def test_double_backward_raises_naming_the_op(device):
     mu, logvar, eps = make_inputs((3, 5), torch.float64, device, requires_grad=True)
     assert_double_backward_refused(lambda: sum(t.square().sum() for t in F.reparametrize_kl(mu, logvar, eps)),
@@ -426,6 +487,8 @@ def test_opcheck(device):
     grad_z, grad_kl = torch.randn(4, 9, device=device), torch.randn(4, device=device)
     for gz, gkl in [(grad_z, grad_kl), (grad_z, None), (None, grad_kl)]:
         torch.library.opcheck(BACKWARD_OP, (gz, gkl, mu.detach(), logvar.detach(), z))
+    for noise in [dict(eps=eps.detach()), dict(seed=seed), dict()]:  # the other sources of sigma * eps
+        torch.library.opcheck(BACKWARD_OP, (grad_z, grad_kl, mu.detach(), logvar.detach(), None), noise)
 
 
 def test_compile_fullgraph_aot_eager():

@@ -31,9 +31,14 @@ def main(path: str) -> None:
     for name, case in inputs.items():
         mu, logvar, eps, seed = case["mu"], case["logvar"], case.get("eps"), case.get("seed")
         z, kl = kernels.reparametrize_kl_forward(mu, logvar, eps, seed, slices=case.get("slices"))
-        grad_mu, grad_logvar = kernels.reparametrize_kl_backward(
-            case.get("grad_z"), case.get("grad_kl"), mu, logvar, z)
-        results[name] = dict(z=z, kl=kl, grad_mu=grad_mu, grad_logvar=grad_logvar)
+        results[name] = dict(z=z, kl=kl)
+        # The backward with sigma * eps from each source the case has: z - mu, eps, the
+        # noise re-drawn from the seed.
+        sources = dict(z=dict(z=z), eps=dict(eps=eps), seed=dict(seed=seed))
+        for source, given in sources.items():
+            if all(value is not None for value in given.values()):
+                results[name]["grads_" + source] = kernels.reparametrize_kl_backward(
+                    case.get("grad_z"), case.get("grad_kl"), mu, logvar, **given, slices=case.get("slices"))
     # Triton's own randn4x for key 1234, counters 0..63 (row 0 of a zero offset).
     own = torch.empty(256, dtype=torch.float32)
     _triton_randn4x[(1,)](1234, own, N_GROUPS=64)

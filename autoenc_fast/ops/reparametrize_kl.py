@@ -23,7 +23,7 @@ def _reparametrize_kl_fake(mu, logvar, eps, seed):
 
 
 @torch.library.register_fake(BACKWARD_OP)
-def _reparametrize_kl_backward_fake(grad_z, grad_kl, mu, logvar, z):
+def _reparametrize_kl_backward_fake(grad_z, grad_kl, mu, logvar, z, eps=None, seed=None):
     shape = dict(dtype=mu.dtype, device=mu.device)
     return torch.empty(mu.shape, **shape), torch.empty(mu.shape, **shape)
 
@@ -42,11 +42,11 @@ def _register_triton_kernels() -> None:
             return reparametrize_kl_forward(mu, logvar, eps, seed)
 
     @torch.library.impl(BACKWARD_OP, "CUDA")
-    def _reparametrize_kl_backward_cuda(grad_z, grad_kl, mu, logvar, z):
+    def _reparametrize_kl_backward_cuda(grad_z, grad_kl, mu, logvar, z, eps=None, seed=None):
         from ..triton.reparametrize_kl import reparametrize_kl_backward
 
         with torch.cuda.device(mu.device):
-            return reparametrize_kl_backward(grad_z, grad_kl, mu, logvar, z)
+            return reparametrize_kl_backward(grad_z, grad_kl, mu, logvar, z, eps, seed)
 
 
 if importlib.util.find_spec("triton") is not None:

@@ -27,8 +27,19 @@ def check(shape, dtype):
         torch.testing.assert_close(z.float(), z_ref, atol=tol, rtol=tol)
         torch.testing.assert_close(kl.float(), kl_ref.float(), atol=tol * 10, rtol=tol)
         grad_z, grad_kl = torch.randn_like(z), torch.randn_like(kl)
+        # sigma * eps from z - mu (rounded as z is: only run), from eps, or re-drawn from the
+        # seed (both against the float32 formula with the reference's noise).
+        sources = [dict(z=z), dict(z=None, eps=args[0], seed=args[1])]
         for gz, gkl in [(grad_z, grad_kl), (grad_z, None), (None, grad_kl)]:
-            BACKWARD_OP(gz, gkl, mu, logvar, z)
+            for given in sources:
+                grad_mu, grad_logvar = BACKWARD_OP(gz, gkl, mu, logvar, **given)
+            sigma_eps = 0 if eps_ref is None else (0.5 * logvar.float()).exp() * eps_ref.float()
+            gz32 = 0 if gz is None else gz.float()
+            gkl32 = 0 if gkl is None else gkl.float().view(-1, *[1] * (mu.dim() - 1))
+            torch.testing.assert_close(grad_mu.float(), gz32 + gkl32 * mu.float() + 0 * mu.float(), atol=tol,
+                                       rtol=tol)
+            expected = 0.5 * gz32 * sigma_eps + 0.5 * gkl32 * (logvar.float().exp() - 1) + 0 * mu.float()
+            torch.testing.assert_close(grad_logvar.float(), expected, atol=tol * 10, rtol=tol)
     torch.cuda.synchronize()
 
 

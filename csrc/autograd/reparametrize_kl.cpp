@@ -1,8 +1,16 @@
-// Autograd of autoenc_fast::reparametrize_kl, without storing eps:
-//   forward   z, kl = reparametrize_kl(mu, logvar, eps, seed)          saves mu, logvar, z
-//   backward  dmu, dlogvar = reparametrize_kl_backward(dz, dkl, mu, logvar, z)
-//             (sigma * eps = z - mu; an output the loss does not use arrives undefined
-//             and its term is skipped). eps and seed get no gradient: the noise is data.
+// Autograd of autoenc_fast::reparametrize_kl, without storing a noise tensor of its own:
+//   forward   z, kl = reparametrize_kl(mu, logvar, eps, seed)
+//   backward  dmu, dlogvar = reparametrize_kl_backward(dz, dkl, mu, logvar, z?, eps?, seed?)
+// logvar's gradient through z needs sigma * eps:
+//   - eps given: from eps (saved; the caller holds it anyway);
+//   - drawn from seed on a GPU or in a half type: re-drawn from the saved seed (two int64).
+//     z - mu would carry z's rounding, |mu| / sigma times eps's own: a few percent of the
+//     gradient in bfloat16 (README); the GPU's forward draws at copy bandwidth;
+//   - drawn from seed in float32/float64 on the CPU: z - mu from the saved z (drawing again
+//     would cost more than the rest of the backward; exact to 2^-24 |mu| / sigma in float32);
+//   - no noise: nothing (z = mu).
+// An output the loss does not use arrives undefined and its term is skipped. eps and seed
+// get no gradient: the noise is data.
 #include "dispatch.h"
 
 #include <torch/library.h>
@@ -16,7 +24,8 @@ using Outputs = std::tuple<at::Tensor, at::Tensor>;
 using ForwardSignature = Outputs(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
                                  const std::optional<at::Tensor>&);
 using BackwardSignature = Outputs(const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
-                                  const at::Tensor&, const at::Tensor&, const at::Tensor&);
+                                  const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+                                  const std::optional<at::Tensor>&, const std::optional<at::Tensor>&);
 
 Outputs reparametrize_kl_below_autograd(const at::Tensor& mu, const at::Tensor& logvar,
                                         const std::optional<at::Tensor>& eps, const std::optional<at::Tensor>& seed) {
@@ -30,11 +39,21 @@ std::optional<at::Tensor> defined_or_none(const at::Tensor& t) {
 
 Outputs reparametrize_kl_backward_autograd(const std::optional<at::Tensor>& grad_z,
                                            const std::optional<at::Tensor>& grad_kl, const at::Tensor& mu,
-                                           const at::Tensor& logvar, const at::Tensor& z) {
+                                           const at::Tensor& logvar, const std::optional<at::Tensor>& z,
+                                           const std::optional<at::Tensor>& eps,
+                                           const std::optional<at::Tensor>& seed) {
   static const auto op = find_op<BackwardSignature>("autoenc_fast::reparametrize_kl_backward");
-  return refuse_double_backward("autoenc_fast::reparametrize_kl_backward",
-                                {grad_z.value_or(at::Tensor()), grad_kl.value_or(at::Tensor()), mu, logvar, z},
-                                call_below_autograd(op, grad_z, grad_kl, mu, logvar, z));
+  return refuse_double_backward(
+      "autoenc_fast::reparametrize_kl_backward",
+      {grad_z.value_or(at::Tensor()), grad_kl.value_or(at::Tensor()), mu, logvar, z.value_or(at::Tensor()),
+       eps.value_or(at::Tensor())},
+      call_below_autograd(op, grad_z, grad_kl, mu, logvar, z, eps, seed));
+}
+
+// Whether the backward re-draws the noise from the seed instead of reading z (see the top).
+bool redraws_noise(const at::Tensor& mu) {
+  const auto dtype = mu.scalar_type();
+  return !mu.is_cpu() || dtype == at::kHalf || dtype == at::kBFloat16;
 }
 
 class ReparametrizeKlFunction : public torch::autograd::Function<ReparametrizeKlFunction> {
@@ -42,8 +61,12 @@ class ReparametrizeKlFunction : public torch::autograd::Function<ReparametrizeKl
   static variable_list forward(AutogradContext* ctx, const at::Tensor& mu, const at::Tensor& logvar,
                                const std::optional<at::Tensor>& eps, const std::optional<at::Tensor>& seed) {
     auto [z, kl] = reparametrize_kl_below_autograd(mu, logvar, eps, seed);
-    ctx->save_for_backward({mu, logvar, z});
-    ctx->saved_data["eps_needs_grad"] = eps.has_value() && eps->defined() && eps->requires_grad();
+    const bool has_eps = eps.has_value() && eps->defined(), has_seed = seed.has_value() && seed->defined();
+    // Saved: mu, logvar, then z, eps and seed (undefined where the backward does not need them).
+    const bool redraw = !has_eps && has_seed && redraws_noise(mu);
+    ctx->save_for_backward({mu, logvar, has_eps || redraw || !has_seed ? at::Tensor() : z,
+                            has_eps ? *eps : at::Tensor(), redraw ? *seed : at::Tensor()});
+    ctx->saved_data["eps_needs_grad"] = has_eps && eps->requires_grad();
     ctx->set_materialize_grads(false);
     return {z, kl};
   }
@@ -53,7 +76,8 @@ class ReparametrizeKlFunction : public torch::autograd::Function<ReparametrizeKl
     if (!grads[0].defined() && !grads[1].defined()) return result;
     const variable_list saved = ctx->get_saved_variables();
     std::tie(result[0], result[1]) = reparametrize_kl_backward_autograd(
-        defined_or_none(grads[0]), defined_or_none(grads[1]), saved[0], saved[1], saved[2]);
+        defined_or_none(grads[0]), defined_or_none(grads[1]), saved[0], saved[1], defined_or_none(saved[2]),
+        defined_or_none(saved[3]), defined_or_none(saved[4]));
     // A given eps that requires grad (rare: the noise is normally data): dz/deps = sigma =
     // exp(logvar / 2); kl does not depend on eps. ATen ops, so it differentiates again.
     if (ctx->saved_data["eps_needs_grad"].toBool() && grads[0].defined()) {

@@ -21,7 +21,9 @@
 #include <array>
 #include <cstdlib>
 #include <cstring>
+#include <tuple>
 #include <type_traits>
+#include <utility>
 
 #if defined(CPU_CAPABILITY_AVX2)
 #include <immintrin.h>
@@ -413,10 +415,12 @@ void forward_kernel(const at::Tensor& mu, const at::Tensor& logvar, const at::Te
   }
 }
 
+// sigma * eps = exp(logvar / 2) * noise when `noise` is set (eps given or re-drawn), else
+// z - mu (z == mu when the forward drew no noise).
 template <typename scalar_t, bool kHasGradZ, bool kHasGradKl>
-void backward_chunk(const scalar_t* grad_z, scalar_t grad_kl, const scalar_t* mu,
-                    const scalar_t* logvar, const scalar_t* z, scalar_t* grad_mu,
-                    scalar_t* grad_logvar, int64_t n) {
+void backward_chunk(const scalar_t* grad_z, scalar_t grad_kl, const scalar_t* mu, const scalar_t* logvar,
+                    const scalar_t* z, const scalar_t* noise, scalar_t* grad_mu, scalar_t* grad_logvar,
+                    int64_t n) {
   using Vec = at::vec::Vectorized<scalar_t>;
   const Vec half(0.5), one(1.0), gkl(grad_kl), half_gkl(grad_kl * scalar_t(0.5));
   for (int64_t i = 0; i < n; i += Vec::size()) {
@@ -425,8 +429,10 @@ void backward_chunk(const scalar_t* grad_z, scalar_t grad_kl, const scalar_t* mu
     Vec gmu(0.0), glv(0.0);
     if constexpr (kHasGradZ) {
       const Vec gz = Vec::loadu(grad_z + i, m);
+      const Vec sigma_eps = noise != nullptr ? vec_exp(Vec::loadu(logvar + i, m) * half) * Vec::loadu(noise + i, m)
+                                             : Vec::loadu(z + i, m) - mu_v;
       gmu = gz;
-      glv = half * gz * (Vec::loadu(z + i, m) - mu_v);
+      glv = half * gz * sigma_eps;
     }
     if constexpr (kHasGradKl) {
       gmu = at::vec::fmadd(gkl, mu_v, gmu);
@@ -437,24 +443,53 @@ void backward_chunk(const scalar_t* grad_z, scalar_t grad_kl, const scalar_t* mu
   }
 }
 
+// Where the backward takes sigma * eps from (see backward_chunk): `eps` when defined, the
+// forward's noise re-drawn from (key, offset) when `draw`, else `z`.
+struct NoiseSource {
+  at::Tensor eps, z;
+  bool draw = false;
+  uint64_t key = 0, offset = 0;
+};
+
 template <typename scalar_t, bool kHasGradZ, bool kHasGradKl>
 void backward_kernel(const at::Tensor& grad_z, const at::Tensor& grad_kl, const at::Tensor& mu,
-                     const at::Tensor& logvar, const at::Tensor& z, at::Tensor& grad_mu,
+                     const at::Tensor& logvar, const NoiseSource& source, at::Tensor& grad_mu,
                      at::Tensor& grad_logvar) {
   const int64_t rows = mu.size(0), row_len = rows == 0 ? 0 : mu.numel() / rows;
+  const uint64_t groups_per_row = static_cast<uint64_t>((row_len + 3) / 4);
   const scalar_t* gz_p = kHasGradZ ? grad_z.const_data_ptr<scalar_t>() : nullptr;
   const scalar_t* gkl_p = kHasGradKl ? grad_kl.const_data_ptr<scalar_t>() : nullptr;
   const scalar_t* mu_p = mu.const_data_ptr<scalar_t>();
   const scalar_t* lv_p = logvar.const_data_ptr<scalar_t>();
-  const scalar_t* z_p = z.const_data_ptr<scalar_t>();
+  const scalar_t* z_p = source.z.defined() ? source.z.const_data_ptr<scalar_t>() : mu_p;
+  const scalar_t* eps_p = source.eps.defined() ? source.eps.const_data_ptr<scalar_t>() : nullptr;
+  const bool draw = kHasGradZ && source.draw;  // only the dz term needs the noise
   scalar_t* gmu_p = grad_mu.mutable_data_ptr<scalar_t>();
   scalar_t* glv_p = grad_logvar.mutable_data_ptr<scalar_t>();
   for_each_row_slice(rows, row_len, [&](int64_t, int64_t row, int64_t d_begin, int64_t d_end) {
-    const int64_t at = row * row_len + d_begin;
-    backward_chunk<scalar_t, kHasGradZ, kHasGradKl>(
-        kHasGradZ ? gz_p + at : nullptr, kHasGradKl ? gkl_p[row] : scalar_t(0), mu_p + at,
-        lv_p + at, z_p + at, gmu_p + at, glv_p + at, d_end - d_begin);
+    alignas(64) scalar_t noise[kChunkElems];
+    const uint64_t row_counter = source.offset + static_cast<uint64_t>(row) * groups_per_row;
+    for (int64_t d = d_begin; d < d_end; d += kChunkElems) {
+      const int64_t n = std::min(kChunkElems, d_end - d), at = row * row_len + d;
+      const scalar_t* noise_p = eps_p != nullptr ? eps_p + at : nullptr;
+      if (draw) {
+        draw_row_noise(source.key, row_counter, d, n, noise);
+        noise_p = noise;
+      }
+      backward_chunk<scalar_t, kHasGradZ, kHasGradKl>(
+          kHasGradZ ? gz_p + at : nullptr, kHasGradKl ? gkl_p[row] : scalar_t(0), mu_p + at, lv_p + at, z_p + at,
+          noise_p, gmu_p + at, glv_p + at, n);
+    }
   });
+}
+
+// (key, offset) of a seed tensor on the CPU.
+std::pair<uint64_t, uint64_t> read_seed(const at::Tensor& seed) {
+  TORCH_CHECK(seed.device().is_cpu(), "reparametrize_kl: `seed` must be on the CPU like `mu`; got ",
+              seed.device());
+  const at::Tensor seed_cpu = seed.contiguous();
+  return {static_cast<uint64_t>(seed_cpu.const_data_ptr<int64_t>()[0]),
+          static_cast<uint64_t>(seed_cpu.const_data_ptr<int64_t>()[1])};
 }
 
 std::tuple<at::Tensor, at::Tensor> reparametrize_kl_cpu(const at::Tensor& mu_in,
@@ -465,8 +500,6 @@ std::tuple<at::Tensor, at::Tensor> reparametrize_kl_cpu(const at::Tensor& mu_in,
   TORCH_CHECK(mu_in.scalar_type() == at::kFloat || mu_in.scalar_type() == at::kDouble,
               "reparametrize_kl: the CPU kernel takes float32 or float64 `mu`; got ",
               mu_in.scalar_type());
-  TORCH_CHECK(!seed.has_value() || seed->device().is_cpu(),
-              "reparametrize_kl: `seed` must be on the CPU like `mu`; got ", seed->device());
   const at::Tensor mu = mu_in.contiguous(), logvar = logvar_in.contiguous();
   const at::Tensor eps = eps_in.has_value() ? eps_in->contiguous() : at::Tensor();
   at::Tensor z = at::empty(mu.sizes(), mu.options());
@@ -475,11 +508,7 @@ std::tuple<at::Tensor, at::Tensor> reparametrize_kl_cpu(const at::Tensor& mu_in,
 
   uint64_t key = 0, offset = 0;
   const bool draw_noise = !eps.defined() && seed.has_value();
-  if (draw_noise) {
-    const at::Tensor seed_cpu = seed->contiguous();
-    key = static_cast<uint64_t>(seed_cpu.const_data_ptr<int64_t>()[0]);
-    offset = static_cast<uint64_t>(seed_cpu.const_data_ptr<int64_t>()[1]);
-  }
+  if (draw_noise) std::tie(key, offset) = read_seed(*seed);
   AT_DISPATCH_FLOATING_TYPES(mu.scalar_type(), "reparametrize_kl_cpu", [&] {
     forward_kernel<scalar_t>(mu, logvar, eps, draw_noise, key, offset, z, kl);
   });
@@ -488,22 +517,32 @@ std::tuple<at::Tensor, at::Tensor> reparametrize_kl_cpu(const at::Tensor& mu_in,
 
 std::tuple<at::Tensor, at::Tensor> reparametrize_kl_backward_cpu(
     const std::optional<at::Tensor>& grad_z_in, const std::optional<at::Tensor>& grad_kl_in,
-    const at::Tensor& mu_in, const at::Tensor& logvar_in, const at::Tensor& z_in) {
-  check_reparametrize_kl_backward_inputs(grad_z_in, grad_kl_in, mu_in, logvar_in, z_in);
-  const at::Tensor mu = mu_in.contiguous(), logvar = logvar_in.contiguous(), z = z_in.contiguous();
+    const at::Tensor& mu_in, const at::Tensor& logvar_in, const std::optional<at::Tensor>& z,
+    const std::optional<at::Tensor>& eps, const std::optional<at::Tensor>& seed) {
+  check_reparametrize_kl_backward_inputs(grad_z_in, grad_kl_in, mu_in, logvar_in, z, eps, seed);
+  const at::Tensor mu = mu_in.contiguous(), logvar = logvar_in.contiguous();
   const at::Tensor grad_z = grad_z_in.has_value() ? grad_z_in->contiguous() : at::Tensor();
   const at::Tensor grad_kl = grad_kl_in.has_value() ? grad_kl_in->contiguous() : at::Tensor();
   at::Tensor grad_mu = at::empty(mu.sizes(), mu.options());
   at::Tensor grad_logvar = at::empty(mu.sizes(), mu.options());
   if (mu.numel() == 0) return {grad_mu, grad_logvar};
+  NoiseSource source;
+  if (eps.has_value()) {
+    source.eps = eps->contiguous();
+  } else if (seed.has_value()) {
+    source.draw = true;
+    std::tie(source.key, source.offset) = read_seed(*seed);
+  } else if (z.has_value()) {
+    source.z = z->contiguous();
+  }
   AT_DISPATCH_FLOATING_TYPES(mu.scalar_type(), "reparametrize_kl_backward_cpu", [&] {
     const bool has_gz = grad_z.defined(), has_gkl = grad_kl.defined();
     if (has_gz && has_gkl) {
-      backward_kernel<scalar_t, true, true>(grad_z, grad_kl, mu, logvar, z, grad_mu, grad_logvar);
+      backward_kernel<scalar_t, true, true>(grad_z, grad_kl, mu, logvar, source, grad_mu, grad_logvar);
     } else if (has_gz) {
-      backward_kernel<scalar_t, true, false>(grad_z, grad_kl, mu, logvar, z, grad_mu, grad_logvar);
+      backward_kernel<scalar_t, true, false>(grad_z, grad_kl, mu, logvar, source, grad_mu, grad_logvar);
     } else if (has_gkl) {
-      backward_kernel<scalar_t, false, true>(grad_z, grad_kl, mu, logvar, z, grad_mu, grad_logvar);
+      backward_kernel<scalar_t, false, true>(grad_z, grad_kl, mu, logvar, source, grad_mu, grad_logvar);
     } else {
       grad_mu.zero_();
       grad_logvar.zero_();
