@@ -254,6 +254,8 @@ class _OriginalStyleEncoder(nn.Module):
         widths = [3, ndf, 2 * ndf, 4 * ndf, 8 * ndf, 8 * ndf, 8 * ndf]
         for i in range(6):
             conv = nn.utils.spectral_norm(nn.Conv2d(widths[i], widths[i + 1], 3, stride=2, padding=1))
+            del conv.bias  # as the original's get_nonspade_norm_layer does before a norm layer
+            conv.register_parameter("bias", None)
             self.add_module(f"layer{i + 1}", nn.Sequential(conv, nn.InstanceNorm2d(widths[i + 1], affine=False)))
         self.fc_mu = nn.Linear(8 * ndf * 16, z_dim)
         self.fc_var = nn.Linear(8 * ndf * 16, z_dim)
@@ -293,6 +295,16 @@ def test_original_encoder_state_dict_loads_strictly_both_ways():
         for a, b in zip(ours(image), original(image)):
             torch.testing.assert_close(a, b, **F64)
     original.load_state_dict(ours.state_dict(), strict=True)
+
+
+def test_encoder_state_dicts_from_before_the_bias_removal_still_load():
+    # The convolutions before instance norm had biases until 2026-11-28 (the original has
+    # none); a state dict that has them loads, and they change nothing.
+    ours = ConvEncoder(ngf=2, z_dim=8, input_size=32).double()
+    old = ours.state_dict() | {f"layer{i}.0.bias": torch.randn(w, dtype=torch.float64)
+                               for i, w in zip(range(1, 4), (2, 4, 8))}
+    ours.load_state_dict(old, strict=True)
+    assert not any(name.endswith("0.bias") for name in ours.state_dict())
 
 
 # ---------------------------------------------------------------- one optimizer step

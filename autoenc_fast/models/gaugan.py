@@ -202,12 +202,21 @@ class ConvEncoder(nn.Module):
         widths = [ngf * min(2**i, 8) for i in range(depth)]
         cin = 3
         for i, width in enumerate(widths, start=1):
-            conv = _maybe_spectral(nn.Conv2d(cin, width, 3, stride=2, padding=1), spectral_norm)
+            # No bias, as the original (its norm layer helper deletes it): instance norm
+            # would subtract it again.
+            conv = _maybe_spectral(nn.Conv2d(cin, width, 3, stride=2, padding=1, bias=False), spectral_norm)
             self.add_module(f"layer{i}", nn.Sequential(conv, nn.InstanceNorm2d(width, affine=False)))
             cin = width
         self.depth = depth
+        self._register_load_state_dict_pre_hook(self._drop_convolution_biases)
         self.fc_mu = nn.Linear(widths[-1] * 16, z_dim)
         self.fc_var = nn.Linear(widths[-1] * 16, z_dim)
+
+    def _drop_convolution_biases(self, state_dict, prefix, *args) -> None:
+        """State dicts saved before the convolutions lost their biases (autoenc_fast <=
+        2026-11-28) still load: those biases had no effect on any output."""
+        for i in range(1, self.depth + 1):
+            state_dict.pop(f"{prefix}layer{i}.0.bias", None)
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         check_maps(image, 3, "image", "ConvEncoder")  # any H, W: resized to input_size below
