@@ -117,7 +117,8 @@ def _add_train_parser(sub) -> None:
         p = families.add_parser(family.name, help=family.help, description=family.help)
         p.add_argument("--data", type=Path, help="a folder of images (gaugan: DIR/images and DIR/labels); "
                                                  "default: the embedded data set")
-        p.add_argument("--epochs", type=COUNT, default=5, help="passes over the data (default 5)")
+        p.add_argument("--epochs", type=COUNT, help="passes over the data (default 5; with --max-steps, as many "
+                                                    "as its steps take)")
         p.add_argument("--max-steps", type=STEPS, default=0, help="stop after this many steps (0: no limit)")
         p.add_argument("--batch-size", type=COUNT, default=family.batch_size,
                        help="images a step in each process (default %(default)s)")

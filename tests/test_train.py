@@ -111,6 +111,19 @@ def test_resume_across_an_epoch_boundary(tmp_path):
     assert losses(split) == losses(whole) and len(losses(whole)) == 6
 
 
+def test_max_steps_alone_is_not_cut_short_by_the_default_epochs(tmp_path):
+    # 40 images at batch 16: 2 steps an epoch. --max-steps 12 used to stop after the default
+    # 5 epochs' 10 steps; with --epochs given as well, both bound the run.
+    folder = _image_folder(tmp_path / "data", 40, colour=False)
+    common = ["--data", str(folder), "--checkpoint-every", "0"]
+    assert train(tmp_path / "steps", "vae", *common, "--max-steps", "12") == 0
+    assert len(losses(tmp_path / "steps")) == 12
+    assert train(tmp_path / "both", "vae", *common, "--max-steps", "12", "--epochs", "2") == 0
+    assert len(losses(tmp_path / "both")) == 4
+    assert train(tmp_path / "default", "vae", *common) == 0
+    assert len(losses(tmp_path / "default")) == 10
+
+
 def _image_folder(folder: Path, count: int, colour: bool) -> Path:
     from PIL import Image
 

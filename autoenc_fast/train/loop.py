@@ -281,10 +281,7 @@ def _train(args, rank: int, world: int) -> dict:
 
     sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=args.seed,
                                  drop_last=True)
-    steps_per_epoch = len(sampler) // args.batch_size
-    total = steps_per_epoch * args.epochs
-    if args.max_steps:
-        total = min(total, args.max_steps)
+    total = _total_steps(len(sampler) // args.batch_size, args.epochs, args.max_steps)
     progress = _progress(run, total, step)
     # This session's work: images/s is over the training steps alone (data, forward, backward,
     # optimizer), not the checkpoints and pictures written between them.
@@ -341,6 +338,17 @@ def _train(args, rank: int, world: int) -> dict:
                "final_loss": history[-1]["loss"] if history else None, "out": str(run.out)}
     run.write_json("summary.json", summary)
     return summary
+
+
+DEFAULT_EPOCHS = 5
+
+
+def _total_steps(steps_per_epoch: int, epochs: int | None, max_steps: int) -> int:
+    """The run's last step: --epochs and --max-steps both bound it when given; --max-steps
+    alone is not cut short by the default epoch count, which applies when neither is."""
+    if epochs is None:
+        return max_steps or steps_per_epoch * DEFAULT_EPOCHS
+    return min(steps_per_epoch * epochs, max_steps) if max_steps else steps_per_epoch * epochs
 
 
 def _progress(run: RunFolder, total: int, initial: int):
