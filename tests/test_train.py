@@ -124,6 +124,25 @@ def test_max_steps_alone_is_not_cut_short_by_the_default_epochs(tmp_path):
     assert len(losses(tmp_path / "default")) == 10
 
 
+@pytest.mark.parametrize("channels", [None, 1, 3])
+def test_16_bit_grey_images_are_scaled_to_8_bits(tmp_path, channels):
+    # PIL's convert("L") clipped 16-bit values at 255: every pixel of these came out white.
+    import numpy as np
+    from PIL import Image
+
+    from autoenc_fast.train.data import image_folder
+
+    folder = tmp_path / "g16"
+    folder.mkdir()
+    values = torch.randint(0, 65536, (3, 8, 8), dtype=torch.int32)
+    for i, plane in enumerate(values):
+        Image.fromarray(plane.numpy().astype(np.uint16)).save(folder / f"{i}.png")
+    images = image_folder(folder, 8, channels, log=lambda line: None).images
+    expected = (values.double() / 257).round().to(torch.uint8).unsqueeze(1)
+    assert images.shape == (3, 3 if channels == 3 else 1, 8, 8)
+    assert torch.equal(images, expected.expand_as(images))
+
+
 def _image_folder(folder: Path, count: int, colour: bool) -> Path:
     from PIL import Image
 

@@ -162,9 +162,26 @@ def _decode(path: Path, mode: str | None):
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as image:
                 image.load()  # decodes now: truncated data raises here
-                return image.convert(mode) if mode else image.copy()
+                return _to_8_bits(image).convert(mode) if mode else image.copy()
     except (OSError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning, SyntaxError):
         return None
+
+
+# Grey images wider than 8 bits: 16-bit ("I;16*") and the 32-bit integers ("I") that PIL
+# opens 16-bit PGM, TIFF and, before Pillow 10, PNG files as.
+WIDE_GREY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def _to_8_bits(image):
+    """A 16-bit grey image scaled to 8 bits (v / 257, rounded): PIL's convert("L") and
+    convert("RGB") clip its values at 255 instead, which turns nearly every pixel white."""
+    if image.mode not in WIDE_GREY_MODES:
+        return image
+    import numpy as np
+    from PIL import Image
+
+    values = np.asarray(image).astype(np.float64)
+    return Image.fromarray(np.clip(np.rint(values / 257), 0, 255).astype(np.uint8))  # 2-D uint8: "L"
 
 
 def _pil_to_tensor(image) -> torch.Tensor:
