@@ -71,6 +71,22 @@ def _rng_state(device: torch.device) -> dict:
     return state
 
 
+def _rng_states(device: torch.device, world: int) -> list[dict]:
+    """Every process's RNG state in rank order (each draws its own noise and dropout). Under
+    torchrun a collective: every rank calls it, at the same steps."""
+    state = _rng_state(device)
+    if world == 1:
+        return [state]
+    states = [None] * world
+    dist.all_gather_object(states, state)
+    return states
+
+
+def _resumed_rng_state(saved, rank: int) -> dict:
+    """This rank's state; checkpoints from before 2026-11-28 hold rank 0's alone (a dict)."""
+    return saved[rank] if isinstance(saved, list) else saved
+
+
 def _set_rng_state(state: dict, device: torch.device) -> None:
     torch.set_rng_state(state["cpu"])
     if device.type == "cuda" and "cuda" in state:
@@ -199,11 +215,11 @@ def _check_resume_options(state: dict, args, world: int) -> None:
                           f"{detail}. Drop them, or start a new run in another --out")
 
 
-def _state(step, epoch, batch_in_epoch, optimizers, history, device, scaler, args, world) -> dict:
+def _state(step, epoch, batch_in_epoch, optimizers, history, rng, scaler, args, world) -> dict:
     return {"step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
             "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
             "scaler": scaler.state_dict() if scaler is not None else None,
-            "rng": _rng_state(device), "history": history, "options": _run_options(args, world)}
+            "rng": rng, "history": history, "options": _run_options(args, world)}
 
 
 def _batch_to(batch, device):
@@ -271,7 +287,7 @@ def _train(args, rank: int, world: int) -> dict:
             scaler.load_state_dict(state["scaler"])
         step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         history = state["history"]
-        _set_rng_state(state["rng"], device)
+        _set_rng_state(_resumed_rng_state(state["rng"], rank), device)
         run.trim_metrics(step)
         run.log(f"resumed from step {step} (epoch {epoch + 1}, batch {batch_in_epoch})")
     trained = _wrap(modules, args, device, world)
@@ -288,9 +304,10 @@ def _train(args, rank: int, world: int) -> dict:
     started, first_step, step_seconds, images_seen, last_batch = time.perf_counter(), step, 0.0, 0, None
 
     def save(step, epoch, batch_in_epoch):
+        rng = _rng_states(device, world)  # on every rank: they all continue their own streams
         if run.enabled:
             checkpoint.save_checkpoint(run.checkpoints, step, modules,
-                                       _state(step, epoch, batch_in_epoch, optimizers, history, device, scaler,
+                                       _state(step, epoch, batch_in_epoch, optimizers, history, rng, scaler,
                                               args, world))
 
     while step < total:
