@@ -624,6 +624,21 @@ def test_gaugan_label_maps_are_read_as_the_class_ids_stored(tmp_path):
     assert torch.equal(read[2].long(), grey_ids.long())
 
 
+def test_gaugan_refuses_a_batch_of_one_at_a_1x1_latent_naming_the_option(tmp_path, capsys):
+    # Batch statistics of one value per channel: spade_norm's error came as a traceback from
+    # the first step, after the run folder was made.
+    run = tmp_path / "run"
+    assert main(["train", "gaugan", "--out", str(run), "--device", "cpu", "--no-speedup", *TINY["gaugan"],
+                 "--batch-size", "1", "--max-steps", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "--batch-size 1: GauGAN's batch statistics at its 1x1 latent map (--image-size 32) need at least 2 " \
+        "images a step over all processes" in err and "Traceback" not in err
+    assert not run.exists()
+    assert main(["train", "gaugan", "--out", str(run), "--device", "cpu", "--no-speedup", "--ngf", "2",
+                 "--ndf", "4", "--z-dim", "4", "--spade-hidden", "4", "--n-layers-d", "2", "--image-size", "64",
+                 "--batch-size", "1", "--max-steps", "1"]) == 0  # a 2x2 latent map: 4 values a channel
+
+
 @pytest.mark.parametrize("mode", ["RGB", "RGBA"])
 def test_gaugan_refuses_a_colour_coded_label_map_naming_it(tmp_path, capsys, mode):
     from PIL import Image

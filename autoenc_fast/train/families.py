@@ -15,6 +15,7 @@ from torch import nn
 
 from . import data
 from .optim import adam
+from .errors import OptionError
 from .options import COUNT, STEPS, WEIGHT
 
 
@@ -70,6 +71,9 @@ class Family:
 
     def build(self, args) -> dict:
         raise NotImplementedError
+
+    def check_batch(self, modules: dict, args, world: int) -> None:
+        """Refuses, naming --batch-size, a batch the built model cannot train on."""
 
     def optimizers(self, modules: dict, args) -> dict:
         return {"model": adam(modules["model"].parameters(), lr=args.lr)}
@@ -334,6 +338,14 @@ class GauGANFamily(Family):
         if args.use_vae:
             modules["encoder"] = ConvEncoder(ngf=args.ngf, z_dim=args.z_dim, input_size=args.image_size)
         return modules
+
+    def check_batch(self, modules, args, world):
+        # The generator's first SPADE blocks normalize with batch statistics over every
+        # process: at a 1x1 latent map, one value per sample.
+        generator = modules["generator"]
+        if generator.sh * generator.sw == 1 and args.batch_size * world < 2:
+            raise OptionError(f"--batch-size {args.batch_size}: GauGAN's batch statistics at its 1x1 latent map "
+                              f"(--image-size {args.image_size}) need at least 2 images a step over all processes")
 
     def optimizers(self, modules, args):
         trained = [p for name in ("generator", "encoder") if name in modules for p in modules[name].parameters()]

@@ -272,6 +272,7 @@ def _train(args, rank: int, world: int) -> dict:
         raise DataError(f"--batch-size {args.batch_size}: the data has only {len(dataset)} image(s) "
                         f"for {world} process(es)")
     modules = _build(family, args, device)
+    family.check_batch(modules, args, world)
     optimizers = family.optimizers(modules, args)
     autocast, scaler = _autocast(args, device)
     # Each process draws different noise and dropout; the weights start equal (DDP broadcasts rank 0's).
