@@ -242,7 +242,8 @@ def test_spade_norm_updates_the_running_statistics_as_the_cpu_kernel(emu, layout
     outputs = emu.spade_norm(x, gamma, beta, *running, True, False, 0.3, 1e-5, 0.2)
     for actual, want in zip(outputs, torch.ops.autoenc_fast.spade_norm(x, gamma, beta, *expected, True, False, 0.3,
                                                                       1e-5, 0.2)):
-        assert relative_error(actual, want) < 1e-6
+        # float32 x: statistics summed in another order than the CPU kernel's (1.03e-6 seen)
+        assert relative_error(actual, want) < TOLERANCE[torch.float32]
     for actual, want, dtype in zip(running, expected, dtypes):
         # float32 batch statistics summed in another order: their rounding, or the buffer's
         assert actual.dtype == dtype and relative_error(actual, want) < max(TOLERANCE[dtype], 1e-6)
