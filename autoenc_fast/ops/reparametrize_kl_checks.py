@@ -28,9 +28,11 @@ def check_inputs(mu, logvar, eps=None, seed=None) -> None:
     check_same_as_mu(logvar, "logvar", mu)
     if eps is not None:
         check_same_as_mu(eps, "eps", mu)
-    if seed is not None and (seed.dtype != torch.int64 or seed.numel() != 2):
+    if seed is None:
+        return
+    if seed.dtype != torch.int64 or seed.numel() != 2:
         raise TypeError("reparametrize_kl: `seed` must be an int64 tensor of two elements "
                         f"(key, offset); got {seed.dtype} of shape {tuple(seed.shape)}")
-    if seed is not None and seed.device.type != "cpu" and seed.device != mu.device:
+    if seed.device.type != "cpu" and seed.device != mu.device:
         raise ValueError(f"reparametrize_kl: `seed` must be on the CPU or on mu's device {mu.device}; "
                          f"got {seed.device}")

@@ -483,10 +483,8 @@ void backward_kernel(const at::Tensor& grad_z, const at::Tensor& grad_kl, const 
   });
 }
 
-// (key, offset) of a seed tensor on the CPU.
+// (key, offset) of a seed tensor, on the CPU like mu (check_reparametrize_kl_seed).
 std::pair<uint64_t, uint64_t> read_seed(const at::Tensor& seed) {
-  TORCH_CHECK(seed.device().is_cpu(), "reparametrize_kl: `seed` must be on the CPU like `mu`; got ",
-              seed.device());
   const at::Tensor seed_cpu = seed.contiguous();
   return {static_cast<uint64_t>(seed_cpu.const_data_ptr<int64_t>()[0]),
           static_cast<uint64_t>(seed_cpu.const_data_ptr<int64_t>()[1])};
