@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -71,8 +72,7 @@ def _cmd_train(args) -> int:
     if absent:
         raise UsageError(missing_message(absent, f"autoenc-fast train {args.family}"))
     args.out = Path(args.out or f"runs/{args.family}")
-    if args.out.exists() and not args.out.is_dir():
-        raise UsageError(f"--out {args.out} is a file; the run folder must be a directory (or not exist yet)")
+    _check_out_folder(args.out)
     if not args.resume and latest_step(args.out / "checkpoints") is not None:
         raise UsageError(f"--out {args.out} already holds a run; pass --resume to continue it, "
                          "or choose another --out")
@@ -91,6 +91,29 @@ def _cmd_train(args) -> int:
             print(f"training step (float32, eager): fused {timing['fused_ms']:.2f} ms, reference "
                   f"{timing['reference_ms']:.2f} ms -> fused is {timing['speedup']:.2f}x the reference")
     return 0
+
+
+def _nearest_existing(path: Path) -> Path:
+    """`path` if it exists, else its nearest ancestor that does (the current folder at worst);
+    a broken symbolic link counts as existing: mkdir cannot make a folder there either."""
+    return next((p for p in (path, *path.parents) if os.path.lexists(p)), Path("."))
+
+
+def _not_a_folder(path: Path) -> str:
+    """What `path` (which exists and is no folder) is, for an error message."""
+    return "a broken symbolic link" if not path.exists() else "a file"
+
+
+def _check_out_folder(out: Path) -> None:
+    """The run folder and its checkpoints/ are made (with missing parents) once the data and
+    model are ready; a file at any of those paths would fail the mkdir with a traceback, after
+    the data was decoded or steps were trained. Refused now instead."""
+    found = _nearest_existing(out / "checkpoints")
+    if found.is_dir():
+        return
+    where = f"--out {out}" if found == out else f"--out {out}: {found}"
+    raise UsageError(f"{where} is {_not_a_folder(found)}, not a folder; the run folder, its parents and its "
+                     "checkpoints/ must be folders (or not exist yet)")
 
 
 def _summary_line(summary: dict) -> str:

@@ -727,12 +727,23 @@ def test_train_reports_a_model_its_options_cannot_make_in_one_line(tmp_path, cap
     assert f"autoenc-fast: error: {message}" in err and "Traceback" not in err
 
 
-def test_train_refuses_an_out_that_is_a_file(tmp_path, capsys):
-    out = tmp_path / "run"
-    out.write_text("not a folder")
+@pytest.mark.parametrize("file, out, message", [
+    ("run", "run", "--out {out} is a file, not a folder"),
+    # A file above --out, or at its checkpoints/, failed mkdir with a NotADirectoryError or
+    # FileExistsError traceback once the data was decoded (checkpoints/: after the first steps).
+    ("runs", "runs/vae/1", "--out {out}: {file} is a file, not a folder"),
+    ("run/checkpoints", "run", "--out {out}: {file} is a file, not a folder"),
+])
+def test_train_refuses_an_out_that_is_or_lies_in_a_file(tmp_path, capsys, monkeypatch, file, out, message):
+    file, out = tmp_path / file, tmp_path / out
+    file.parent.mkdir(exist_ok=True)
+    file.write_text("not a folder")
+    family = FAMILIES["vae"]
+    monkeypatch.setattr(family, "dataset", lambda *a: pytest.fail("the data was read before --out was checked"))
     assert main(["train", "vae", "--out", str(out), "--device", "cpu"]) == 2
-    assert f"--out {out} is a file" in capsys.readouterr().err
-    assert out.read_text() == "not a folder"
+    err = capsys.readouterr().err
+    assert message.format(out=out, file=file) in err and "Traceback" not in err
+    assert file.read_text() == "not a folder"
 
 
 @pytest.mark.parametrize("flag", ["--json", "--png"])
