@@ -24,9 +24,8 @@ def _cmd_bench(args) -> int:
         raise UsageError("--no-models and --model contradict each other: name the model steps to time, "
                          "or leave them out")
     for flag, path in (("--json", args.json), ("--png", args.png)):
-        folder = Path(path).resolve().parent if path else None
-        if folder is not None and not folder.is_dir():  # known before minutes of measuring, not after
-            raise UsageError(f"{flag} {path}: the folder {folder} does not exist")
+        if path:  # known before minutes of measuring, not as a traceback after them
+            _check_output_file(flag, Path(path))
     if args.png:
         from .train.extras import missing, missing_message
 
@@ -59,6 +58,19 @@ def _cmd_bench(args) -> int:
     if args.json:  # rewritten by keep() after every row, the last time with them all
         print(f"wrote {args.json}")
     return 0
+
+
+def _check_output_file(flag: str, path: Path) -> None:
+    """`path` can be written as a file: it is no folder, and its folder exists."""
+    if path.is_dir():
+        raise UsageError(f"{flag} {path} is a folder; name a file (in it, or elsewhere)")
+    folder = path.absolute().parent
+    if folder.is_dir():
+        return
+    found = _nearest_existing(folder)
+    if found.is_dir():
+        raise UsageError(f"{flag} {path}: the folder {folder} does not exist")
+    raise UsageError(f"{flag} {path}: {found} is {_not_a_folder(found)}, not a folder")
 
 
 def _cmd_train(args) -> int:

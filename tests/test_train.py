@@ -747,13 +747,21 @@ def test_train_refuses_an_out_that_is_or_lies_in_a_file(tmp_path, capsys, monkey
 
 
 @pytest.mark.parametrize("flag", ["--json", "--png"])
-def test_bench_refuses_an_output_in_a_missing_folder_before_measuring(tmp_path, capsys, flag):
+@pytest.mark.parametrize("target, message", [
+    ("missing/out.file", "{flag} {target}: the folder {tmp}/missing does not exist"),
+    # These measured every row, then failed writing the file with an IsADirectoryError or
+    # NotADirectoryError traceback.
+    (".", "{flag} {target} is a folder; name a file"),
+    ("a-file/out.file", "{flag} {target}: {tmp}/a-file is a file, not a folder"),
+])
+def test_bench_refuses_an_output_it_cannot_write_before_measuring(tmp_path, capsys, flag, target, message):
     """It used to measure the first row, then fail writing the file with a traceback."""
-    target = tmp_path / "missing" / "out.file"
+    (tmp_path / "a-file").write_text("")
+    target = tmp_path / target
     assert main(["bench", "--quick", "--device", "cpu", "--op", "reparametrize_kl", "--no-models",
                  flag, str(target)]) == 2
     captured = capsys.readouterr()
-    assert f"{flag} {target}: the folder {target.parent} does not exist" in captured.err
+    assert message.format(flag=flag, target=target, tmp=tmp_path) in captured.err
     assert "reparametrize_kl" not in captured.out + captured.err  # nothing was measured
 
 
