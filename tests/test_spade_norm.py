@@ -326,6 +326,32 @@ def test_large_mean_small_std_statistics():
 
 
 @needs_ext
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("norm", ["batch", "instance"])
+@pytest.mark.parametrize("channels_last", [False, True])
+# 16x16 maps over 512 KiB take the CPU's separate passes, 64x64 its cache-blocked ones.
+@pytest.mark.parametrize("shape", [(16, 8, 16, 16), (16, 4, 64, 64)])
+@pytest.mark.parametrize("outlier", [1e2, 1e4])
+def test_statistics_stay_accurate_when_a_group_starts_with_an_outlier(device, norm, channels_last, shape, outlier):
+    """Each group's first element far from the rest (a spike in the first pixel): shifting
+    the one-pass sums by that element alone lost (k - mean)^2 / var * 2^-24 of the variance
+    (y 8e-2 off at 1e3 in a 64x4x64x64 batch); float32 must stay at float32's accuracy."""
+    x, gamma, beta = make_inputs(shape, torch.float32, device, offset=0.0)
+    x[:, :, 0, 0] = outlier * (1 + torch.rand(shape[:2], device=device))
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    instance = norm == "instance"
+    mean, var = torch.ops.autoenc_fast.spade_norm_stats(x, instance)
+    dims = (2, 3) if instance else (0, 2, 3)
+    xd = x.double()
+    torch.testing.assert_close(mean.double().flatten(), xd.mean(dims).flatten(), atol=1e-5, rtol=1e-6)
+    torch.testing.assert_close(var.double().flatten(), xd.var(dims, unbiased=False).flatten(), atol=0, rtol=1e-5)
+    y = AF.spade_norm(x, gamma, beta, norm=norm)
+    y_ref = R.spade_norm(xd, gamma.double(), beta.double(), norm=norm)
+    torch.testing.assert_close(y.double(), y_ref, **TOLERANCES[torch.float32])
+
+
+@needs_ext
 @pytest.mark.parametrize("norm,training", CASES)
 @pytest.mark.parametrize("slope", [None, 0.3])
 @pytest.mark.parametrize("channels_last", [False, True])

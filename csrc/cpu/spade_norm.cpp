@@ -3,8 +3,12 @@
 // Statistics groups: per channel c over (N, H, W) for batch norm, per (n, c) over
 // (H, W) for instance norm; M elements per group.
 //   stats:    mean = k + S1 / M,  var = S2 / M - (S1 / M)^2  with  S1 = sum(x - k),
-//             S2 = sum((x - k)^2), shifted by k = the group's first element so the
-//             one-pass variance does not cancel catastrophically when |mean| >> std.
+//             S2 = sum((x - k)^2), k = the group's first element. The sums are taken per
+//             chunk about the chunk's own mean c (a first pass over the chunk, the second
+//             from cache): s1 = sum(x - c), s2 = sum((x - c)^2), and moved to k in float64,
+//             S1 += s1 + n d, S2 += s2 + d (2 s1 + n d) with d = c - k. No float32 sum
+//             cancels, whatever k is: shifting by k alone lost a 1e3 outlier's group to
+//             (k - mean)^2 / var * 2^-24 (8e-2 off in y at 64x4x64x64).
 //   apply:    xhat = (x - mean) * invstd,  z = xhat * (1 + gamma) + beta,
 //             y = z, or leaky_relu(z, slope) = (z > 0 ? z : slope * z).
 //   backward: dz = dy * (z > 0 ? 1 : slope) (z recomputed from x, never stored),
@@ -170,6 +174,29 @@ void for_each_step(const Geometry& geo, const ParamPtrs<T>& p, const Fn& fn) {
   });
 }
 
+// Statistics terms (x - c, (x - c)^2), params[0] = c; lanes past `count` masked to 0.
+// The reductions (row_sums, reduce_groups) recognise this term: they centre each chunk on
+// its own mean c before adding it, and return the sums moved to the shift params[0] = k.
+template <typename T>
+struct StatsTerm {
+  const T* x;
+  void operator()(int64_t i, int64_t /*pi*/, int64_t count, const Params<T>& v, Vec<T>& a1, Vec<T>& a2) const {
+    const Vec<T> d = Vec<T>::set(Vec<T>(T(0)), Vec<T>::loadu(x + i, count) - v[0], count);
+    a1 = a1 + d;
+    a2 = at::vec::fmadd(d, d, a2);
+  }
+};
+
+template <typename T>
+StatsTerm<T> stats_term(const T* xp) {
+  return {xp};
+}
+
+template <typename Fn>
+constexpr bool kCentredSums = false;
+template <typename T>
+constexpr bool kCentredSums<StatsTerm<T>> = true;
+
 template <typename T>
 double lane_sum(const Vec<T>& v) {
   alignas(64) T lanes[Vec<T>::size()];
@@ -179,23 +206,77 @@ double lane_sum(const Vec<T>& v) {
   return sum;
 }
 
+template <typename T>
+T first_lane(const Vec<T>& v) {
+  alignas(64) T lanes[Vec<T>::size()];
+  v.store(lanes);
+  return lanes[0];
+}
+
+// The mean of the `len` contiguous elements at x, rounded to T: a chunk's centre.
+template <typename T>
+T chunk_mean(const T* x, int64_t len) {
+  constexpr int64_t L = Vec<T>::size();
+  Vec<T> sum(T(0));
+  for (int64_t i = 0; i < len; i += L) sum = sum + Vec<T>::loadu(x + i, std::min(L, len - i));  // tail lanes load 0
+  return static_cast<T>(lane_sum(sum) / static_cast<double>(len));
+}
+
+// Adds sums taken about the centre c, s1 = sum(x - c) and s2 = sum((x - c)^2) over n
+// elements, to sums about the shift k: sum(x - k) = s1 + n d, sum((x - k)^2) = s2 + d (2 s1 + n d)
+// with d = c - k, in float64, where the large terms of an outlying k cancel harmlessly.
+inline void add_moved_sums(double n, double c, double k, double s1, double s2, double& t1, double& t2) {
+  const double d = c - k;
+  t1 += s1 + n * d;
+  t2 += s2 + d * (2 * s1 + n * d);
+}
+
 // (S1, S2) of fn over the `len` contiguous elements at `base` (at `pbase` in gamma and
 // beta), all of one group: vector partial sums over at most kChunk elements, added into
-// float64.
+// float64. The statistics term's chunks are each centred on their own mean first.
 template <typename T, typename Fn>
 std::pair<double, double> row_sums(int64_t base, int64_t pbase, int64_t len, const Params<T>& v, const Fn& fn) {
   constexpr int64_t L = Vec<T>::size();
   const Fn local = fn;
-  const Params<T> lv = v;
+  Params<T> lv = v;
   double t1 = 0, t2 = 0;
   for (int64_t i0 = 0; i0 < len; i0 += kChunk) {
     Vec<T> a1(T(0)), a2(T(0));
     const int64_t i1 = std::min(len, i0 + kChunk);
+    T centre = T(0);
+    if constexpr (kCentredSums<Fn>) {
+      centre = chunk_mean(local.x + base + i0, i1 - i0);
+      lv[0] = Vec<T>(centre);
+    }
     for (int64_t i = i0; i < i1; i += L) local(base + i, pbase + i, std::min(L, i1 - i), lv, a1, a2);
-    t1 += lane_sum(a1);
-    t2 += lane_sum(a2);
+    if constexpr (kCentredSums<Fn>) {
+      add_moved_sums(static_cast<double>(i1 - i0), centre, first_lane(v[0]), lane_sum(a1), lane_sum(a2), t1, t2);
+    } else {
+      t1 += lane_sum(a1);
+      t2 += lane_sum(a2);
+    }
   }
   return {t1, t2};
+}
+
+// channels_last statistics: centres each channel of a task (rows h0..h1 of sample n) on
+// its mean over those rows, params[cv][0], keeping the shift k in shifts[cv]; sums is
+// scratch. The rows are read again by the sums pass, from cache.
+template <typename T>
+void centre_on_task_means(const T* x, const Geometry& geo, int64_t n, int64_t h0, int64_t h1,
+                          std::vector<Params<T>>& params, std::vector<Vec<T>>& shifts, std::vector<Vec<T>>& sums) {
+  constexpr int64_t L = Vec<T>::size();
+  const int64_t vecs = static_cast<int64_t>(params.size());
+  for (int64_t h = h0; h < h1; ++h) {
+    const T* row = x + (n * geo.HW + h) * geo.C;
+    for (int64_t cv = 0; cv < vecs; ++cv) sums[cv] = sums[cv] + Vec<T>::loadu(row + cv * L, std::min(L, geo.C - cv * L));
+  }
+  const Vec<T> rows(static_cast<T>(h1 - h0));
+  for (int64_t cv = 0; cv < vecs; ++cv) {
+    shifts[cv] = params[cv][0];
+    params[cv][0] = sums[cv] / rows;
+    sums[cv] = Vec<T>(T(0));
+  }
 }
 
 // Per-group sums (s1, s2) of the two terms fn(offset, count, params, acc1, acc2) adds.
@@ -232,8 +313,8 @@ void reduce_groups(const Geometry& geo, const ParamPtrs<T>& p, const Fn& fn,
   at::parallel_for(0, tasks, grain_for(kRowsPerTask * geo.C), [&](int64_t b, int64_t e) {
     const Fn local = fn;
     std::vector<Params<T>> params(vecs);
-    std::vector<Vec<T>> acc1(vecs), acc2(vecs);
-    alignas(64) T lanes1[L], lanes2[L];
+    std::vector<Vec<T>> acc1(vecs), acc2(vecs), shifts(vecs);
+    alignas(64) T lanes1[L], lanes2[L], centres[L], lanes_k[L];
     for (int64_t t = b; t < e; ++t) {
       const int64_t n = t / per_sample, h0 = (t % per_sample) * kRowsPerTask;
       const int64_t h1 = std::min(geo.HW, h0 + kRowsPerTask);
@@ -242,6 +323,7 @@ void reduce_groups(const Geometry& geo, const ParamPtrs<T>& p, const Fn& fn,
         params[cv] = load_params(p, g0 + cv * L, std::min(L, geo.C - cv * L));
         acc1[cv] = acc2[cv] = Vec<T>(T(0));
       }
+      if constexpr (kCentredSums<Fn>) centre_on_task_means(local.x, geo, n, h0, h1, params, shifts, acc1);
       for (int64_t h = h0; h < h1; ++h) {
         const int64_t row = (n * geo.HW + h) * geo.C, prow = geo.param_row(n * geo.HW + h);
         for (int64_t cv = 0; cv < vecs; ++cv)
@@ -250,9 +332,20 @@ void reduce_groups(const Geometry& geo, const ParamPtrs<T>& p, const Fn& fn,
       for (int64_t cv = 0; cv < vecs; ++cv) {
         acc1[cv].store(lanes1);
         acc2[cv].store(lanes2);
+        if constexpr (kCentredSums<Fn>) {
+          params[cv][0].store(centres);
+          shifts[cv].store(lanes_k);
+        }
         for (int64_t j = 0; j < std::min(L, geo.C - cv * L); ++j) {
-          part1[t * geo.C + cv * L + j] = lanes1[j];
-          part2[t * geo.C + cv * L + j] = lanes2[j];
+          double& s1 = part1[t * geo.C + cv * L + j];
+          double& s2 = part2[t * geo.C + cv * L + j];
+          if constexpr (kCentredSums<Fn>) {
+            s1 = s2 = 0;
+            add_moved_sums(static_cast<double>(h1 - h0), centres[j], lanes_k[j], lanes1[j], lanes2[j], s1, s2);
+          } else {
+            s1 = lanes1[j];
+            s2 = lanes2[j];
+          }
         }
       }
     }
@@ -312,16 +405,6 @@ Pointers<T> pointers(const SpadeLaidOut& t, std::optional<double> slope, const S
           slope.has_value(),
           static_cast<T>(slope.value_or(0.0)),
           stream_output(t.x.numel(), sizeof(T))};
-}
-
-// Statistics terms (x - k, (x - k)^2), params[0] = k; lanes past `count` masked to 0.
-template <typename T>
-auto stats_term(const T* xp) {
-  return [xp](int64_t i, int64_t /*pi*/, int64_t count, const Params<T>& v, Vec<T>& a1, Vec<T>& a2) {
-    const Vec<T> d = Vec<T>::set(Vec<T>(T(0)), Vec<T>::loadu(xp + i, count) - v[0], count);
-    a1 = a1 + d;
-    a2 = at::vec::fmadd(d, d, a2);
-  };
 }
 
 // y = act(xhat * (1 + gamma) + beta), params = (mean, invstd).
