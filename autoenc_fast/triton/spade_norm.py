@@ -4,10 +4,13 @@ as issue 4 asks ("CUDA C++ or Triton, chosen by measurement"). Not registered as
 ``benchmarks/gpu_kernel_times.py`` times it beside the CUDA kernels on a GPU.
 
 NCHW, training statistics (batch: per channel over N, H, W; instance: per (n, c) over
-H, W), statistics and math in float32 (float64 for float64 x). With k the group's first
-element (a shift, so the one-pass variance does not cancel when |mean| >> std)::
+H, W), statistics and math in float32 (float64 for float64 x). Mean and variance by
+Welford's updates in each lane of a tile (lane l's n-th element x: d = x - mean_l,
+mean_l += d / n, M2_l += d * (x - mean_l)), the lanes then merged pairwise (Chan et al.:
+n = na + nb, d = mean_b - mean_a, mean = mean_a + d * nb / n, M2 = M2a + M2b + d^2 na nb / n),
+so no sum cancels, however far the group's mean lies from 0 or its elements from each other::
 
-    mean = k + S1 / M,  var = S2 / M - (S1 / M)^2,   S1 = sum(x - k), S2 = sum((x - k)^2)
+    mean = mean of the merged lanes,  var = M2 / M
     xhat = (x - mean) * invstd,  z = xhat * (1 + gamma) + beta,  y = z or leaky_relu(z)
 
 Backward, z recomputed from x (never stored)::
@@ -71,11 +74,10 @@ def _row_tile(C, HW, INSTANCE: tl.constexpr, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _group_sums(dy_ptr, x_ptr, gamma_ptr, beta_ptr, g, center, invstd, N, C, HW, slope, BACKWARD: tl.constexpr,
+def _group_sums(dy_ptr, x_ptr, gamma_ptr, beta_ptr, g, center, invstd, N, C, HW, slope,
                 INSTANCE: tl.constexpr, HAS_SLOPE: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
-    """(S1, S2) over statistics group g, its rows walked in BLOCK-wide tiles. Forward
-    (BACKWARD=False): the sums of x - center and (x - center)^2. Backward (center, invstd:
-    the forward's mean and invstd): the sums of dxhat and dxhat * xhat."""
+    """(A, B), the sums of dxhat and dxhat * xhat over statistics group g (center, invstd:
+    the forward's mean and invstd), its rows walked in BLOCK-wide tiles."""
     rows = 1 if INSTANCE else N
     acc1 = tl.zeros([BLOCK], dtype=ACC)
     acc2 = tl.zeros([BLOCK], dtype=ACC)
@@ -85,30 +87,42 @@ def _group_sums(dy_ptr, x_ptr, gamma_ptr, beta_ptr, g, center, invstd, N, C, HW,
             offs = start + tl.arange(0, BLOCK)
             mask = offs < HW
             at = base + offs
-            if BACKWARD:
-                xhat, one_g, z = _affine(x_ptr, gamma_ptr, beta_ptr, at, mask, center, invstd, ACC)
-                t1 = _dz(dy_ptr, at, mask, z, slope, HAS_SLOPE, ACC) * one_g  # masked lanes: dy = 0
-                t2 = t1 * xhat
-            else:
-                t1 = tl.where(mask, tl.load(x_ptr + at, mask=mask, other=0.0).to(ACC) - center, 0.0)
-                t2 = t1 * t1
+            xhat, one_g, z = _affine(x_ptr, gamma_ptr, beta_ptr, at, mask, center, invstd, ACC)
+            t1 = _dz(dy_ptr, at, mask, z, slope, HAS_SLOPE, ACC) * one_g  # masked lanes: dy = 0
             acc1 += t1
-            acc2 += t2
+            acc2 += t1 * xhat
     return tl.sum(acc1, axis=0), tl.sum(acc2, axis=0)
 
 
 @triton.jit
+def _welford_merge(mean_a, m2_a, n_a, mean_b, m2_b, n_b):
+    """Chan et al.'s merge of two (mean, M2, count) partials; an empty one changes nothing."""
+    n = n_a + n_b
+    w_b = tl.where(n > 0, n_b / tl.maximum(n, 1.0), 0.0)
+    d = mean_b - mean_a
+    return mean_a + d * w_b, m2_a + m2_b + d * d * n_a * w_b, n
+
+
+@triton.jit
 def _group_mean_var(x_ptr, g, N, C, HW, INSTANCE: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
-    """Group g's mean and biased variance, from the sums shifted by its first element."""
-    center = tl.load(x_ptr + _group_row(g, 0, C, INSTANCE).to(tl.int64) * HW).to(ACC)
-    s1, s2 = _group_sums(x_ptr, x_ptr, x_ptr, x_ptr, g, center, center, N, C, HW, 0.0, BACKWARD=False,
-                         INSTANCE=INSTANCE, HAS_SLOPE=False, ACC=ACC, BLOCK=BLOCK)
+    """Group g's mean and biased variance: Welford per lane, the lanes merged."""
     rows = 1 if INSTANCE else N
-    m = (rows * HW).to(ACC)
-    d_mean = s1 / m
-    var = s2 / m - d_mean * d_mean
-    # Rounding can leave a constant group's variance just below zero; NaN stays NaN.
-    return center + d_mean, tl.where(var < 0.0, 0.0, var)
+    mean = tl.zeros([BLOCK], dtype=ACC)
+    m2 = tl.zeros([BLOCK], dtype=ACC)
+    count = tl.zeros([BLOCK], dtype=ACC)
+    for n in range(0, rows):
+        base = _group_row(g, n, C, INSTANCE).to(tl.int64) * HW
+        for start in range(0, HW, BLOCK):
+            offs = start + tl.arange(0, BLOCK)
+            mask = offs < HW
+            x = tl.load(x_ptr + base + offs, mask=mask, other=0.0).to(ACC)
+            count += mask.to(ACC)
+            d = tl.where(mask, x - mean, 0.0)
+            mean += d / tl.maximum(count, 1.0)
+            m2 += d * tl.where(mask, x - mean, 0.0)
+    mean, m2, m = tl.reduce((mean, m2, count), 0, _welford_merge)
+    # A NaN in the group makes its mean and variance NaN, as batch norm's.
+    return mean, m2 / m
 
 
 @triton.jit
@@ -121,7 +135,7 @@ def _reduce_kernel(dy_ptr, x_ptr, gamma_ptr, beta_ptr, mean_ptr, invstd_ptr, out
     g = tl.program_id(0)
     if BACKWARD:
         out1, out2 = _group_sums(dy_ptr, x_ptr, gamma_ptr, beta_ptr, g, tl.load(mean_ptr + g),
-                                 tl.load(invstd_ptr + g), N, C, HW, slope, BACKWARD=True, INSTANCE=INSTANCE,
+                                 tl.load(invstd_ptr + g), N, C, HW, slope, INSTANCE=INSTANCE,
                                  HAS_SLOPE=HAS_SLOPE, ACC=ACC, BLOCK=BLOCK)
     else:
         out1, out2 = _group_mean_var(x_ptr, g, N, C, HW, INSTANCE=INSTANCE, ACC=ACC, BLOCK=BLOCK)
@@ -196,7 +210,7 @@ def _fused_backward_kernel(dy_ptr, x_ptr, gamma_ptr, beta_ptr, mean_ptr, invstd_
     g = tl.program_id(0)
     mean = tl.load(mean_ptr + g)
     invstd = tl.load(invstd_ptr + g)
-    s1, s2 = _group_sums(dy_ptr, x_ptr, gamma_ptr, beta_ptr, g, mean, invstd, N, C, HW, slope, BACKWARD=True,
+    s1, s2 = _group_sums(dy_ptr, x_ptr, gamma_ptr, beta_ptr, g, mean, invstd, N, C, HW, slope,
                          INSTANCE=INSTANCE, HAS_SLOPE=HAS_SLOPE, ACC=ACC, BLOCK=BLOCK)
     rows = 1 if INSTANCE else N
     for n in range(0, rows):
