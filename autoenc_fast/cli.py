@@ -216,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .train.errors import CheckpointError, DataError, OptionError, TrainingError
+    from .train.errors import CheckpointError, DataError, Interrupted, OptionError, TrainingError
 
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
@@ -231,6 +231,12 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingError as error:
         print(f"autoenc-fast: training stopped: {error}", file=sys.stderr)
         return 3
+    except KeyboardInterrupt as error:  # Ctrl-C: the shell's 128 + SIGINT, and no traceback
+        if not isinstance(error, Interrupted):
+            print("autoenc-fast: interrupted", file=sys.stderr)
+        elif str(error):  # training's: what it saved (rank 0 alone: the others write nothing)
+            print(f"autoenc-fast: {error}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

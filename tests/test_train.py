@@ -5,6 +5,7 @@ import copy
 import json
 import os
 import platform
+import signal
 import struct
 import subprocess
 import sys
@@ -207,6 +208,61 @@ def test_killed_while_writing_a_checkpoint_resumes(tmp_path):
     assert losses(run) == losses(whole)
 
 
+def _ctrl_c_in_step(monkeypatch, at: int, when: str, times: int = 1) -> None:
+    """Ctrl-C (a real SIGINT, `times` of them) during the vae's training step `at` (0-based),
+    before or after the step's optimizer update."""
+    family = FAMILIES["vae"]
+    real_step = family.step
+
+    def step(ctx, batch):
+        press = lambda: [signal.raise_signal(signal.SIGINT) for _ in range(times)]  # noqa: E731
+        if ctx.step == at and when == "before":
+            press()
+        metrics = real_step(ctx, batch)
+        if ctx.step == at and when == "after":  # the weights are updated, the loop's counters not yet
+            press()
+        return metrics
+
+    monkeypatch.setattr(family, "step", step)
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_ctrl_c_saves_the_last_completed_step_and_resumes_as_if_uninterrupted(tmp_path, monkeypatch, capsys,
+                                                                              when):
+    """Ctrl-C lost every step since the last checkpoint (none here before the epoch's end)."""
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    assert train(whole, "vae", "--max-steps", "8") == 0
+    handler = signal.getsignal(signal.SIGINT)
+    _ctrl_c_in_step(monkeypatch, at=4, when=when)
+    assert train(split, "vae", "--max-steps", "8") == 130
+    err = capsys.readouterr().err
+    assert err.endswith(f"autoenc-fast: interrupted: saved the run at step 5 in {split / 'checkpoints'}; "
+                        "continue it with the same command and --resume\n") and "Traceback" not in err
+    assert signal.getsignal(signal.SIGINT) is handler  # given back
+    assert json.loads((split / "checkpoints" / "latest.json").read_text())["step"] == 5
+    assert sorted(losses(split)) == [1, 2, 3, 4, 5]
+    monkeypatch.undo()
+    assert train(split, "vae", "--max-steps", "8", "--resume") == 0
+    assert losses(split) == losses(whole)  # the step the interrupt landed in was neither lost nor repeated
+
+
+def test_a_second_ctrl_c_quits_at_once_keeping_the_last_checkpoint(tmp_path, monkeypatch, capsys):
+    _ctrl_c_in_step(monkeypatch, at=2, when="before", times=2)
+    assert train(tmp_path, "vae", "--max-steps", "8", "--checkpoint-every", "2") == 130
+    err = capsys.readouterr().err
+    assert err.endswith("autoenc-fast: interrupted again: quit without saving; the last good checkpoint (step 2) "
+                        f"is kept in {tmp_path / 'checkpoints'}\n") and "Traceback" not in err
+    assert json.loads((tmp_path / "checkpoints" / "latest.json").read_text())["step"] == 2
+
+
+def test_ctrl_c_outside_training_is_one_line_not_a_traceback(monkeypatch, capsys):
+    from autoenc_fast import bench
+
+    monkeypatch.setattr(bench, "run_benchmarks", lambda **kwargs: signal.raise_signal(signal.SIGINT))
+    assert main(["bench", "--quick", "--device", "cpu"]) == 130
+    assert capsys.readouterr().err == "autoenc-fast: interrupted\n"
+
+
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):
     family = FAMILIES["vae"]
     real_step = family.step
@@ -395,15 +451,17 @@ def _png_bytes(Image) -> bytes:
     return buffer.getvalue()
 
 
-def torchrun_train(run: Path, family: str, batch_size: int, steps: int, *extra: str) -> str:
-    """`torchrun --nproc_per_node=2 -m autoenc_fast train FAMILY` on the CPU (gloo); its stdout."""
+def torchrun_train(run: Path, family: str, batch_size: int, steps: int, *extra: str,
+                   program: tuple = ("-m", "autoenc_fast"), failing: bool = False) -> str:
+    """`torchrun --nproc_per_node=2 -m autoenc_fast train FAMILY` on the CPU (gloo); its stdout
+    (its stderr when `failing`: a run expected to stop with an error)."""
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         "-m", "autoenc_fast", "train", family, "--out", str(run), "--batch-size", str(batch_size),
+         *program, "train", family, "--out", str(run), "--batch-size", str(batch_size),
          "--device", "cpu", *TINY[family], "--max-steps", str(steps), *extra],
         capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result.stdout
+    assert (result.returncode != 0) == failing, result.stderr[-3000:]
+    return result.stderr if failing else result.stdout
 
 
 def test_torchrun_two_cpu_processes(tmp_path):
@@ -426,6 +484,19 @@ def test_torchrun_resume_continues_every_rank_s_own_random_stream(tmp_path):
     whole, split = tmp_path / "whole", tmp_path / "split"
     torchrun_train(whole, "vae", 8, 6, "--no-speedup")
     torchrun_train(split, "vae", 8, 3, "--no-speedup")
+    torchrun_train(split, "vae", 8, 6, "--no-speedup", "--resume")
+    assert losses(split) == losses(whole) and len(losses(whole)) == 6
+
+
+def test_torchrun_ctrl_c_saves_the_step_every_rank_reached(tmp_path):
+    """Each rank gets its own SIGINT, here a step apart: they must agree on the step to save
+    at (the checkpoint gathers every rank's RNG state) and to stop after."""
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    torchrun_train(whole, "vae", 8, 6, "--no-speedup")
+    err = torchrun_train(split, "vae", 8, 6, "--no-speedup", failing=True,
+                         program=(str(HERE / "ctrl_c_at_step.py"), "2"))  # rank 0 in step 3, rank 1 in step 4
+    assert f"autoenc-fast: interrupted: saved the run at step 3 in {split / 'checkpoints'}" in err
+    assert err.count("autoenc-fast: interrupted") == 1  # rank 0 alone writes files, and says so
     torchrun_train(split, "vae", 8, 6, "--no-speedup", "--resume")
     assert losses(split) == losses(whole) and len(losses(whole)) == 6
 

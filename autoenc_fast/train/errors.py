@@ -17,3 +17,9 @@ class CheckpointError(RuntimeError):
 
 class TrainingError(RuntimeError):
     """Training stopped; the message says why and what was kept."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C stopped training; the message says what was saved and how to resume (empty on
+    the torchrun ranks other than 0, which write no files). A KeyboardInterrupt, so that no
+    `except Exception` between the signal and the command line can swallow it."""

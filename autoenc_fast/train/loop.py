@@ -6,6 +6,8 @@ import copy
 import json
 import math
 import os
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -14,7 +16,7 @@ import torch.distributed as dist
 from torch.utils.data import BatchSampler, DistributedSampler, default_collate
 
 from . import checkpoint, images
-from .errors import DataError, OptionError, TrainingError
+from .errors import DataError, Interrupted, OptionError, TrainingError
 from .families import FAMILIES, StepContext
 
 
@@ -222,6 +224,49 @@ def _state(step, epoch, batch_in_epoch, optimizers, history, rng, scaler, args, 
             "rng": rng, "history": history, "options": _run_options(args, world)}
 
 
+class _DeferredInterrupt:
+    """Ctrl-C (SIGINT) while training: the first is held until the step it lands in is done,
+    and the loop then saves a checkpoint and stops. Raised mid-step, the KeyboardInterrupt
+    could leave the weights and optimizer states half updated in place (a GAN's discriminator
+    stepped, its generator not): no consistent state to save. A second Ctrl-C quits at once,
+    unsaved (the last checkpoint is intact: checkpoints are written atomically)."""
+
+    def __init__(self, run: RunFolder):
+        self.run, self.requested, self.installed, self.previous = run, False, False, None
+
+    def __enter__(self):
+        self.installed = threading.current_thread() is threading.main_thread()  # signal.signal's condition
+        if self.installed:
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc_info):
+        if self.installed:  # previous is None for a handler not set from Python: the default's then
+            signal.signal(signal.SIGINT, signal.SIG_DFL if self.previous is None else self.previous)
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise Interrupted(f"interrupted again: quit without saving; {_kept_checkpoint(self.run)}"
+                              if self.run.enabled else "")
+        self.requested = True
+
+
+def _agreed(flag: bool, device: torch.device, world: int) -> bool:
+    """Whether any process saw `flag`: under torchrun each gets its own SIGINT, maybe a step
+    apart, yet all must save (a collective) and stop at the same step."""
+    if world == 1:
+        return flag
+    seen = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(seen, op=dist.ReduceOp.MAX)
+    return bool(seen.item())
+
+
+def _kept_checkpoint(run: RunFolder) -> str:
+    last = checkpoint.latest_step(run.checkpoints)
+    return f"the last good checkpoint (step {last}) is kept in {run.checkpoints}" if last is not None \
+        else "no checkpoint had been written yet"
+
+
 def _batch_to(batch, device):
     if isinstance(batch, (list, tuple)):
         return type(batch)(t.to(device, non_blocking=True) for t in batch)
@@ -304,49 +349,61 @@ def _train(args, rank: int, world: int) -> dict:
     # optimizer), not the checkpoints and pictures written between them.
     started, first_step, step_seconds, images_seen, last_batch = time.perf_counter(), step, 0.0, 0, None
 
+    saved_at = step if state is not None else None  # the step of this session's last checkpoint
+
     def save(step, epoch, batch_in_epoch):
+        nonlocal saved_at
         rng = _rng_states(device, world)  # on every rank: they all continue their own streams
         if run.enabled:
             checkpoint.save_checkpoint(run.checkpoints, step, modules,
                                        _state(step, epoch, batch_in_epoch, optimizers, history, rng, scaler,
                                               args, world))
+        saved_at = step
 
-    while step < total:
-        sampler.set_epoch(epoch)
-        batches = list(BatchSampler(sampler, args.batch_size, drop_last=True))
-        for index in batches[batch_in_epoch:]:
-            step_started = time.perf_counter()
-            batch = _batch_to(default_collate([dataset[i] for i in index]), device)
-            ctx = StepContext(trained, optimizers, autocast, scaler, step, args)
-            metrics = {k: float(v) for k, v in family.step(ctx, batch).items()}  # float(): waits for the GPU
-            step_seconds += time.perf_counter() - step_started
-            if not all(math.isfinite(v) for v in metrics.values()):
-                last = checkpoint.latest_step(run.checkpoints)
-                kept = f"the last good checkpoint (step {last}) is kept in {run.checkpoints}" if last is not None \
-                    else "no checkpoint had been written yet"
-                raise TrainingError(f"the loss became {metrics['loss']} at step {step + 1}; stopped, and {kept}")
-            step += 1
-            batch_in_epoch += 1
-            images_seen += args.batch_size * world
-            record = {"step": step, "epoch": epoch + 1, **metrics}
-            history.append(record)
-            run.metrics(record)
-            last_batch = batch
-            progress.update(1)
-            progress.set_postfix(loss=f"{metrics['loss']:.4g}",
-                                 img_s=f"{images_seen / step_seconds:.0f}")
-            if args.checkpoint_every and step % args.checkpoint_every == 0 and step < total:
-                save(step, epoch, batch_in_epoch)
-            if step >= total:
-                break
-        if batch_in_epoch >= len(batches):
-            epoch, batch_in_epoch = epoch + 1, 0
-        save(step, epoch, batch_in_epoch)
-        if last_batch is not None:
-            _picture(family, modules, last_batch, args, run, epoch if batch_in_epoch == 0 else epoch + 1)
-        if run.enabled and history:
-            images.save_loss_curve(history, run.out / "loss.png", f"{family.name} ({args.backend})")
-    progress.close()
+    def stop_interrupted():
+        """After Ctrl-C, between steps: the state as of the last completed step is consistent."""
+        if saved_at != step:
+            save(step, epoch, batch_in_epoch)
+        raise Interrupted(f"interrupted: saved the run at step {step} in {run.checkpoints}; continue it with "
+                          "the same command and --resume" if run.enabled else "")
+
+    # The bar is closed before any error's message is printed, not drawn again after it.
+    with _DeferredInterrupt(run) as interrupt, progress:
+        while step < total:
+            sampler.set_epoch(epoch)
+            batches = list(BatchSampler(sampler, args.batch_size, drop_last=True))
+            for index in batches[batch_in_epoch:]:
+                if _agreed(interrupt.requested, device, world):
+                    stop_interrupted()
+                step_started = time.perf_counter()
+                batch = _batch_to(default_collate([dataset[i] for i in index]), device)
+                ctx = StepContext(trained, optimizers, autocast, scaler, step, args)
+                metrics = {k: float(v) for k, v in family.step(ctx, batch).items()}  # float(): waits for the GPU
+                step_seconds += time.perf_counter() - step_started
+                if not all(math.isfinite(v) for v in metrics.values()):
+                    raise TrainingError(f"the loss became {metrics['loss']} at step {step + 1}; stopped, and "
+                                        f"{_kept_checkpoint(run)}")
+                step += 1
+                batch_in_epoch += 1
+                images_seen += args.batch_size * world
+                record = {"step": step, "epoch": epoch + 1, **metrics}
+                history.append(record)
+                run.metrics(record)
+                last_batch = batch
+                progress.update(1)
+                progress.set_postfix(loss=f"{metrics['loss']:.4g}",
+                                     img_s=f"{images_seen / step_seconds:.0f}")
+                if args.checkpoint_every and step % args.checkpoint_every == 0 and step < total:
+                    save(step, epoch, batch_in_epoch)
+                if step >= total:
+                    break
+            if batch_in_epoch >= len(batches):
+                epoch, batch_in_epoch = epoch + 1, 0
+            save(step, epoch, batch_in_epoch)
+            if last_batch is not None:
+                _picture(family, modules, last_batch, args, run, epoch if batch_in_epoch == 0 else epoch + 1)
+            if run.enabled and history:
+                images.save_loss_curve(history, run.out / "loss.png", f"{family.name} ({args.backend})")
     summary = {"family": family.name, "backend": args.backend, "device": str(device), "processes": world,
                "steps": step, "epochs_completed": epoch,  # the run's, resumed sessions included
                "session_steps": step - first_step,  # this session's
