@@ -185,7 +185,7 @@ def test_spade_norm_forward_and_backward_match_the_cpu_kernel(emu, shape, layout
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("fused", ["0", "1"], ids=["split", "per-group"])
 def test_spade_norm_nan_stays_in_its_channel_statistics(emu, layout, fused, monkeypatch):
-    # The variance's clamp at zero keeps NaN (a max() with 0 on the GPU would return 0).
+    # A NaN stays in its group's statistics (a max() with 0 on the GPU would return 0).
     monkeypatch.setenv("AUTOENC_FAST_SPADE_NORM_FUSED", fused)
     x, gamma, beta, _ = spade_inputs((2, 4, 4, 4), torch.float32, layout)
     x[1, 2, 3, 0] = float("nan")
@@ -250,6 +250,24 @@ def test_spade_norm_updates_the_running_statistics_as_the_cpu_kernel(emu, layout
     for actual, before in zip(running, initial):  # every channel of both buffers was updated (a
         changed = actual != before                   # 16-bit buffer may round back to its old value)
         assert changed.all() if actual.element_size() >= 4 else changed.any()
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("instance", [False, True])
+@pytest.mark.parametrize("fused", ["0", "1"], ids=["split", "per-group"])
+def test_spade_norm_float32_statistics_of_groups_starting_with_a_spike(emu, layout, instance, fused, monkeypatch):
+    # Welford moments merged pairwise: the sums shifted by the group's first element they
+    # replace lost (k - mean)^2 / var * 2^-24 of the variance when that element is a spike.
+    monkeypatch.setenv("AUTOENC_FAST_SPADE_NORM_FUSED", fused)
+    x, gamma, beta, _ = spade_inputs((8, 4, 16, 16), torch.float32, layout)
+    x[:, :, 0, 0] = 1e4 * (1 + torch.rand(8, 4))
+    dims = (2, 3) if instance else (0, 2, 3)
+    mean_ref, var_ref = x.double().mean(dims).flatten(), x.double().var(dims, unbiased=False).flatten()
+    mean, var = emu.spade_norm_stats(x, instance)
+    assert relative_error(mean.flatten(), mean_ref) < 1e-6 and relative_error(var.flatten(), var_ref) < 2e-6
+    _, mean, invstd = emu.spade_norm(x, gamma, beta, None, None, True, instance, 0.1, 1e-5, None)
+    assert relative_error(mean.flatten(), mean_ref) < 1e-6
+    assert relative_error(invstd.flatten(), torch.rsqrt(var_ref + 1e-5)) < 2e-6
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])

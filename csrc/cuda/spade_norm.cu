@@ -3,8 +3,12 @@
 //
 // Math (as csrc/cpu/spade_norm.cpp): groups are channels over (N, H, W) for batch
 // norm, (n, c) over (H, W) for instance norm, M elements each.
-//   stats:    S1 = sum(x - k), S2 = sum((x - k)^2), k = the group's first element
-//             (shifted one-pass sums), mean = k + S1 / M, var = S2 / M - (S1 / M)^2.
+//   stats:    mean and M2 = sum((x - mean)^2) by Welford's updates in each thread's
+//             lanes (the n-th element x: d = x - mean, mean += d / n, M2 += d * (x - mean)),
+//             partials merged pairwise (Chan et al.: n = na + nb, d = mean_b - mean_a,
+//             mean = mean_a + d * nb / n, M2 = M2a + M2b + d^2 * na * nb / n);
+//             var = M2 / M. No sum cancels, however far the elements lie from each other
+//             (sums shifted by the group's first element lost (k - mean)^2 / var * 2^-24).
 //   apply:    xhat = (x - mean) * invstd, z = xhat * (1 + gamma) + beta,
 //             y = z or leaky_relu(z, slope).
 //   backward: dz = dy * (z > 0 ? 1 : slope), dxhat = dz * (1 + gamma),
@@ -12,9 +16,9 @@
 //             dx = invstd * (dxhat - A / M - xhat * B / M)  (or invstd * dxhat with fixed
 //             statistics), dgamma = dz * xhat, dbeta = dz.
 //
-// Reductions are two kernels: blocks reduce slices to partial sums (warp shuffles,
-// then shared memory across warps), and one warp per group adds its partials in a
-// fixed order, so results are deterministic. NCHW: a block reduces a slice of one
+// Reductions are two kernels: blocks reduce slices to partial sums or moments (warp
+// shuffles, then shared memory across warps), and one warp per group combines its
+// partials in a fixed order, so results are deterministic. NCHW: a block reduces a slice of one
 // (n, c) row of H*W contiguous elements. channels_last: a block of 256 threads, `lanes`
 // across channels (each VEC adjacent channels; 32, or fewer when C has fewer packs) by
 // 256 / lanes row lanes, reduces a tile of channels over a range of pixels; the row lanes
@@ -59,13 +63,6 @@ struct alignas(sizeof(T) * N) Pack {
   T v[N];
 };
 
-// var = S2 / M - mean^2 can round to just below zero for a constant group; clamp that,
-// but keep NaN (max() would turn it into 0, fmaxf returning the other operand).
-template <typename T>
-__device__ __forceinline__ T clamp_variance(T v) {
-  return v < T(0) ? T(0) : v;
-}
-
 // invstd = 1 / sqrt(var + eps), one formula for the per-group and the split paths.
 template <typename T>
 __device__ __forceinline__ T inverse_std(T var, T eps) {
@@ -96,6 +93,91 @@ __device__ __forceinline__ void block_sum_pair(T& a, T& b) {
   a = 0, b = 0;
   for (int w = 0; w < static_cast<int>(blockDim.x / 32); ++w) a += warp_totals[0][w], b += warp_totals[1][w];
   __syncthreads();  // warp_totals may be reused by the caller's next sum
+}
+
+// Count, mean and M2 = sum((x - mean)^2) of some elements of one group.
+template <typename acc_t>
+struct Moments {
+  acc_t n, mean, m2;
+};
+
+// Chan et al.'s pairwise merge; an empty side returns the other unchanged (an infinite
+// mean times a zero weight would be NaN).
+template <typename acc_t>
+__device__ __forceinline__ Moments<acc_t> merge(const Moments<acc_t>& a, const Moments<acc_t>& b) {
+  if (b.n == acc_t(0)) return a;
+  if (a.n == acc_t(0)) return b;
+  const acc_t n = a.n + b.n, w = b.n / n, d = b.mean - a.mean;
+  return {n, a.mean + d * w, a.m2 + b.m2 + d * d * a.n * w};
+}
+
+template <typename acc_t>
+__device__ __forceinline__ Moments<acc_t> warp_merge(Moments<acc_t> m) {
+  for (int offset = 16; offset > 0; offset >>= 1) {
+    const Moments<acc_t> other{__shfl_down_sync(0xffffffffu, m.n, offset),
+                               __shfl_down_sync(0xffffffffu, m.mean, offset),
+                               __shfl_down_sync(0xffffffffu, m.m2, offset)};
+    m = merge(m, other);
+  }
+  return m;
+}
+
+// The block's merged moments, in every thread (as block_sum_pair).
+template <typename acc_t>
+__device__ __forceinline__ Moments<acc_t> block_merge(Moments<acc_t> m) {
+  __shared__ Moments<acc_t> warp_moments[kThreads / 32];
+  m = warp_merge(m);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (lane == 0) warp_moments[warp] = m;
+  __syncthreads();
+  m = warp_moments[0];
+  for (int w = 1; w < static_cast<int>(blockDim.x / 32); ++w) m = merge(m, warp_moments[w]);
+  __syncthreads();  // warp_moments may be reused by the caller's next merge
+  return m;
+}
+
+// Welford moments of a thread's VEC lanes, which all see the same number of elements,
+// so one reciprocal per pack serves them all.
+template <int VEC, typename acc_t>
+struct LaneMoments {
+  acc_t n = 0, mean[VEC] = {}, m2[VEC] = {};
+
+  template <typename scalar_t>
+  __device__ __forceinline__ void add(const Pack<scalar_t, VEC>& xv) {
+    n += acc_t(1);
+    const acc_t r = acc_t(1) / n;
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) {
+      const acc_t x = static_cast<acc_t>(xv.v[j]), d = x - mean[j];
+      mean[j] += d * r;
+      m2[j] += d * (x - mean[j]);
+    }
+  }
+
+  __device__ __forceinline__ Moments<acc_t> lane(int j) const { return {n, mean[j], m2[j]}; }
+
+  __device__ __forceinline__ Moments<acc_t> total() const {
+    Moments<acc_t> m = lane(0);
+#pragma unroll
+    for (int j = 1; j < VEC; ++j) m = merge(m, lane(j));
+    return m;
+  }
+};
+
+// Partials per reduced slice: (S1, S2) in the backward, (mean, M2, n) in the statistics pass.
+template <bool kBackward>
+constexpr int kPartialWidth = kBackward ? 2 : 3;
+
+template <typename acc_t>
+__device__ __forceinline__ void store_moments(acc_t* partial, int64_t idx, const Moments<acc_t>& m) {
+  partial[3 * idx] = m.mean;
+  partial[3 * idx + 1] = m.m2;
+  partial[3 * idx + 2] = m.n;
+}
+
+template <typename acc_t>
+__device__ __forceinline__ Moments<acc_t> load_moments(const acc_t* partial, int64_t idx) {
+  return {partial[3 * idx + 2], partial[3 * idx], partial[3 * idx + 1]};
 }
 
 template <typename scalar_t, typename acc_t>
@@ -151,74 +233,72 @@ __device__ __forceinline__ acc_t leaky_select(acc_t z, acc_t v, const Inputs<sca
   return in.has_slope && !(z > acc_t(0)) ? v * in.slope : v;
 }
 
-// Adds the two reduction terms of VEC elements at `off` (gamma/beta at `poff`; params
-// p0/p1 per element): stats (x - k, (x - k)^2) with p0 = k, or backward (dxhat,
-// dxhat * xhat).
-template <bool kBackward, int VEC, typename scalar_t, typename acc_t>
+// Adds the backward's two reduction terms, dxhat and dxhat * xhat, of VEC elements at
+// `off` (gamma/beta at `poff`; mean and invstd per element).
+template <int VEC, typename scalar_t, typename acc_t>
 __device__ __forceinline__ void accumulate(const Inputs<scalar_t, acc_t>& in, int64_t off, int64_t poff,
-                                           const acc_t (&p0)[VEC], const acc_t (&p1)[VEC],
+                                           const acc_t (&mean)[VEC], const acc_t (&invstd)[VEC],
                                            acc_t (&s1)[VEC], acc_t (&s2)[VEC]) {
   const Pack<scalar_t, VEC> xv = load_pack<VEC>(in.x + off);
-  if constexpr (!kBackward) {
+  const Pack<scalar_t, VEC> dyv = load_pack<VEC>(in.dy + off);
+  const Pack<scalar_t, VEC> gv = load_pack<VEC>(in.gamma + poff);
+  const Pack<scalar_t, VEC> bv = load_pack<VEC>(in.beta + poff);
 #pragma unroll
-    for (int j = 0; j < VEC; ++j) {
-      const acc_t d = static_cast<acc_t>(xv.v[j]) - p0[j];
-      s1[j] += d;
-      s2[j] += d * d;
-    }
-  } else {
-    const Pack<scalar_t, VEC> dyv = load_pack<VEC>(in.dy + off);
-    const Pack<scalar_t, VEC> gv = load_pack<VEC>(in.gamma + poff);
-    const Pack<scalar_t, VEC> bv = load_pack<VEC>(in.beta + poff);
-#pragma unroll
-    for (int j = 0; j < VEC; ++j) {
-      const Affine<acc_t> a = affine(xv.v[j], gv.v[j], bv.v[j], p0[j], p1[j]);
-      const acc_t dxhat = leaky_select(a.z, static_cast<acc_t>(dyv.v[j]), in) * a.one_g;
-      s1[j] += dxhat;
-      s2[j] += dxhat * a.xhat;
-    }
+  for (int j = 0; j < VEC; ++j) {
+    const Affine<acc_t> a = affine(xv.v[j], gv.v[j], bv.v[j], mean[j], invstd[j]);
+    const acc_t dxhat = leaky_select(a.z, static_cast<acc_t>(dyv.v[j]), in) * a.one_g;
+    s1[j] += dxhat;
+    s2[j] += dxhat * a.xhat;
   }
 }
 
-// NCHW: block (blockIdx.x = slice, blockIdx.y.. = row) -> partial[(g * rows_per_group +
-// row_in_group) * splits + slice] = (S1, S2).
+// NCHW: block (blockIdx.x = slice, blockIdx.y.. = row) -> partial idx = (g * rows_per_group +
+// row_in_group) * splits + slice: (S1, S2) in the backward, moments in the statistics pass.
 template <bool kBackward, int VEC, typename scalar_t, typename acc_t>
 __global__ void reduce_nchw_kernel(Inputs<scalar_t, acc_t> in, Shape s, int64_t slice,
                                    acc_t* __restrict__ partial) {
   const int64_t rows = s.N * s.C;
   for (int64_t row = blockIdx.y; row < rows; row += gridDim.y) {
     const int64_t g = s.instance ? row : row % s.C;
-    acc_t p0[VEC], p1[VEC], s1[VEC], s2[VEC];
-    const acc_t k0 = kBackward ? in.mean[g] : static_cast<acc_t>(in.x[g * s.HW]);
-    const acc_t k1 = kBackward ? in.invstd[g] : acc_t(0);
-#pragma unroll
-    for (int j = 0; j < VEC; ++j) p0[j] = k0, p1[j] = k1, s1[j] = 0, s2[j] = 0;
     const int64_t begin = row * s.HW + blockIdx.x * slice;
     const int64_t end = min(row * s.HW + s.HW, begin + slice);
-    const int64_t param_shift = (row / s.C) * in.param_extra;
-    for (int64_t off = begin + threadIdx.x * VEC; off < end; off += blockDim.x * VEC) {
-      accumulate<kBackward, VEC>(in, off, off + param_shift, p0, p1, s1, s2);
-    }
-    acc_t a = 0, b = 0;
+    const int64_t in_group = s.instance ? 0 : row / s.C;
+    const int64_t idx = (g * s.rows_per_group() + in_group) * gridDim.x + blockIdx.x;
+    if constexpr (!kBackward) {
+      LaneMoments<VEC, acc_t> lanes;
+      for (int64_t off = begin + threadIdx.x * VEC; off < end; off += blockDim.x * VEC) {
+        lanes.add(load_pack<VEC>(in.x + off));
+      }
+      const Moments<acc_t> m = block_merge(lanes.total());
+      if (threadIdx.x == 0) store_moments(partial, idx, m);
+    } else {
+      acc_t mean[VEC], invstd[VEC], s1[VEC], s2[VEC];
 #pragma unroll
-    for (int j = 0; j < VEC; ++j) a += s1[j], b += s2[j];
-    block_sum_pair(a, b);
-    if (threadIdx.x == 0) {
-      const int64_t in_group = s.instance ? 0 : row / s.C;
-      const int64_t idx = (g * s.rows_per_group() + in_group) * gridDim.x + blockIdx.x;
-      partial[2 * idx] = a;
-      partial[2 * idx + 1] = b;
+      for (int j = 0; j < VEC; ++j) mean[j] = in.mean[g], invstd[j] = in.invstd[g], s1[j] = 0, s2[j] = 0;
+      const int64_t param_shift = (row / s.C) * in.param_extra;
+      for (int64_t off = begin + threadIdx.x * VEC; off < end; off += blockDim.x * VEC) {
+        accumulate<VEC>(in, off, off + param_shift, mean, invstd, s1, s2);
+      }
+      acc_t a = 0, b = 0;
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) a += s1[j], b += s2[j];
+      block_sum_pair(a, b);
+      if (threadIdx.x == 0) partial[2 * idx] = a, partial[2 * idx + 1] = b;
     }
   }
 }
 
 // channels_last: block (channel tile blockIdx.x, pixel range blockIdx.y, samples
-// blockIdx.z, blockIdx.z + gridDim.z, ... for instance norm) -> partial[((z * splits +
-// split) * C + c)] = (S1, S2). blockDim = (lanes, row lanes), lanes * row lanes <= kThreads.
+// blockIdx.z, blockIdx.z + gridDim.z, ... for instance norm) -> partial idx = (z * splits +
+// split) * C + c: (S1, S2) in the backward, moments in the statistics pass. blockDim =
+// (lanes, row lanes), lanes * row lanes <= kThreads.
 template <bool kBackward, int VEC, typename scalar_t, typename acc_t>
 __global__ void reduce_nhwc_kernel(Inputs<scalar_t, acc_t> in, Shape s, int64_t rows_per_block,
                                    acc_t* __restrict__ partial) {
-  __shared__ acc_t shared[2][kThreads * VEC];  // [row lane][lane * VEC + j]
+  // [row lane][lane * VEC + j]: S1, S2 (backward) or mean, M2 (statistics, whose count
+  // is one per thread: counts[row lane * lanes + lane]).
+  __shared__ acc_t shared[2][kThreads * VEC];
+  __shared__ acc_t counts[kBackward ? 1 : kThreads];
   const int tx = threadIdx.x, ty = threadIdx.y, lanes = blockDim.x, row_lanes = blockDim.y;
   const int64_t c0 = (static_cast<int64_t>(blockIdx.x) * lanes + tx) * VEC;
   const int64_t samples = s.instance ? s.N : 1;  // grid.z stops at kMaxGridYZ: a block may take several
@@ -228,19 +308,25 @@ __global__ void reduce_nhwc_kernel(Inputs<scalar_t, acc_t> in, Shape s, int64_t 
   const bool active = c0 < s.C;
   for (int64_t z = blockIdx.z; z < samples; z += gridDim.z) {
     const int64_t row0 = z * (s.instance ? s.HW : 0);  // first pixel of this group range
-    acc_t p0[VEC], p1[VEC], s1[VEC], s2[VEC];
+    acc_t s1[VEC] = {}, s2[VEC] = {};
+    if constexpr (!kBackward) {
+      LaneMoments<VEC, acc_t> moments;
+      for (int64_t r = r_begin + ty; active && r < r_end; r += row_lanes) {
+        moments.add(load_pack<VEC>(in.x + (row0 + r) * s.C + c0));
+      }
 #pragma unroll
-    for (int j = 0; j < VEC; ++j) {
-      const int64_t g = z * (s.instance ? s.C : 0) + c0 + j;
-      p0[j] = !active ? acc_t(0) : kBackward ? in.mean[g] : static_cast<acc_t>(in.x[row0 * s.C + c0 + j]);
-      p1[j] = active && kBackward ? in.invstd[g] : acc_t(0);
-      s1[j] = 0;
-      s2[j] = 0;
-    }
-    if (active) {
+      for (int j = 0; j < VEC; ++j) s1[j] = moments.mean[j], s2[j] = moments.m2[j];
+      counts[ty * lanes + tx] = moments.n;
+    } else if (active) {
+      acc_t mean[VEC], invstd[VEC];
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) {
+        const int64_t g = z * (s.instance ? s.C : 0) + c0 + j;
+        mean[j] = in.mean[g];
+        invstd[j] = in.invstd[g];
+      }
       for (int64_t r = r_begin + ty; r < r_end; r += row_lanes) {
-        accumulate<kBackward, VEC>(in, (row0 + r) * s.C + c0, (row0 + r) * in.param_pixel_stride + c0, p0, p1,
-                                   s1, s2);
+        accumulate<VEC>(in, (row0 + r) * s.C + c0, (row0 + r) * in.param_pixel_stride + c0, mean, invstd, s1, s2);
       }
     }
 #pragma unroll
@@ -252,14 +338,23 @@ __global__ void reduce_nhwc_kernel(Inputs<scalar_t, acc_t> in, Shape s, int64_t 
     if (ty == 0 && active) {
 #pragma unroll
       for (int j = 0; j < VEC; ++j) {
-        acc_t a = 0, b = 0;
-        for (int y = 0; y < row_lanes; ++y) {
-          a += shared[0][(y * lanes + tx) * VEC + j];
-          b += shared[1][(y * lanes + tx) * VEC + j];
-        }
         const int64_t idx = (z * gridDim.y + blockIdx.y) * s.C + c0 + j;
-        partial[2 * idx] = a;
-        partial[2 * idx + 1] = b;
+        if constexpr (!kBackward) {
+          Moments<acc_t> m{0, 0, 0};
+          for (int y = 0; y < row_lanes; ++y) {
+            const int t = y * lanes + tx;
+            m = merge(m, Moments<acc_t>{counts[t], shared[0][t * VEC + j], shared[1][t * VEC + j]});
+          }
+          store_moments(partial, idx, m);
+        } else {
+          acc_t a = 0, b = 0;
+          for (int y = 0; y < row_lanes; ++y) {
+            a += shared[0][(y * lanes + tx) * VEC + j];
+            b += shared[1][(y * lanes + tx) * VEC + j];
+          }
+          partial[2 * idx] = a;
+          partial[2 * idx + 1] = b;
+        }
       }
     }
     __syncthreads();  // the next sample overwrites `shared`
@@ -276,35 +371,33 @@ struct Finish {
   bool means = false;
 };
 
-// One warp per group adds its `parts` partials in a fixed order and writes
+// One warp per group combines its `parts` partials in a fixed order and writes
 // (mean, var) (stats) or (A, B) (backward), then what `finish` asks for.
-template <bool kBackward, typename scalar_t, typename acc_t>
-__global__ void finalize_kernel(const acc_t* __restrict__ partial, const scalar_t* __restrict__ x,
-                                Shape s, int64_t parts, acc_t* __restrict__ out1,
+template <bool kBackward, typename acc_t>
+__global__ void finalize_kernel(const acc_t* __restrict__ partial, Shape s, int64_t parts, acc_t* __restrict__ out1,
                                 acc_t* __restrict__ out2, Finish<acc_t> finish) {
   const int64_t groups = s.groups();
   const int64_t g = static_cast<int64_t>(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   if (g >= groups) return;
   const int64_t z = s.instance ? g / s.C : 0, c = g % s.C;
-  acc_t a = 0, b = 0;
-  for (int64_t k = lane; k < parts; k += 32) {
-    const int64_t idx = s.channels_last ? (z * parts + k) * s.C + c : g * parts + k;
-    a += partial[2 * idx];
-    b += partial[2 * idx + 1];
-  }
-  a = warp_sum(a);
-  b = warp_sum(b);
-  if (lane != 0) return;
-  const acc_t m = static_cast<acc_t>(s.group_elems());
+  const auto index = [&](int64_t k) { return s.channels_last ? (z * parts + k) * s.C + c : g * parts + k; };
   if constexpr (kBackward) {
+    acc_t a = 0, b = 0;
+    for (int64_t k = lane; k < parts; k += 32) a += partial[2 * index(k)], b += partial[2 * index(k) + 1];
+    a = warp_sum(a);
+    b = warp_sum(b);
+    if (lane != 0) return;
+    const acc_t m = static_cast<acc_t>(s.group_elems());
     out1[g] = finish.means ? a / m : a;
     out2[g] = finish.means ? b / m : b;
   } else {
-    const acc_t shift = static_cast<acc_t>(
-        s.channels_last ? x[z * s.HW * s.C + c] : x[g * s.HW]);  // as the reduce kernels
-    const acc_t d = a / m, var = clamp_variance(b / m - d * d);
-    out1[g] = shift + d;
+    Moments<acc_t> m{0, 0, 0};
+    for (int64_t k = lane; k < parts; k += 32) m = merge(m, load_moments(partial, index(k)));
+    m = warp_merge(m);
+    if (lane != 0) return;
+    const acc_t var = m.m2 / m.n;  // M2 sums squares: never below zero; NaN stays NaN
+    out1[g] = m.mean;
     out2[g] = var;
     if (finish.invstd != nullptr) finish.invstd[g] = inverse_std(var, finish.eps);
   }
@@ -448,15 +541,16 @@ __host__ __device__ __forceinline__ int group_packs(const Shape& s) {
   return static_cast<int>(s.rows_per_group() * (s.HW / VEC));
 }
 
-// Block totals (in every thread) of accumulate's two terms over group g's elements.
-template <bool kBackward, int VEC, typename scalar_t, typename acc_t>
+// Block totals (in every thread) of accumulate's two backward terms over group g's elements.
+template <int VEC, typename scalar_t, typename acc_t>
 __device__ __forceinline__ void group_sums(const Inputs<scalar_t, acc_t>& in, const Shape& s, int64_t g,
-                                           const acc_t (&p0)[VEC], const acc_t (&p1)[VEC], acc_t& a, acc_t& b) {
+                                           const acc_t (&mean)[VEC], const acc_t (&invstd)[VEC], acc_t& a,
+                                           acc_t& b) {
   const int row_packs = static_cast<int>(s.HW / VEC), packs = group_packs<VEC>(s);
   acc_t s1[VEC] = {}, s2[VEC] = {};
   for (int pack = threadIdx.x; pack < packs; pack += blockDim.x) {
     const PackOffsets at = group_pack_offsets<VEC>(in, s, g, pack, row_packs);
-    accumulate<kBackward, VEC>(in, at.x, at.param, p0, p1, s1, s2);
+    accumulate<VEC>(in, at.x, at.param, mean, invstd, s1, s2);
   }
   a = 0, b = 0;
 #pragma unroll
@@ -464,8 +558,8 @@ __device__ __forceinline__ void group_sums(const Inputs<scalar_t, acc_t>& in, co
   block_sum_pair(a, b);
 }
 
-// Forward of group g = blockIdx.x: the shifted sums, mean, var and invstd (written out),
-// then y.
+// Forward of group g = blockIdx.x: the group's moments, mean, var and invstd (written
+// out), then y.
 template <int VEC, typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads)
     fused_forward_kernel(Inputs<scalar_t, acc_t> in, Shape s, acc_t eps, scalar_t* __restrict__ y,
@@ -473,16 +567,15 @@ __global__ void __launch_bounds__(kThreads)
                          acc_t* __restrict__ invstd_out) {
   const int64_t g = blockIdx.x;
   const int row_packs = static_cast<int>(s.HW / VEC), packs = group_packs<VEC>(s);
-  const acc_t k = static_cast<acc_t>(in.x[g * s.HW]);  // the group's first element, as the split path
-  acc_t shift[VEC], unused[VEC] = {}, a, b;
-#pragma unroll
-  for (int j = 0; j < VEC; ++j) shift[j] = k;
-  group_sums<false>(in, s, g, shift, unused, a, b);
-  const acc_t m = static_cast<acc_t>(packs) * VEC, d = a / m;
-  const acc_t var = clamp_variance(b / m - d * d);
+  LaneMoments<VEC, acc_t> lanes;
+  for (int pack = threadIdx.x; pack < packs; pack += blockDim.x) {
+    lanes.add(load_pack<VEC>(in.x + group_pack_offsets<VEC>(in, s, g, pack, row_packs).x));
+  }
+  const Moments<acc_t> moments = block_merge(lanes.total());
+  const acc_t var = moments.m2 / moments.n;
   acc_t mean[VEC], invstd[VEC];
 #pragma unroll
-  for (int j = 0; j < VEC; ++j) mean[j] = k + d, invstd[j] = inverse_std(var, eps);
+  for (int j = 0; j < VEC; ++j) mean[j] = moments.mean, invstd[j] = inverse_std(var, eps);
   if (threadIdx.x == 0) mean_out[g] = mean[0], var_out[g] = var, invstd_out[g] = invstd[0];
   for (int pack = threadIdx.x; pack < packs; pack += blockDim.x) {
     const PackOffsets at = group_pack_offsets<VEC>(in, s, g, pack, row_packs);
@@ -501,7 +594,7 @@ __global__ void __launch_bounds__(kThreads)
   acc_t mean[VEC], invstd[VEC], a, b;
 #pragma unroll
   for (int j = 0; j < VEC; ++j) mean[j] = in.mean[g], invstd[j] = in.invstd[g];
-  group_sums<true>(in, s, g, mean, invstd, a, b);
+  group_sums(in, s, g, mean, invstd, a, b);
   const acc_t m = static_cast<acc_t>(packs) * VEC;
   acc_t m1[VEC], m2[VEC];
 #pragma unroll
@@ -588,7 +681,7 @@ void launch_reduce(const Inputs<scalar_t, acc_t>& in, const Shape& s, const at::
     const int64_t splits = std::clamp<int64_t>(kTargetBlocks / rows, 1, max_splits);
     const int64_t slice = ((s.HW + splits - 1) / splits + VEC - 1) / VEC * VEC;
     const int64_t used = (s.HW + slice - 1) / slice;
-    partial = at::empty({rows * used * 2}, x.options().dtype(out1.scalar_type()));
+    partial = at::empty({rows * used * kPartialWidth<kBackward>}, x.options().dtype(out1.scalar_type()));
     const dim3 grid(static_cast<unsigned>(used), static_cast<unsigned>(std::min<int64_t>(rows, kMaxGridYZ)));
     const int threads = threads_for((slice + VEC - 1) / VEC);
     reduce_nchw_kernel<kBackward, VEC><<<grid, threads, 0, stream>>>(in, s, slice,
@@ -606,7 +699,7 @@ void launch_reduce(const Inputs<scalar_t, acc_t>& in, const Shape& s, const at::
                                                std::min<int64_t>(kMaxGridYZ, (rows + row_lanes - 1) / row_lanes));
     const int64_t rows_per_block = (rows + splits - 1) / splits;
     const int64_t used = (rows + rows_per_block - 1) / rows_per_block;
-    partial = at::empty({z * used * s.C * 2}, x.options().dtype(out1.scalar_type()));
+    partial = at::empty({z * used * s.C * kPartialWidth<kBackward>}, x.options().dtype(out1.scalar_type()));
     const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(used),
                     static_cast<unsigned>(std::min<int64_t>(z, kMaxGridYZ)));
     reduce_nhwc_kernel<kBackward, VEC><<<grid, dim3(lanes, row_lanes), 0, stream>>>(
@@ -617,7 +710,7 @@ void launch_reduce(const Inputs<scalar_t, acc_t>& in, const Shape& s, const at::
   const int64_t groups = s.groups();
   constexpr int kWarps = kThreads / 32;
   finalize_kernel<kBackward><<<static_cast<unsigned>((groups + kWarps - 1) / kWarps), kThreads, 0, stream>>>(
-      partial.const_data_ptr<acc_t>(), in.x, s, parts, out1.mutable_data_ptr<acc_t>(),
+      partial.const_data_ptr<acc_t>(), s, parts, out1.mutable_data_ptr<acc_t>(),
       out2.mutable_data_ptr<acc_t>(), finish);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
