@@ -150,8 +150,8 @@ def _add_train_parser(sub) -> None:
     families = p_train.add_subparsers(dest="family", required=True)
     for family in FAMILIES.values():
         p = families.add_parser(family.name, help=family.help, description=family.help)
-        p.add_argument("--data", type=Path, help="a folder of images (gaugan: DIR/images and DIR/labels); "
-                                                 "default: the embedded data set")
+        p.add_argument("--data", type=Path, help="a folder of images, its subfolders included (gaugan: "
+                                                 "DIR/images and DIR/labels); default: the embedded data set")
         p.add_argument("--epochs", type=COUNT, help="passes over the data (default 5; with --max-steps, as many "
                                                     "as its steps take)")
         p.add_argument("--max-steps", type=STEPS, default=0, help="stop after this many steps (0: no limit)")

@@ -443,6 +443,47 @@ def test_bad_data_folders(tmp_path, capsys):
     assert "skipped 3 unreadable, truncated or oversized image(s)" in capsys.readouterr().out
 
 
+def test_data_folders_are_read_at_any_depth_in_sorted_order_skipping_hidden_names(tmp_path, capsys):
+    """Images in subfolders (torchvision ImageFolder's root/class/x.png) were silently ignored:
+    only the top level was read, so a class-per-folder data set had "no image files"."""
+    from PIL import Image
+
+    from autoenc_fast.train.data import image_folder, paired_folder
+
+    root = tmp_path / "data"
+    in_order = ["0.png", "a/1.png", "a/2.PNG", "a/deeper/3.png", "b/1.bmp"]  # folder by folder, names sorted
+    hidden = [".5.png", "a/._2.png", ".cache/6.png"]  # dot files and folders, as ls and ImageFolder hide them
+    for value, name in enumerate(in_order + hidden):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(torch.full((4, 4), value * 20, dtype=torch.uint8).numpy()).save(root / name)
+    (root / "b" / "up").symlink_to(root)  # a loop: each folder is still read once
+    assert image_folder(root, 4, channels=1).images[:, 0, 0, 0].tolist() == [0, 20, 40, 60, 80]
+
+    nested_only = tmp_path / "classes"
+    for i in range(16):
+        (nested_only / f"class_{i % 2}").mkdir(parents=True, exist_ok=True)
+        pixels = (torch.rand(12, 12) * 255).byte().numpy()
+        Image.fromarray(pixels).save(nested_only / f"class_{i % 2}" / f"{i}.png")
+    assert train(tmp_path / "r1", "vae", "--data", str(nested_only), "--max-steps", "1") == 0
+
+    # GauGAN pairs an image with the label map at the same path under labels/ (city/1, town/1).
+    pairs = tmp_path / "pairs"
+    for sub in ("city", "town"):
+        (pairs / "images" / sub).mkdir(parents=True)
+        (pairs / "labels" / sub).mkdir(parents=True)
+        Image.new("RGB", (6, 6)).save(pairs / "images" / sub / "1.jpg")
+        Image.new("L", (6, 6)).save(pairs / "labels" / sub / "1.png")
+    assert len(paired_folder(pairs, 8, log=print)) == 2
+
+    empty = tmp_path / "empty"
+    (empty / "sub" / ".hidden").mkdir(parents=True)
+    (empty / "sub" / "notes.txt").write_text("")
+    Image.new("L", (4, 4)).save(empty / "sub" / ".hidden" / "x.png")
+    capsys.readouterr()
+    assert train(tmp_path / "r2", "vae", "--data", str(empty)) == 2
+    assert f"autoenc-fast: error: --data: {empty} holds no image files (" in capsys.readouterr().err
+
+
 def _png_bytes(Image) -> bytes:
     import io
 

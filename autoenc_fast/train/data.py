@@ -8,6 +8,7 @@ image is an error).
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from pathlib import Path
 
@@ -141,14 +142,33 @@ def procedural_scenes(size: int, count: int = 512, seed: int = 0) -> TensorImage
 
 
 def _image_files(folder: Path) -> list[Path]:
+    """The image files in `folder` and, at any depth, its subfolders (torchvision's ImageFolder
+    layout, folder/class/*.png, included), sorted folder by folder as ImageFolder does; hidden
+    files and folders (.name: .git, macOS's ._name resource forks) skipped."""
     if not folder.exists():
         raise DataError(f"--data: {folder} does not exist")
     if not folder.is_dir():
         raise DataError(f"--data: {folder} is not a folder")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    files = [path for path in _visible_files(folder) if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()]
     if not files:
-        raise DataError(f"--data: {folder} holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
-    return files
+        raise DataError(f"--data: {folder} holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))}), "
+                        "neither in it nor in its subfolders")
+    return sorted(files, key=lambda p: p.relative_to(folder).parts)
+
+
+def _visible_files(folder: Path):
+    """Every file under `folder` whose path in it has no hidden (.name) part. Symbolic links
+    to folders are followed (data sets are often linked in), each folder read once: a link
+    back up the tree would otherwise repeat its images."""
+    seen = set()
+    for root, dirs, names in os.walk(folder, followlinks=True):
+        inode = os.stat(root)
+        if (inode.st_dev, inode.st_ino) in seen:
+            dirs.clear()
+            continue
+        seen.add((inode.st_dev, inode.st_ino))
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))  # sorted: the same link wins every time
+        yield from (Path(root, name) for name in names if not name.startswith("."))
 
 
 def _decode(path: Path, mode: str | None):
@@ -194,14 +214,14 @@ def _pil_to_tensor(image) -> torch.Tensor:
 
 
 def image_folder(folder: Path, size: int, channels: int | None, log=print) -> TensorImages:
-    """Every readable image of `folder`, resized, with `channels` (1: greyscale, 3: RGB);
+    """Every readable image of `folder` and its subfolders, resized, with `channels` (1: greyscale, 3: RGB);
     None: 3 if any image has colour (a pixel whose R, G and B differ), else 1."""
     mode = "L" if channels == 1 else "RGB"
     images, skipped = [], []
     for path in _image_files(folder):
         image = _decode(path, mode)
         if image is None:
-            skipped.append(path.name)
+            skipped.append(str(path.relative_to(folder)))
             continue
         pixels = _pil_to_tensor(image).float().unsqueeze(0) / 255
         images.append(_to_uint8(_resize_square(pixels, size)))
@@ -209,7 +229,8 @@ def image_folder(folder: Path, size: int, channels: int | None, log=print) -> Te
         log(f"skipped {len(skipped)} unreadable, truncated or oversized image(s) in {folder}: "
             f"{', '.join(skipped[:5])}{' ...' if len(skipped) > 5 else ''}")
     if not images:
-        raise DataError(f"--data: none of the {len(skipped)} image file(s) in {folder} could be read")
+        raise DataError(f"--data: none of the {len(skipped)} image file(s) in {folder} (subfolders included) "
+                        "could be read")
     cache = torch.cat(images)
     if channels is None and not has_colour(cache):
         cache = cache[:, :1].contiguous()  # grey R = G = B: PIL's "L" of them is that same value
@@ -246,10 +267,15 @@ def _label_ids(path: Path):
     return ids
 
 
+def _by_name(folder: Path) -> dict:
+    """folder's image files by their path in it less the suffix ("city/1"), which pairs them."""
+    return {path.relative_to(folder).with_suffix("").as_posix(): path for path in _image_files(folder)}
+
+
 def paired_folder(folder: Path, size: int, log=print) -> TensorImages:
-    """GauGAN pairs: folder/images/NAME.* (RGB) and folder/labels/NAME.png (class ids)."""
-    image_files = {p.stem: p for p in _image_files(folder / "images")}
-    label_files = {p.stem: p for p in _image_files(folder / "labels")}
+    """GauGAN pairs: folder/images/NAME.* (RGB) and folder/labels/NAME.png (class ids); NAME
+    may sit in subfolders, the same in both (images/city/1.jpg pairs with labels/city/1.png)."""
+    image_files, label_files = (_by_name(folder / kind) for kind in ("images", "labels"))
     unmatched = sorted(set(image_files) ^ set(label_files))
     if unmatched:
         log(f"skipped {len(unmatched)} image(s) without a label map or label map(s) without an image: "
