@@ -278,6 +278,41 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch
     assert json.loads((tmp_path / "checkpoints" / "latest.json").read_text())["step"] == 4
 
 
+@pytest.mark.skipif(sys.platform != "linux", reason="RLIMIT_AS bounds every allocation on Linux")
+def test_an_image_size_too_large_for_the_memory_is_one_line_naming_the_size_options(tmp_path):
+    """It was the CPU allocator's RuntimeError traceback, from resizing the data. The address
+    space is bounded so the 66,943 GiB asked for fails whatever the kernel's overcommit."""
+    import resource
+
+    limit = 16 << 30
+    result = subprocess.run(
+        [sys.executable, "-m", "autoenc_fast", "train", "vae", "--out", str(tmp_path / "run"), "--device", "cpu",
+         "--no-speedup", "--image-size", "100000"], capture_output=True, text=True, timeout=300,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit)))
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "autoenc-fast: error: out of memory preparing the data (the embedded data set) at --image-size 100000 " \
+        "and --batch-size 64 (one allocation of " in result.stderr and "Traceback" not in result.stderr
+    assert result.stderr.endswith(" GiB failed) on cpu; lower --image-size or --batch-size\n")
+    assert not (tmp_path / "run").exists()
+
+
+def test_out_of_memory_in_a_step_names_the_size_options_and_the_checkpoint_kept(tmp_path, monkeypatch, capsys):
+    family = FAMILIES["vae"]
+    real_step = family.step
+
+    def step(ctx, batch):
+        if ctx.step == 2:  # as torch.cuda raises it
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has a total ...")
+        return real_step(ctx, batch)
+
+    monkeypatch.setattr(family, "step", step)
+    assert train(tmp_path, "vae", "--max-steps", "8", "--checkpoint-every", "2") == 3
+    assert capsys.readouterr().err.endswith(
+        "autoenc-fast: training stopped: out of memory in training step 3 at --image-size 16 and --batch-size 16 "
+        "(one allocation of 20.00 GiB failed) on cpu; lower --image-size or --batch-size; the last good checkpoint "
+        f"(step 2) is kept in {tmp_path / 'checkpoints'}\n")
+
+
 def test_refuses_to_overwrite_a_run(tmp_path, capsys):
     assert train(tmp_path, "vae", "--max-steps", "2") == 0
     assert train(tmp_path, "vae", "--max-steps", "2") == 2

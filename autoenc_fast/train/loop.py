@@ -6,6 +6,7 @@ import copy
 import json
 import math
 import os
+import re
 import signal
 import threading
 import time
@@ -267,6 +268,37 @@ def _kept_checkpoint(run: RunFolder) -> str:
         else "no checkpoint had been written yet"
 
 
+@contextlib.contextmanager
+def _memory_for(what: str, args, device: torch.device, run: RunFolder | None = None):
+    """An allocation failure in the block becomes an error naming the size options (an
+    --image-size or --batch-size too large for the machine raised the allocator's traceback,
+    or a bare MemoryError) and how much was asked for: an OptionError before training, a
+    TrainingError that names the checkpoint kept in a training step (given the `run`)."""
+    try:
+        yield
+    except (MemoryError, RuntimeError) as error:  # torch.OutOfMemoryError is a RuntimeError
+        text = str(error)
+        if not (isinstance(error, (MemoryError, torch.OutOfMemoryError)) or "can't allocate memory" in text
+                or "out of memory" in text):
+            raise
+        message = (f"out of memory {what} at --image-size {args.image_size} and --batch-size {args.batch_size}"
+                   f"{_asked_for(text)} on {device}; lower --image-size or --batch-size")
+        if run is None:
+            raise OptionError(message) from None
+        raise TrainingError(f"{message}; {_kept_checkpoint(run)}") from None
+
+
+def _asked_for(message: str) -> str:
+    """The allocation that failed, from torch's message ("Tried to allocate 2.00 GiB" on CUDA,
+    "you tried to allocate 71880000000000 bytes" on the CPU), or "" where it says none."""
+    match = re.search(r"[Tt]ried to allocate ([\d.]+) ?(bytes|[KMGTP]iB)", message)
+    if match is None:
+        return ""
+    number, unit = match.groups()
+    size = f"{int(number) / 2**30:,.1f} GiB" if unit == "bytes" else f"{number} {unit}"
+    return f" (one allocation of {size} failed)"
+
+
 def _batch_to(batch, device):
     if isinstance(batch, (list, tuple)):
         return type(batch)(t.to(device, non_blocking=True) for t in batch)
@@ -312,11 +344,13 @@ def _train(args, rank: int, world: int) -> dict:
         state, weights = checkpoint.read_state(run.checkpoints)
         # Options inferred from the data where not given (--channels) keep the run's values.
         run_options = _saved_options(state, args) or _earlier_values(args)
-    dataset = family.dataset(args, run.log, run_options)
+    with _memory_for(f"preparing the data ({args.data or 'the embedded data set'})", args, device):
+        dataset = family.dataset(args, run.log, run_options)
     if len(dataset) < args.batch_size * world:
         raise DataError(f"--batch-size {args.batch_size}: the data has only {len(dataset)} image(s) "
                         f"for {world} process(es)")
-    modules = _build(family, args, device)
+    with _memory_for("building the model", args, device):
+        modules = _build(family, args, device)
     family.check_batch(modules, args, world)
     optimizers = family.optimizers(modules, args)
     autocast, scaler = _autocast(args, device)
@@ -376,9 +410,10 @@ def _train(args, rank: int, world: int) -> dict:
                 if _agreed(interrupt.requested, device, world):
                     stop_interrupted()
                 step_started = time.perf_counter()
-                batch = _batch_to(default_collate([dataset[i] for i in index]), device)
-                ctx = StepContext(trained, optimizers, autocast, scaler, step, args)
-                metrics = {k: float(v) for k, v in family.step(ctx, batch).items()}  # float(): waits for the GPU
+                with _memory_for(f"in training step {step + 1}", args, device, run):
+                    batch = _batch_to(default_collate([dataset[i] for i in index]), device)
+                    ctx = StepContext(trained, optimizers, autocast, scaler, step, args)
+                    metrics = {k: float(v) for k, v in family.step(ctx, batch).items()}  # float(): waits for the GPU
                 step_seconds += time.perf_counter() - step_started
                 if not all(math.isfinite(v) for v in metrics.values()):
                     raise TrainingError(f"the loss became {metrics['loss']} at step {step + 1}; stopped, and "
