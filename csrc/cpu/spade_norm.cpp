@@ -213,13 +213,42 @@ T first_lane(const Vec<T>& v) {
   return lanes[0];
 }
 
-// The mean of the `len` contiguous elements at x, rounded to T: a chunk's centre.
+// The mean of the `len` contiguous elements at x, rounded to T: a chunk's centre. Two
+// accumulators, as an add's latency, not the loads, bounds one.
 template <typename T>
 T chunk_mean(const T* x, int64_t len) {
   constexpr int64_t L = Vec<T>::size();
-  Vec<T> sum(T(0));
-  for (int64_t i = 0; i < len; i += L) sum = sum + Vec<T>::loadu(x + i, std::min(L, len - i));  // tail lanes load 0
-  return static_cast<T>(lane_sum(sum) / static_cast<double>(len));
+  Vec<T> s0(T(0)), s1(T(0));
+  int64_t i = 0;
+  for (; i + 2 * L <= len; i += 2 * L) {
+    s0 = s0 + Vec<T>::loadu(x + i);
+    s1 = s1 + Vec<T>::loadu(x + i + L);
+  }
+  for (; i < len; i += L) s0 = s0 + Vec<T>::loadu(x + i, std::min(L, len - i));  // tail lanes load 0
+  return static_cast<T>(lane_sum(s0 + s1) / static_cast<double>(len));
+}
+
+// (sum(x - c), sum((x - c)^2)) over the `len` contiguous elements at x, in two chains.
+template <typename T>
+std::pair<double, double> sums_about(const T* x, int64_t len, T c) {
+  constexpr int64_t L = Vec<T>::size();
+  const Vec<T> centre(c), zero(T(0));
+  Vec<T> a1(zero), a2(zero), b1(zero), b2(zero);
+  int64_t i = 0;
+  for (; i + 2 * L <= len; i += 2 * L) {
+    const Vec<T> d = Vec<T>::loadu(x + i) - centre, e = Vec<T>::loadu(x + i + L) - centre;
+    a1 = a1 + d;
+    a2 = at::vec::fmadd(d, d, a2);
+    b1 = b1 + e;
+    b2 = at::vec::fmadd(e, e, b2);
+  }
+  for (; i < len; i += L) {
+    const int64_t count = std::min(L, len - i);
+    const Vec<T> d = Vec<T>::set(zero, Vec<T>::loadu(x + i, count) - centre, count);
+    a1 = a1 + d;
+    a2 = at::vec::fmadd(d, d, a2);
+  }
+  return {lane_sum(a1 + b1), lane_sum(a2 + b2)};
 }
 
 // Adds sums taken about the centre c, s1 = sum(x - c) and s2 = sum((x - c)^2) over n
@@ -231,30 +260,36 @@ inline void add_moved_sums(double n, double c, double k, double s1, double s2, d
   t2 += s2 + d * (2 * s1 + n * d);
 }
 
+// The statistics sums about k over the `len` contiguous elements at x: each chunk of at
+// most kChunk elements summed about its own mean (its second pass reads it from cache).
+template <typename T>
+std::pair<double, double> centred_row_sums(const T* x, int64_t len, T k) {
+  double t1 = 0, t2 = 0;
+  for (int64_t i0 = 0; i0 < len; i0 += kChunk) {
+    const int64_t n = std::min(kChunk, len - i0);
+    const T centre = chunk_mean(x + i0, n);
+    const auto sums = sums_about(x + i0, n, centre);
+    add_moved_sums(static_cast<double>(n), centre, k, sums.first, sums.second, t1, t2);
+  }
+  return {t1, t2};
+}
+
 // (S1, S2) of fn over the `len` contiguous elements at `base` (at `pbase` in gamma and
 // beta), all of one group: vector partial sums over at most kChunk elements, added into
-// float64. The statistics term's chunks are each centred on their own mean first.
+// float64. The statistics term's sums are centred per chunk (centred_row_sums).
 template <typename T, typename Fn>
 std::pair<double, double> row_sums(int64_t base, int64_t pbase, int64_t len, const Params<T>& v, const Fn& fn) {
+  if constexpr (kCentredSums<Fn>) return centred_row_sums(fn.x + base, len, first_lane(v[0]));
   constexpr int64_t L = Vec<T>::size();
   const Fn local = fn;
-  Params<T> lv = v;
+  const Params<T> lv = v;
   double t1 = 0, t2 = 0;
   for (int64_t i0 = 0; i0 < len; i0 += kChunk) {
     Vec<T> a1(T(0)), a2(T(0));
     const int64_t i1 = std::min(len, i0 + kChunk);
-    T centre = T(0);
-    if constexpr (kCentredSums<Fn>) {
-      centre = chunk_mean(local.x + base + i0, i1 - i0);
-      lv[0] = Vec<T>(centre);
-    }
     for (int64_t i = i0; i < i1; i += L) local(base + i, pbase + i, std::min(L, i1 - i), lv, a1, a2);
-    if constexpr (kCentredSums<Fn>) {
-      add_moved_sums(static_cast<double>(i1 - i0), centre, first_lane(v[0]), lane_sum(a1), lane_sum(a2), t1, t2);
-    } else {
-      t1 += lane_sum(a1);
-      t2 += lane_sum(a2);
-    }
+    t1 += lane_sum(a1);
+    t2 += lane_sum(a2);
   }
   return {t1, t2};
 }
