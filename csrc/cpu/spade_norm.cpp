@@ -294,23 +294,24 @@ std::pair<double, double> row_sums(int64_t base, int64_t pbase, int64_t len, con
   return {t1, t2};
 }
 
-// channels_last statistics: centres each channel of a task (rows h0..h1 of sample n) on
-// its mean over those rows, params[cv][0], keeping the shift k in shifts[cv]; sums is
-// scratch. The rows are read again by the sums pass, from cache.
+// channels_last statistics of a task (rows h0..h1 of sample n): Welford's updates per
+// channel (the h-th row's x: d = x - mean, mean += d / h, M2 += d * (x - mean)), means
+// into means[cv], M2 into m2s[cv]. Each row adds one element to every channel, so one
+// reciprocal per row serves them all; one pass, where centring first would take two.
 template <typename T>
-void centre_on_task_means(const T* x, const Geometry& geo, int64_t n, int64_t h0, int64_t h1,
-                          std::vector<Params<T>>& params, std::vector<Vec<T>>& shifts, std::vector<Vec<T>>& sums) {
+void task_moments(const T* x, const Geometry& geo, int64_t n, int64_t h0, int64_t h1, std::vector<Vec<T>>& means,
+                  std::vector<Vec<T>>& m2s) {
   constexpr int64_t L = Vec<T>::size();
-  const int64_t vecs = static_cast<int64_t>(params.size());
+  const int64_t vecs = static_cast<int64_t>(means.size());
   for (int64_t h = h0; h < h1; ++h) {
+    const Vec<T> r(T(1) / static_cast<T>(h - h0 + 1));
     const T* row = x + (n * geo.HW + h) * geo.C;
-    for (int64_t cv = 0; cv < vecs; ++cv) sums[cv] = sums[cv] + Vec<T>::loadu(row + cv * L, std::min(L, geo.C - cv * L));
-  }
-  const Vec<T> rows(static_cast<T>(h1 - h0));
-  for (int64_t cv = 0; cv < vecs; ++cv) {
-    shifts[cv] = params[cv][0];
-    params[cv][0] = sums[cv] / rows;
-    sums[cv] = Vec<T>(T(0));
+    for (int64_t cv = 0; cv < vecs; ++cv) {
+      const Vec<T> xv = Vec<T>::loadu(row + cv * L, std::min(L, geo.C - cv * L));  // tail lanes: unused
+      const Vec<T> d = xv - means[cv];
+      means[cv] = at::vec::fmadd(d, r, means[cv]);
+      m2s[cv] = at::vec::fmadd(d, xv - means[cv], m2s[cv]);
+    }
   }
 }
 
@@ -348,8 +349,8 @@ void reduce_groups(const Geometry& geo, const ParamPtrs<T>& p, const Fn& fn,
   at::parallel_for(0, tasks, grain_for(kRowsPerTask * geo.C), [&](int64_t b, int64_t e) {
     const Fn local = fn;
     std::vector<Params<T>> params(vecs);
-    std::vector<Vec<T>> acc1(vecs), acc2(vecs), shifts(vecs);
-    alignas(64) T lanes1[L], lanes2[L], centres[L], lanes_k[L];
+    std::vector<Vec<T>> acc1(vecs), acc2(vecs);
+    alignas(64) T lanes1[L], lanes2[L], lanes_k[L];
     for (int64_t t = b; t < e; ++t) {
       const int64_t n = t / per_sample, h0 = (t % per_sample) * kRowsPerTask;
       const int64_t h1 = std::min(geo.HW, h0 + kRowsPerTask);
@@ -358,25 +359,25 @@ void reduce_groups(const Geometry& geo, const ParamPtrs<T>& p, const Fn& fn,
         params[cv] = load_params(p, g0 + cv * L, std::min(L, geo.C - cv * L));
         acc1[cv] = acc2[cv] = Vec<T>(T(0));
       }
-      if constexpr (kCentredSums<Fn>) centre_on_task_means(local.x, geo, n, h0, h1, params, shifts, acc1);
-      for (int64_t h = h0; h < h1; ++h) {
-        const int64_t row = (n * geo.HW + h) * geo.C, prow = geo.param_row(n * geo.HW + h);
-        for (int64_t cv = 0; cv < vecs; ++cv)
-          local(row + cv * L, prow + cv * L, std::min(L, geo.C - cv * L), params[cv], acc1[cv], acc2[cv]);
+      if constexpr (kCentredSums<Fn>) {
+        task_moments(local.x, geo, n, h0, h1, acc1, acc2);  // acc1: means, acc2: M2
+      } else {
+        for (int64_t h = h0; h < h1; ++h) {
+          const int64_t row = (n * geo.HW + h) * geo.C, prow = geo.param_row(n * geo.HW + h);
+          for (int64_t cv = 0; cv < vecs; ++cv)
+            local(row + cv * L, prow + cv * L, std::min(L, geo.C - cv * L), params[cv], acc1[cv], acc2[cv]);
+        }
       }
       for (int64_t cv = 0; cv < vecs; ++cv) {
         acc1[cv].store(lanes1);
         acc2[cv].store(lanes2);
-        if constexpr (kCentredSums<Fn>) {
-          params[cv][0].store(centres);
-          shifts[cv].store(lanes_k);
-        }
+        if constexpr (kCentredSums<Fn>) params[cv][0].store(lanes_k);
         for (int64_t j = 0; j < std::min(L, geo.C - cv * L); ++j) {
           double& s1 = part1[t * geo.C + cv * L + j];
           double& s2 = part2[t * geo.C + cv * L + j];
-          if constexpr (kCentredSums<Fn>) {
+          if constexpr (kCentredSums<Fn>) {  // the task's moments as sums about the shift k
             s1 = s2 = 0;
-            add_moved_sums(static_cast<double>(h1 - h0), centres[j], lanes_k[j], lanes1[j], lanes2[j], s1, s2);
+            add_moved_sums(static_cast<double>(h1 - h0), lanes1[j], lanes_k[j], 0.0, lanes2[j], s1, s2);
           } else {
             s1 = lanes1[j];
             s2 = lanes2[j];
