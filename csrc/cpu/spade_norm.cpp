@@ -4,11 +4,13 @@
 // (H, W) for instance norm; M elements per group.
 //   stats:    mean = k + S1 / M,  var = S2 / M - (S1 / M)^2  with  S1 = sum(x - k),
 //             S2 = sum((x - k)^2), k = the group's first element. The sums are taken per
-//             chunk about the chunk's own mean c (a first pass over the chunk, the second
-//             from cache): s1 = sum(x - c), s2 = sum((x - c)^2), and moved to k in float64,
-//             S1 += s1 + n d, S2 += s2 + d (2 s1 + n d) with d = c - k. No float32 sum
-//             cancels, whatever k is: shifting by k alone lost a 1e3 outlier's group to
-//             (k - mean)^2 / var * 2^-24 (8e-2 off in y at 64x4x64x64).
+//             piece about the piece's own mean c: s1 = sum(x - c), s2 = sum((x - c)^2),
+//             and moved to k in float64, S1 += s1 + n d, S2 += s2 + d (2 s1 + n d) with
+//             d = c - k. NCHW pieces are chunks of a row, centred by a first pass over the
+//             chunk (the second reads it from cache); channels_last pieces are a task's
+//             rows, whose mean and M2 = s2 come from Welford's updates in one pass. No
+//             float32 sum cancels, whatever k is: shifting by k alone lost a spike's
+//             group to (k - mean)^2 / var * 2^-24 (8e-2 off in y at 64x4x64x64).
 //   apply:    xhat = (x - mean) * invstd,  z = xhat * (1 + gamma) + beta,
 //             y = z, or leaky_relu(z, slope) = (z > 0 ? z : slope * z).
 //   backward: dz = dy * (z > 0 ? 1 : slope) (z recomputed from x, never stored),
