@@ -6,11 +6,11 @@
 //             S2 = sum((x - k)^2), k = the group's first element. The sums are taken per
 //             piece about the piece's own mean c: s1 = sum(x - c), s2 = sum((x - c)^2),
 //             and moved to k in float64, S1 += s1 + n d, S2 += s2 + d (2 s1 + n d) with
-//             d = c - k. NCHW pieces are chunks of a row, centred by a first pass over the
-//             chunk (the second reads it from cache); channels_last pieces are a task's
-//             rows, whose mean and M2 = s2 come from Welford's updates in one pass. No
-//             float32 sum cancels, whatever k is: shifting by k alone lost a spike's
-//             group to (k - mean)^2 / var * 2^-24 (8e-2 off in y at 64x4x64x64).
+//             d = c - k. The pieces are NCHW chunks of a row or a channels_last task's
+//             rows, each centred by a first pass over it (the second reads it from cache).
+//             Summing (x - k)^2 directly lost a spike k's group to (k - mean)^2 / var *
+//             2^-24 (8e-2 off in y at 64x4x64x64); the exact centre also keeps a mean far
+//             from 0 next to a small spread (Welford's float32 mean stops moving there).
 //   apply:    xhat = (x - mean) * invstd,  z = xhat * (1 + gamma) + beta,
 //             y = z, or leaky_relu(z, slope) = (z > 0 ? z : slope * z).
 //   backward: dz = dy * (z > 0 ? 1 : slope) (z recomputed from x, never stored),
@@ -177,8 +177,9 @@ void for_each_step(const Geometry& geo, const ParamPtrs<T>& p, const Fn& fn) {
 }
 
 // Statistics terms (x - c, (x - c)^2), params[0] = c; lanes past `count` masked to 0.
-// The reductions (row_sums, reduce_groups) recognise this term: they centre each chunk on
-// its own mean c before adding it, and return the sums moved to the shift params[0] = k.
+// The reductions recognise this term: row_sums sums NCHW chunks about their own means
+// (centred_row_sums); reduce_groups centres channels_last tasks on theirs (params[0] = c)
+// before this term adds them. Both return the sums moved to the shift params[0] = k.
 template <typename T>
 struct StatsTerm {
   const T* x;
@@ -281,39 +282,41 @@ std::pair<double, double> centred_row_sums(const T* x, int64_t len, T k) {
 // float64. The statistics term's sums are centred per chunk (centred_row_sums).
 template <typename T, typename Fn>
 std::pair<double, double> row_sums(int64_t base, int64_t pbase, int64_t len, const Params<T>& v, const Fn& fn) {
-  if constexpr (kCentredSums<Fn>) return centred_row_sums(fn.x + base, len, first_lane(v[0]));
-  constexpr int64_t L = Vec<T>::size();
-  const Fn local = fn;
-  const Params<T> lv = v;
-  double t1 = 0, t2 = 0;
-  for (int64_t i0 = 0; i0 < len; i0 += kChunk) {
-    Vec<T> a1(T(0)), a2(T(0));
-    const int64_t i1 = std::min(len, i0 + kChunk);
-    for (int64_t i = i0; i < i1; i += L) local(base + i, pbase + i, std::min(L, i1 - i), lv, a1, a2);
-    t1 += lane_sum(a1);
-    t2 += lane_sum(a2);
+  if constexpr (kCentredSums<Fn>) {
+    return centred_row_sums(fn.x + base, len, first_lane(v[0]));
+  } else {
+    constexpr int64_t L = Vec<T>::size();
+    const Fn local = fn;
+    const Params<T> lv = v;
+    double t1 = 0, t2 = 0;
+    for (int64_t i0 = 0; i0 < len; i0 += kChunk) {
+      Vec<T> a1(T(0)), a2(T(0));
+      const int64_t i1 = std::min(len, i0 + kChunk);
+      for (int64_t i = i0; i < i1; i += L) local(base + i, pbase + i, std::min(L, i1 - i), lv, a1, a2);
+      t1 += lane_sum(a1);
+      t2 += lane_sum(a2);
+    }
+    return {t1, t2};
   }
-  return {t1, t2};
 }
 
-// channels_last statistics of a task (rows h0..h1 of sample n): Welford's updates per
-// channel (the h-th row's x: d = x - mean, mean += d / h, M2 += d * (x - mean)), means
-// into means[cv], M2 into m2s[cv]. Each row adds one element to every channel, so one
-// reciprocal per row serves them all; one pass, where centring first would take two.
+// channels_last statistics: centres each channel of a task (rows h0..h1 of sample n) on
+// its mean over those rows, params[cv][0], keeping the shift k in shifts[cv]; sums is
+// scratch. The rows are read again by the sums pass, from cache.
 template <typename T>
-void task_moments(const T* x, const Geometry& geo, int64_t n, int64_t h0, int64_t h1, std::vector<Vec<T>>& means,
-                  std::vector<Vec<T>>& m2s) {
+void centre_on_task_means(const T* x, const Geometry& geo, int64_t n, int64_t h0, int64_t h1,
+                          std::vector<Params<T>>& params, std::vector<Vec<T>>& shifts, std::vector<Vec<T>>& sums) {
   constexpr int64_t L = Vec<T>::size();
-  const int64_t vecs = static_cast<int64_t>(means.size());
+  const int64_t vecs = static_cast<int64_t>(params.size());
   for (int64_t h = h0; h < h1; ++h) {
-    const Vec<T> r(T(1) / static_cast<T>(h - h0 + 1));
     const T* row = x + (n * geo.HW + h) * geo.C;
-    for (int64_t cv = 0; cv < vecs; ++cv) {
-      const Vec<T> xv = Vec<T>::loadu(row + cv * L, std::min(L, geo.C - cv * L));  // tail lanes: unused
-      const Vec<T> d = xv - means[cv];
-      means[cv] = at::vec::fmadd(d, r, means[cv]);
-      m2s[cv] = at::vec::fmadd(d, xv - means[cv], m2s[cv]);
-    }
+    for (int64_t cv = 0; cv < vecs; ++cv) sums[cv] = sums[cv] + Vec<T>::loadu(row + cv * L, std::min(L, geo.C - cv * L));
+  }
+  const Vec<T> rows(static_cast<T>(h1 - h0));
+  for (int64_t cv = 0; cv < vecs; ++cv) {
+    shifts[cv] = params[cv][0];
+    params[cv][0] = sums[cv] / rows;
+    sums[cv] = Vec<T>(T(0));
   }
 }
 
@@ -351,8 +354,8 @@ void reduce_groups(const Geometry& geo, const ParamPtrs<T>& p, const Fn& fn,
   at::parallel_for(0, tasks, grain_for(kRowsPerTask * geo.C), [&](int64_t b, int64_t e) {
     const Fn local = fn;
     std::vector<Params<T>> params(vecs);
-    std::vector<Vec<T>> acc1(vecs), acc2(vecs);
-    alignas(64) T lanes1[L], lanes2[L], lanes_k[L];
+    std::vector<Vec<T>> acc1(vecs), acc2(vecs), shifts(vecs);
+    alignas(64) T lanes1[L], lanes2[L], centres[L], lanes_k[L];
     for (int64_t t = b; t < e; ++t) {
       const int64_t n = t / per_sample, h0 = (t % per_sample) * kRowsPerTask;
       const int64_t h1 = std::min(geo.HW, h0 + kRowsPerTask);
@@ -361,25 +364,25 @@ void reduce_groups(const Geometry& geo, const ParamPtrs<T>& p, const Fn& fn,
         params[cv] = load_params(p, g0 + cv * L, std::min(L, geo.C - cv * L));
         acc1[cv] = acc2[cv] = Vec<T>(T(0));
       }
-      if constexpr (kCentredSums<Fn>) {
-        task_moments(local.x, geo, n, h0, h1, acc1, acc2);  // acc1: means, acc2: M2
-      } else {
-        for (int64_t h = h0; h < h1; ++h) {
-          const int64_t row = (n * geo.HW + h) * geo.C, prow = geo.param_row(n * geo.HW + h);
-          for (int64_t cv = 0; cv < vecs; ++cv)
-            local(row + cv * L, prow + cv * L, std::min(L, geo.C - cv * L), params[cv], acc1[cv], acc2[cv]);
-        }
+      if constexpr (kCentredSums<Fn>) centre_on_task_means(local.x, geo, n, h0, h1, params, shifts, acc1);
+      for (int64_t h = h0; h < h1; ++h) {
+        const int64_t row = (n * geo.HW + h) * geo.C, prow = geo.param_row(n * geo.HW + h);
+        for (int64_t cv = 0; cv < vecs; ++cv)
+          local(row + cv * L, prow + cv * L, std::min(L, geo.C - cv * L), params[cv], acc1[cv], acc2[cv]);
       }
       for (int64_t cv = 0; cv < vecs; ++cv) {
         acc1[cv].store(lanes1);
         acc2[cv].store(lanes2);
-        if constexpr (kCentredSums<Fn>) params[cv][0].store(lanes_k);
+        if constexpr (kCentredSums<Fn>) {
+          params[cv][0].store(centres);
+          shifts[cv].store(lanes_k);
+        }
         for (int64_t j = 0; j < std::min(L, geo.C - cv * L); ++j) {
           double& s1 = part1[t * geo.C + cv * L + j];
           double& s2 = part2[t * geo.C + cv * L + j];
-          if constexpr (kCentredSums<Fn>) {  // the task's moments as sums about the shift k
+          if constexpr (kCentredSums<Fn>) {
             s1 = s2 = 0;
-            add_moved_sums(static_cast<double>(h1 - h0), lanes1[j], lanes_k[j], 0.0, lanes2[j], s1, s2);
+            add_moved_sums(static_cast<double>(h1 - h0), centres[j], lanes_k[j], lanes1[j], lanes2[j], s1, s2);
           } else {
             s1 = lanes1[j];
             s2 = lanes2[j];
