@@ -4,13 +4,15 @@ as issue 4 asks ("CUDA C++ or Triton, chosen by measurement"). Not registered as
 ``benchmarks/gpu_kernel_times.py`` times it beside the CUDA kernels on a GPU.
 
 NCHW, training statistics (batch: per channel over N, H, W; instance: per (n, c) over
-H, W), statistics and math in float32 (float64 for float64 x). Mean and variance by
-Welford's updates in each lane of a tile (lane l's n-th element x: d = x - mean_l,
-mean_l += d / n, M2_l += d * (x - mean_l)), the lanes then merged pairwise (Chan et al.:
-n = na + nb, d = mean_b - mean_a, mean = mean_a + d * nb / n, M2 = M2a + M2b + d^2 na nb / n),
-so no sum cancels, however far the group's mean lies from 0 or its elements from each other::
+H, W), statistics and math in float32 (float64 for float64 x). Mean and variance of
+y = x - k, k the group's first element, by Welford's updates in each lane of a tile (lane
+l's n-th element y: d = y - mean_l, mean_l += d / n, M2_l += d * (y - mean_l)), the lanes
+then merged pairwise (Chan et al.: n = na + nb, d = mean_b - mean_a,
+mean = mean_a + d * nb / n, M2 = M2a + M2b + d^2 na nb / n). Sums of (x - k)^2 lost a
+spike k's group to (k - mean)^2 / var * 2^-24; Welford on x itself, a mean far from 0 with
+a small spread (the float32 mean stops moving), hence both::
 
-    mean = mean of the merged lanes,  var = M2 / M
+    mean = k + mean of the merged lanes,  var = M2 / M
     xhat = (x - mean) * invstd,  z = xhat * (1 + gamma) + beta,  y = z or leaky_relu(z)
 
 Backward, z recomputed from x (never stored)::
@@ -105,7 +107,9 @@ def _welford_merge(mean_a, m2_a, n_a, mean_b, m2_b, n_b):
 
 @triton.jit
 def _group_mean_var(x_ptr, g, N, C, HW, INSTANCE: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
-    """Group g's mean and biased variance: Welford per lane, the lanes merged."""
+    """Group g's mean and biased variance: Welford per lane (of x - the group's first
+    element), the lanes merged."""
+    shift = tl.load(x_ptr + _group_row(g, 0, C, INSTANCE).to(tl.int64) * HW).to(ACC)
     rows = 1 if INSTANCE else N
     mean = tl.zeros([BLOCK], dtype=ACC)
     m2 = tl.zeros([BLOCK], dtype=ACC)
@@ -115,14 +119,14 @@ def _group_mean_var(x_ptr, g, N, C, HW, INSTANCE: tl.constexpr, ACC: tl.constexp
         for start in range(0, HW, BLOCK):
             offs = start + tl.arange(0, BLOCK)
             mask = offs < HW
-            x = tl.load(x_ptr + base + offs, mask=mask, other=0.0).to(ACC)
+            y = tl.load(x_ptr + base + offs, mask=mask, other=0.0).to(ACC) - shift
             count += mask.to(ACC)
-            d = tl.where(mask, x - mean, 0.0)
+            d = tl.where(mask, y - mean, 0.0)
             mean += d / tl.maximum(count, 1.0)
-            m2 += d * tl.where(mask, x - mean, 0.0)
+            m2 += d * tl.where(mask, y - mean, 0.0)
     mean, m2, m = tl.reduce((mean, m2, count), 0, _welford_merge)
     # A NaN in the group makes its mean and variance NaN, as batch norm's.
-    return mean, m2 / m
+    return shift + mean, m2 / m
 
 
 @triton.jit
