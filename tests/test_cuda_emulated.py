@@ -255,18 +255,32 @@ def test_spade_norm_updates_the_running_statistics_as_the_cpu_kernel(emu, layout
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("instance", [False, True])
 @pytest.mark.parametrize("fused", ["0", "1"], ids=["split", "per-group"])
-def test_spade_norm_float32_statistics_of_groups_starting_with_a_spike(emu, layout, instance, fused, monkeypatch):
-    # Welford moments merged pairwise: the sums shifted by the group's first element they
-    # replace lost (k - mean)^2 / var * 2^-24 of the variance when that element is a spike.
+@pytest.mark.parametrize("data", ["spike", "far_mean"])
+def test_spade_norm_float32_statistics_stay_accurate(emu, layout, instance, fused, data, monkeypatch):
+    # Welford moments of x minus the group's first element k, merged pairwise. Sums of
+    # (x - k)^2 lost (k - mean)^2 / var * 2^-24 of the variance when k is a spike (1e-5 to
+    # 5e-5 here); Welford on x itself lost 1e-3 when |mean| / std = 1e5. The mean, k + the
+    # moments' mean, rounds at k's scale, so its error is held to float32's rounding of
+    # itself (3e-3 stds at the far mean) plus a share of the group's std (which a spike
+    # raises with k: 1.5e-5 stds seen).
     monkeypatch.setenv("AUTOENC_FAST_SPADE_NORM_FUSED", fused)
     x, gamma, beta, _ = spade_inputs((8, 4, 16, 16), torch.float32, layout)
-    x[:, :, 0, 0] = 1e4 * (1 + torch.rand(8, 4))
+    if data == "spike":
+        x[:, :, 0, 0] = 1e4 * (1 + torch.rand(8, 4))
+    else:
+        layout_format = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+        x = (torch.randn(8, 4, 16, 16) * 0.01 + 1000.0).contiguous(memory_format=layout_format)
     dims = (2, 3) if instance else (0, 2, 3)
     mean_ref, var_ref = x.double().mean(dims).flatten(), x.double().var(dims, unbiased=False).flatten()
+
+    def mean_error_in_stds(mean):
+        excess = (mean.flatten().double() - mean_ref).abs() - 2.0**-22 * mean_ref.abs()
+        return (excess / var_ref.sqrt()).max().item()
+
     mean, var = emu.spade_norm_stats(x, instance)
-    assert relative_error(mean.flatten(), mean_ref) < 1e-6 and relative_error(var.flatten(), var_ref) < 2e-6
+    assert mean_error_in_stds(mean) < 5e-5 and relative_error(var.flatten(), var_ref) < 2e-6
     _, mean, invstd = emu.spade_norm(x, gamma, beta, None, None, True, instance, 0.1, 1e-5, None)
-    assert relative_error(mean.flatten(), mean_ref) < 1e-6
+    assert mean_error_in_stds(mean) < 5e-5
     assert relative_error(invstd.flatten(), torch.rsqrt(var_ref + 1e-5)) < 2e-6
 
 

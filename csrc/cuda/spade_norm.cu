@@ -3,12 +3,14 @@
 //
 // Math (as csrc/cpu/spade_norm.cpp): groups are channels over (N, H, W) for batch
 // norm, (n, c) over (H, W) for instance norm, M elements each.
-//   stats:    mean and M2 = sum((x - mean)^2) by Welford's updates in each thread's
-//             lanes (the n-th element x: d = x - mean, mean += d / n, M2 += d * (x - mean)),
-//             partials merged pairwise (Chan et al.: n = na + nb, d = mean_b - mean_a,
-//             mean = mean_a + d * nb / n, M2 = M2a + M2b + d^2 * na * nb / n);
-//             var = M2 / M. No sum cancels, however far the elements lie from each other
-//             (sums shifted by the group's first element lost (k - mean)^2 / var * 2^-24).
+//   stats:    of y = x - k, k = the group's first element: mean and M2 = sum((y - mean)^2)
+//             by Welford's updates in each thread's lanes (the n-th element y:
+//             d = y - mean, mean += d / n, M2 += d * (y - mean)), partials merged pairwise
+//             (Chan et al.: n = na + nb, d = mean_b - mean_a, mean = mean_a + d * nb / n,
+//             M2 = M2a + M2b + d^2 * na * nb / n); mean = k + mean_y, var = M2 / M.
+//             Summing (x - k)^2 directly lost a spike k's group to (k - mean)^2 / var *
+//             2^-24; Welford on x itself, a mean far from 0 with a small spread (the
+//             float32 mean stops moving), hence both.
 //   apply:    xhat = (x - mean) * invstd, z = xhat * (1 + gamma) + beta,
 //             y = z or leaky_relu(z, slope).
 //   backward: dz = dy * (z > 0 ? 1 : slope), dxhat = dz * (1 + gamma),
@@ -22,7 +24,7 @@
 // (n, c) row of H*W contiguous elements. channels_last: a block of 256 threads, `lanes`
 // across channels (each VEC adjacent channels; 32, or fewer when C has fewer packs) by
 // 256 / lanes row lanes, reduces a tile of channels over a range of pixels; the row lanes
-// are added in shared memory. Elementwise kernels are
+// are combined in shared memory. Elementwise kernels are
 // grid-stride loops over packs of VEC elements (16-byte loads and stores when the
 // inner extent is a multiple of VEC and the pointers are aligned).
 //
@@ -136,21 +138,21 @@ __device__ __forceinline__ Moments<acc_t> block_merge(Moments<acc_t> m) {
   return m;
 }
 
-// Welford moments of a thread's VEC lanes, which all see the same number of elements,
-// so one reciprocal per pack serves them all.
+// Welford moments of x - shift in a thread's VEC lanes, which all see the same number of
+// elements, so one reciprocal per pack serves them all.
 template <int VEC, typename acc_t>
 struct LaneMoments {
   acc_t n = 0, mean[VEC] = {}, m2[VEC] = {};
 
   template <typename scalar_t>
-  __device__ __forceinline__ void add(const Pack<scalar_t, VEC>& xv) {
+  __device__ __forceinline__ void add(const Pack<scalar_t, VEC>& xv, const acc_t (&shift)[VEC]) {
     n += acc_t(1);
     const acc_t r = acc_t(1) / n;
 #pragma unroll
     for (int j = 0; j < VEC; ++j) {
-      const acc_t x = static_cast<acc_t>(xv.v[j]), d = x - mean[j];
+      const acc_t y = static_cast<acc_t>(xv.v[j]) - shift[j], d = y - mean[j];
       mean[j] += d * r;
-      m2[j] += d * (x - mean[j]);
+      m2[j] += d * (y - mean[j]);
     }
   }
 
@@ -164,7 +166,14 @@ struct LaneMoments {
   }
 };
 
-// Partials per reduced slice: (S1, S2) in the backward, (mean, M2, n) in the statistics pass.
+template <int VEC, typename acc_t>
+__device__ __forceinline__ void fill(acc_t (&out)[VEC], acc_t value) {
+#pragma unroll
+  for (int j = 0; j < VEC; ++j) out[j] = value;
+}
+
+// Partials per reduced slice: (S1, S2) in the backward, (mean, M2, n) of x - k in the
+// statistics pass.
 template <bool kBackward>
 constexpr int kPartialWidth = kBackward ? 2 : 3;
 
@@ -266,8 +275,10 @@ __global__ void reduce_nchw_kernel(Inputs<scalar_t, acc_t> in, Shape s, int64_t 
     const int64_t idx = (g * s.rows_per_group() + in_group) * gridDim.x + blockIdx.x;
     if constexpr (!kBackward) {
       LaneMoments<VEC, acc_t> lanes;
+      acc_t shift[VEC];
+      fill(shift, static_cast<acc_t>(in.x[g * s.HW]));  // the group's first element
       for (int64_t off = begin + threadIdx.x * VEC; off < end; off += blockDim.x * VEC) {
-        lanes.add(load_pack<VEC>(in.x + off));
+        lanes.add(load_pack<VEC>(in.x + off), shift);
       }
       const Moments<acc_t> m = block_merge(lanes.total());
       if (threadIdx.x == 0) store_moments(partial, idx, m);
@@ -311,8 +322,11 @@ __global__ void reduce_nhwc_kernel(Inputs<scalar_t, acc_t> in, Shape s, int64_t 
     acc_t s1[VEC] = {}, s2[VEC] = {};
     if constexpr (!kBackward) {
       LaneMoments<VEC, acc_t> moments;
+      acc_t shift[VEC];  // each channel's first element (of sample z for instance norm)
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) shift[j] = active ? static_cast<acc_t>(in.x[row0 * s.C + c0 + j]) : acc_t(0);
       for (int64_t r = r_begin + ty; active && r < r_end; r += row_lanes) {
-        moments.add(load_pack<VEC>(in.x + (row0 + r) * s.C + c0));
+        moments.add(load_pack<VEC>(in.x + (row0 + r) * s.C + c0), shift);
       }
 #pragma unroll
       for (int j = 0; j < VEC; ++j) s1[j] = moments.mean[j], s2[j] = moments.m2[j];
@@ -373,9 +387,10 @@ struct Finish {
 
 // One warp per group combines its `parts` partials in a fixed order and writes
 // (mean, var) (stats) or (A, B) (backward), then what `finish` asks for.
-template <bool kBackward, typename acc_t>
-__global__ void finalize_kernel(const acc_t* __restrict__ partial, Shape s, int64_t parts, acc_t* __restrict__ out1,
-                                acc_t* __restrict__ out2, Finish<acc_t> finish) {
+template <bool kBackward, typename scalar_t, typename acc_t>
+__global__ void finalize_kernel(const acc_t* __restrict__ partial, const scalar_t* __restrict__ x, Shape s,
+                                int64_t parts, acc_t* __restrict__ out1, acc_t* __restrict__ out2,
+                                Finish<acc_t> finish) {
   const int64_t groups = s.groups();
   const int64_t g = static_cast<int64_t>(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
@@ -396,8 +411,10 @@ __global__ void finalize_kernel(const acc_t* __restrict__ partial, Shape s, int6
     for (int64_t k = lane; k < parts; k += 32) m = merge(m, load_moments(partial, index(k)));
     m = warp_merge(m);
     if (lane != 0) return;
-    const acc_t var = m.m2 / m.n;  // M2 sums squares: never below zero; NaN stays NaN
-    out1[g] = m.mean;
+    // M2 sums squares: never below zero; NaN stays NaN. M, not m.n: counts past 2^24 round.
+    const acc_t var = m.m2 / static_cast<acc_t>(s.group_elems());
+    const acc_t shift = static_cast<acc_t>(s.channels_last ? x[z * s.HW * s.C + c] : x[g * s.HW]);  // as reduce's
+    out1[g] = shift + m.mean;
     out2[g] = var;
     if (finish.invstd != nullptr) finish.invstd[g] = inverse_std(var, finish.eps);
   }
@@ -568,14 +585,16 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t g = blockIdx.x;
   const int row_packs = static_cast<int>(s.HW / VEC), packs = group_packs<VEC>(s);
   LaneMoments<VEC, acc_t> lanes;
+  acc_t shift[VEC];
+  fill(shift, static_cast<acc_t>(in.x[g * s.HW]));  // the group's first element, as the split path
   for (int pack = threadIdx.x; pack < packs; pack += blockDim.x) {
-    lanes.add(load_pack<VEC>(in.x + group_pack_offsets<VEC>(in, s, g, pack, row_packs).x));
+    lanes.add(load_pack<VEC>(in.x + group_pack_offsets<VEC>(in, s, g, pack, row_packs).x), shift);
   }
   const Moments<acc_t> moments = block_merge(lanes.total());
-  const acc_t var = moments.m2 / moments.n;
+  const acc_t var = moments.m2 / (static_cast<acc_t>(packs) * VEC);
   acc_t mean[VEC], invstd[VEC];
 #pragma unroll
-  for (int j = 0; j < VEC; ++j) mean[j] = moments.mean, invstd[j] = inverse_std(var, eps);
+  for (int j = 0; j < VEC; ++j) mean[j] = shift[0] + moments.mean, invstd[j] = inverse_std(var, eps);
   if (threadIdx.x == 0) mean_out[g] = mean[0], var_out[g] = var, invstd_out[g] = invstd[0];
   for (int pack = threadIdx.x; pack < packs; pack += blockDim.x) {
     const PackOffsets at = group_pack_offsets<VEC>(in, s, g, pack, row_packs);
@@ -710,7 +729,7 @@ void launch_reduce(const Inputs<scalar_t, acc_t>& in, const Shape& s, const at::
   const int64_t groups = s.groups();
   constexpr int kWarps = kThreads / 32;
   finalize_kernel<kBackward><<<static_cast<unsigned>((groups + kWarps - 1) / kWarps), kThreads, 0, stream>>>(
-      partial.const_data_ptr<acc_t>(), s, parts, out1.mutable_data_ptr<acc_t>(),
+      partial.const_data_ptr<acc_t>(), in.x, s, parts, out1.mutable_data_ptr<acc_t>(),
       out2.mutable_data_ptr<acc_t>(), finish);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
