@@ -221,6 +221,16 @@ struct Shape {
   __host__ __device__ int64_t group_elems() const { return rows_per_group() * HW; }
 };
 
+// x's first element in statistics group g, the shift k of its moments: x[0, g] (batch norm)
+// or x[n, c] (instance norm, g = n * C + c) at pixel 0. One definition for every kernel,
+// as finalize must add back exactly the k the reduce kernels subtracted.
+template <typename scalar_t>
+__device__ __forceinline__ scalar_t group_first_element(const scalar_t* x, const Shape& s, int64_t g) {
+  if (!s.channels_last) return x[g * s.HW];  // row g: (0, g) or (n, c)
+  const int64_t z = s.instance ? g / s.C : 0;
+  return x[z * s.HW * s.C + g % s.C];
+}
+
 // One element's xhat = (x - mean) * invstd, 1 + gamma and z = xhat * (1 + gamma) + beta.
 template <typename acc_t>
 struct Affine {
@@ -276,16 +286,16 @@ __global__ void reduce_nchw_kernel(Inputs<scalar_t, acc_t> in, Shape s, int64_t 
     if constexpr (!kBackward) {
       LaneMoments<VEC, acc_t> lanes;
       acc_t shift[VEC];
-      fill(shift, static_cast<acc_t>(in.x[g * s.HW]));  // the group's first element
+      fill(shift, static_cast<acc_t>(group_first_element(in.x, s, g)));
       for (int64_t off = begin + threadIdx.x * VEC; off < end; off += blockDim.x * VEC) {
         lanes.add(load_pack<VEC>(in.x + off), shift);
       }
       const Moments<acc_t> m = block_merge(lanes.total());
       if (threadIdx.x == 0) store_moments(partial, idx, m);
     } else {
-      acc_t mean[VEC], invstd[VEC], s1[VEC], s2[VEC];
-#pragma unroll
-      for (int j = 0; j < VEC; ++j) mean[j] = in.mean[g], invstd[j] = in.invstd[g], s1[j] = 0, s2[j] = 0;
+      acc_t mean[VEC], invstd[VEC], s1[VEC] = {}, s2[VEC] = {};
+      fill(mean, in.mean[g]);
+      fill(invstd, in.invstd[g]);
       const int64_t param_shift = (row / s.C) * in.param_extra;
       for (int64_t off = begin + threadIdx.x * VEC; off < end; off += blockDim.x * VEC) {
         accumulate<VEC>(in, off, off + param_shift, mean, invstd, s1, s2);
@@ -324,7 +334,10 @@ __global__ void reduce_nhwc_kernel(Inputs<scalar_t, acc_t> in, Shape s, int64_t 
       LaneMoments<VEC, acc_t> moments;
       acc_t shift[VEC];  // each channel's first element (of sample z for instance norm)
 #pragma unroll
-      for (int j = 0; j < VEC; ++j) shift[j] = active ? static_cast<acc_t>(in.x[row0 * s.C + c0 + j]) : acc_t(0);
+      for (int j = 0; j < VEC; ++j) {
+        shift[j] = active ? static_cast<acc_t>(group_first_element(in.x, s, z * (s.instance ? s.C : 0) + c0 + j))
+                          : acc_t(0);
+      }
       for (int64_t r = r_begin + ty; active && r < r_end; r += row_lanes) {
         moments.add(load_pack<VEC>(in.x + (row0 + r) * s.C + c0), shift);
       }
@@ -413,8 +426,7 @@ __global__ void finalize_kernel(const acc_t* __restrict__ partial, const scalar_
     if (lane != 0) return;
     // M2 sums squares: never below zero; NaN stays NaN. M, not m.n: counts past 2^24 round.
     const acc_t var = m.m2 / static_cast<acc_t>(s.group_elems());
-    const acc_t shift = static_cast<acc_t>(s.channels_last ? x[z * s.HW * s.C + c] : x[g * s.HW]);  // as reduce's
-    out1[g] = shift + m.mean;
+    out1[g] = static_cast<acc_t>(group_first_element(x, s, g)) + m.mean;
     out2[g] = var;
     if (finish.invstd != nullptr) finish.invstd[g] = inverse_std(var, finish.eps);
   }
@@ -586,7 +598,7 @@ __global__ void __launch_bounds__(kThreads)
   const int row_packs = static_cast<int>(s.HW / VEC), packs = group_packs<VEC>(s);
   LaneMoments<VEC, acc_t> lanes;
   acc_t shift[VEC];
-  fill(shift, static_cast<acc_t>(in.x[g * s.HW]));  // the group's first element, as the split path
+  fill(shift, static_cast<acc_t>(in.x[g * s.HW]));  // group_first_element: NCHW only here
   for (int pack = threadIdx.x; pack < packs; pack += blockDim.x) {
     lanes.add(load_pack<VEC>(in.x + group_pack_offsets<VEC>(in, s, g, pack, row_packs).x), shift);
   }
